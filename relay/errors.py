@@ -1,0 +1,60 @@
+"""relay's own exceptions.
+
+    RelayError
+    ├── ConfigError          a setting is missing or malformed; the message names it
+    ├── Rejected             an inbound request is refused; carries the HTTP status to answer
+    │   ├── BadSignature     401: missing, wrong or stale signature
+    │   ├── BadRequest       400: malformed body or unknown shape
+    │   ├── UnsupportedMedia 415: a body that is not JSON
+    │   └── TooLarge         413: body over the configured limit
+    └── QueueUnavailable     Redis did not answer; the caller may try again later
+
+Reasons are written for the person who sent the request and for the log; they never
+contain secrets, signatures or message bodies.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error relay raises on purpose."""
+
+
+class ConfigError(RelayError):
+    """A setting is missing or malformed. The message names the setting."""
+
+
+class Rejected(RelayError):
+    """An inbound request that relay refuses; nothing was enqueued."""
+
+    status: int = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadSignature(Rejected):
+    status = 401
+
+
+class BadRequest(Rejected):
+    status = 400
+
+
+class UnsupportedMedia(Rejected):
+    status = 415
+
+
+class TooLarge(Rejected):
+    status = 413
+
+
+class QueueUnavailable(RelayError):
+    """Redis could not be reached or did not answer in time."""
+
+
+def quoted(value: object, limit: int = 40) -> str:
+    """A short repr of a request-supplied name for a reason; never the whole of a large value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "…" + text[-1]

@@ -1,0 +1,18 @@
+-- Done with a conversation's head message: delivered, or (with the dead-letter arguments)
+-- moved to the dead-letter stream. Nothing happens if this consumer lost the token.
+-- KEYS: ready, mailbox, body, dead
+-- ARGV: group, consumer, token, id, conversation [, reason, code, at_ms, envelope]
+-- Returns 1 when done, 0 when the token is no longer ours.
+if not owned(KEYS[1], ARGV[1], ARGV[3], ARGV[2]) then
+  return 0
+end
+if redis.call('LINDEX', KEYS[2], 0) == ARGV[4] then
+  if #ARGV > 5 then
+    redis.call('XADD', KEYS[4], '*', 'id', ARGV[4], 'reason', ARGV[6], 'code', ARGV[7],
+               'at', ARGV[8], 'envelope', ARGV[9])
+  end
+  redis.call('LPOP', KEYS[2])
+  redis.call('HDEL', KEYS[3], ARGV[4])
+end
+release(KEYS[1], ARGV[1], ARGV[3], KEYS[2], ARGV[5])
+return 1

@@ -1,0 +1,158 @@
+"""Letta message shapes, the envelope relay queues, and deterministic message ids.
+
+Pure: no I/O. The request body built here is the exact body of
+`POST /v1/environments/{connectionId}/messages` (camelCase at the top, snake_case inside).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from relay.routing import Destination, Route
+
+#: uuid5 namespace for client_message_id; changing it would re-id every message ever sent.
+ID_NAMESPACE = uuid.UUID("5b0a3f3e-6f1c-4c8e-9d0e-2f6a1e4c7b21")
+
+Kind = Literal["user", "approval"]
+
+ENVELOPE_VERSION = 1
+
+
+def client_message_id(source: str, *identity: str) -> str:
+    """The id Letta sees for one logical message, derived from the source's delivery identity.
+
+    Same source and identity → same id, on every redelivery, retry and replay.
+    """
+    return str(uuid.uuid5(ID_NAMESPACE, "\x1f".join((source, *identity))))
+
+
+def user_message(content: str | list[dict[str, str]], message_id: str) -> dict[str, Any]:
+    # otid is set to the same value so the device's de-duplication sees one identity.
+    return {"role": "user", "client_message_id": message_id, "content": content, "otid": message_id}
+
+
+def approval_decision(
+    tool_call_id: str, approve: bool, reason: str | None = None
+) -> dict[str, Any]:
+    decision: dict[str, Any] = {"type": "approval", "tool_call_id": tool_call_id, "approve": approve}
+    if reason:
+        decision["reason"] = reason
+    return decision
+
+
+def approval_message(decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "approval", "approvals": decisions}
+
+
+def kind_of(message: dict[str, Any]) -> Kind:
+    return "approval" if message.get("type") == "approval" else "user"
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """What a source hands on after verifying and parsing a request: one message, not yet routed."""
+
+    source: str
+    delivery_id: str
+    client_message_id: str
+    message: dict[str, Any]
+    route: str | None = None
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message as relay queues it: the Letta message plus where and how to deliver it."""
+
+    client_message_id: str
+    kind: Kind
+    source: str
+    delivery_id: str
+    route: str
+    destination: Destination
+    message: dict[str, Any]
+    received_at: float  # epoch seconds when relay first accepted it
+    queued_at: float  # epoch seconds when it last entered the queue (a replay resets it)
+    attempts: int = 0
+    last_error: str | None = None
+
+    def request_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"messages": [self.message], "agentId": self.destination.agent_id}
+        if self.destination.conversation_id:
+            body["conversationId"] = self.destination.conversation_id
+        return body
+
+    def after_failure(self, reason: str) -> Envelope:
+        return replace(self, attempts=self.attempts + 1, last_error=reason)
+
+    def replayed(self, now: float) -> Envelope:
+        """The same message (same id), back in the queue with a fresh retry budget."""
+        return replace(self, queued_at=now, attempts=0)
+
+    def log_fields(self) -> dict[str, Any]:
+        return {
+            "client_message_id": self.client_message_id,
+            "source": self.source,
+            "delivery_id": self.delivery_id,
+            "route": self.route,
+        }
+
+
+def envelope_for(inbound: Inbound, route: Route, now: float) -> Envelope:
+    return Envelope(
+        client_message_id=inbound.client_message_id,
+        kind=kind_of(inbound.message),
+        source=inbound.source,
+        delivery_id=inbound.delivery_id,
+        route=route.name,
+        destination=route.destination,
+        message=inbound.message,
+        received_at=now,
+        queued_at=now,
+    )
+
+
+def encode(envelope: Envelope) -> str:
+    return json.dumps(
+        {
+            "v": ENVELOPE_VERSION,
+            "id": envelope.client_message_id,
+            "kind": envelope.kind,
+            "source": envelope.source,
+            "delivery": envelope.delivery_id,
+            "route": envelope.route,
+            "dest": envelope.destination.to_dict(),
+            "msg": envelope.message,
+            "received": envelope.received_at,
+            "queued": envelope.queued_at,
+            "attempts": envelope.attempts,
+            "error": envelope.last_error,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def decode(text: str | bytes) -> Envelope:
+    """Inverse of `encode`; raises ValueError on anything relay did not write."""
+    try:
+        data = json.loads(text)
+        if data["v"] != ENVELOPE_VERSION:
+            raise ValueError(f"unknown envelope version {data['v']!r}")
+        return Envelope(
+            client_message_id=data["id"],
+            kind=data["kind"],
+            source=data["source"],
+            delivery_id=data["delivery"],
+            route=data["route"],
+            destination=Destination.from_dict(data["dest"]),
+            message=data["msg"],
+            received_at=float(data["received"]),
+            queued_at=float(data["queued"]),
+            attempts=int(data["attempts"]),
+            last_error=data["error"],
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a relay envelope: {exc}") from exc

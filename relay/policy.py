@@ -1,0 +1,157 @@
+"""What to do after a delivery attempt: done, retry at a time, or dead-letter.
+
+Pure: an `Outcome` (plain values from the HTTP call), the attempt count and a clock in; a
+`Decision` out. The classification follows the Letta contract's "design for it" notes:
+
+- connect errors, timeouts, 408, 429, 5xx, no online connection → retry with capped,
+  jittered exponential backoff, honouring Retry-After;
+- 404 → resolve the connection again, then retry;
+- other 4xx and 3xx, or a 2xx whose body says `"success": false` → dead-letter;
+- a retryable failure once the message is older than its maximum age → dead-letter.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+from dataclasses import dataclass
+
+#: A Retry-After longer than this is treated as this (a misbehaving server cannot park work).
+MAX_RETRY_AFTER = 3600.0
+REASON_BODY_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery attempt, as plain values. Either a response (`status`) or an `error`."""
+
+    status: int | None = None
+    body: str = ""
+    retry_after: str | None = None
+    error: str | None = None  # "connect", "timeout", "transport", "unresolved"
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.status is None:
+            return f"{self.error}: {self.detail}" if self.detail else str(self.error)
+        snippet = self.body.strip()[:REASON_BODY_LIMIT]
+        return f"HTTP {self.status}: {snippet}" if snippet else f"HTTP {self.status}"
+
+    @property
+    def code(self) -> str:
+        """A short, body-free label for logs and counters: "http_503", "timeout"."""
+        return f"http_{self.status}" if self.status is not None else str(self.error)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with jitter: attempt n waits between d/2 and d, d = base·2ⁿ⁻¹."""
+
+    base: float = 1.0
+    cap: float = 300.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    pass
+
+
+@dataclass(frozen=True)
+class Retry:
+    at: float
+    reason: str
+    code: str
+    reresolve: bool = False
+    pause_until: float | None = None  # set on 429: hold every delivery, not just this one
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    code: str
+
+
+Decision = Delivered | Retry | DeadLetter
+
+
+def decide(
+    outcome: Outcome,
+    *,
+    attempt: int,
+    age: float,
+    max_age: float,
+    now: float,
+    backoff: Backoff,
+    rng: random.Random,
+) -> Decision:
+    """`attempt` counts this one (1 for the first); `age` is seconds since the message was queued."""
+    status = outcome.status
+    if status is not None and 200 <= status < 300:
+        refusal = _refusal(outcome.body)
+        if refusal is not None:
+            return DeadLetter(f"Letta answered {status} with success=false: {refusal}", "refused")
+        return Delivered()
+    reason = outcome.describe()
+    if not _retryable(outcome):
+        return DeadLetter(reason, outcome.code)
+    if age >= max_age:
+        return DeadLetter(
+            f"gave up after {attempt} attempts over {_duration(age)}; last error: {reason}", "expired"
+        )
+    delay = backoff.delay(attempt, rng)
+    server_wait = retry_after_seconds(outcome.retry_after, now)
+    if server_wait is not None:
+        delay = max(delay, server_wait)
+    return Retry(
+        at=now + delay,
+        reason=reason,
+        code=outcome.code,
+        reresolve=status == 404,
+        pause_until=now + delay if status == 429 else None,
+    )
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent or bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _retryable(outcome: Outcome) -> bool:
+    status = outcome.status
+    if status is None:
+        return True
+    return status in (404, 408, 429) or status >= 500
+
+
+def _refusal(body: str) -> str | None:
+    """The message of a 2xx body that says `"success": false`, else None."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and data.get("success") is False:
+        return str(data.get("message") or "no message given")[:REASON_BODY_LIMIT]
+    return None
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"

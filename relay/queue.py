@@ -1,0 +1,308 @@
+"""The queue: the only module that talks to Redis.
+
+Layout (all key names are built here, in `Keys`):
+
+    {prefix}:{pNN}:ready            stream of conversation tokens, consumer group "workers"
+    {prefix}:{pNN}:mbox:{conv}      list: a conversation's message ids, in arrival order
+    {prefix}:{pNN}:body             hash: message id → envelope
+    {prefix}:{pNN}:delayed          sorted set: conversation → when to retry (ms)
+    {prefix}:{pNN}:dead             stream of dead letters (id, reason, code, at, envelope)
+    {prefix}:{pNN}:seen:{id}        dedup marker, expires after the dedup window
+
+A conversation lives in one of `PARTITIONS` partitions; the `{pNN}` hash tag keeps a
+partition in one Redis Cluster slot, and each Lua script touches one partition only.
+Per-conversation order comes from the mailbox: the stream carries at most one token per
+conversation, so its messages are delivered one at a time, head first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Awaitable, Callable, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from relay.errors import QueueUnavailable
+from relay.messages import Envelope, decode, encode
+
+log = logging.getLogger("relay.queue")
+
+PARTITIONS = 16
+GROUP = "workers"
+T = TypeVar("T")
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @staticmethod
+    def partition_of(conversation: str) -> int:
+        return zlib.crc32(conversation.encode()) % PARTITIONS
+
+    def _tag(self, partition: int) -> str:
+        return f"{self.prefix}:{{p{partition:02d}}}"
+
+    def ready(self, partition: int) -> str:
+        return f"{self._tag(partition)}:ready"
+
+    def body(self, partition: int) -> str:
+        return f"{self._tag(partition)}:body"
+
+    def delayed(self, partition: int) -> str:
+        return f"{self._tag(partition)}:delayed"
+
+    def dead(self, partition: int) -> str:
+        return f"{self._tag(partition)}:dead"
+
+    def mailbox(self, partition: int, conversation: str) -> str:
+        return f"{self._tag(partition)}:mbox:{conversation}"
+
+    def seen(self, partition: int, message_id: str) -> str:
+        return f"{self._tag(partition)}:seen:{message_id}"
+
+    def pattern(self) -> str:
+        """Matches every key relay writes under this prefix (for tests and tooling)."""
+        return f"{self.prefix}:*"
+
+
+@dataclass(frozen=True)
+class Token:
+    """A claim on one conversation: its head message is this worker's to deliver."""
+
+    partition: int
+    entry_id: str
+    conversation: str
+
+
+@dataclass(frozen=True)
+class DeadEntry:
+    partition: int
+    entry_id: str
+    client_message_id: str
+    reason: str
+    code: str
+    at: float
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class Depth:
+    ready: int  # conversations waiting to be read
+    in_flight: int  # conversations claimed by a worker
+    delayed: int  # conversations waiting for a retry time
+    dead: int  # dead letters
+
+
+def _load_scripts() -> dict[str, str]:
+    folder = resources.files("relay") / "lua"
+    lib = (folder / "_lib.lua").read_text(encoding="utf-8")
+    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave")
+    return {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
+
+
+_SCRIPTS = _load_scripts()
+
+
+class Queue:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str = "relay",
+        consumer: str = "",
+        dedup_window: float = 96 * 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.consumer = consumer
+        self.dedup_ms = int(dedup_window * 1000)
+        self.clock = clock
+        self._scripts = {name: redis.register_script(src) for name, src in _SCRIPTS.items()}
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._guard(self._scripts[script](keys=keys, args=args))
+
+    async def _guard(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except RedisError as exc:
+            raise QueueUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    # -- setup and health ------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        await self._guard(self.redis.ping())
+
+    async def ensure_groups(self) -> None:
+        """Create each partition's stream and consumer group (from the start: id 0)."""
+        for partition in range(PARTITIONS):
+            try:
+                await self.redis.xgroup_create(self.keys.ready(partition), GROUP, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise QueueUnavailable(f"redis: {exc}") from exc
+            except RedisError as exc:
+                raise QueueUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    async def enqueue(self, envelope: Envelope) -> bool:
+        """Store one message durably. False when its id was already accepted (a redelivery)."""
+        conversation = envelope.destination.conversation_key
+        p = self.keys.partition_of(conversation)
+        message_id = envelope.client_message_id
+        keys = [self.keys.seen(p, message_id), self.keys.body(p),
+                self.keys.mailbox(p, conversation), self.keys.ready(p)]
+        result = await self._run("enqueue", keys, [message_id, encode(envelope), self.dedup_ms, conversation])
+        return result == 1
+
+    # -- worker ----------------------------------------------------------------------------
+
+    async def read(self, partition: int, count: int, block_ms: int) -> list[Token]:
+        """New tokens for this consumer; blocks up to block_ms when there are none."""
+        stream = self.keys.ready(partition)
+        try:
+            reply = await self.redis.xreadgroup(GROUP, self.consumer, {stream: ">"}, count=count, block=block_ms)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost its data (restart without persistence)
+                await self.ensure_groups()
+                return []
+            raise QueueUnavailable(f"redis: {exc}") from exc
+        except RedisError as exc:
+            raise QueueUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        tokens = []
+        for _stream, entries in reply or []:
+            tokens.extend(Token(partition, entry_id, fields["c"]) for entry_id, fields in entries)
+        return tokens
+
+    async def reclaim(self, partition: int, min_idle: float, limit: int = 100) -> list[Token]:
+        """Take over tokens whose worker has been silent for min_idle seconds (XAUTOCLAIM)."""
+        stream, start, tokens = self.keys.ready(partition), "0-0", []
+        while len(tokens) < limit:
+            reply = await self._guard(self.redis.xautoclaim(
+                stream, GROUP, self.consumer, min_idle_time=int(min_idle * 1000),
+                start_id=start, count=limit - len(tokens)))
+            start, entries = reply[0], reply[1]
+            tokens.extend(Token(partition, entry_id, fields["c"]) for entry_id, fields in entries if fields)
+            if start in ("0-0", b"0-0"):
+                break
+        return tokens
+
+    async def fetch(self, tokens: list[Token]) -> list[tuple[Token, Envelope | None]]:
+        """Each token's head message; None for a token whose mailbox is empty or unreadable."""
+        out: list[tuple[Token, Envelope | None]] = []
+        by_partition: dict[int, list[Token]] = {}
+        for token in tokens:
+            by_partition.setdefault(token.partition, []).append(token)
+        for p, group in by_partition.items():
+            keys = [self.keys.body(p)] + [self.keys.mailbox(p, t.conversation) for t in group]
+            flat = await self._run("fetch", keys, [])
+            for i, token in enumerate(group):
+                raw = flat[2 * i + 1]
+                out.append((token, self._decode(token, raw) if raw else None))
+        return out
+
+    def _decode(self, token: Token, raw: str) -> Envelope | None:
+        try:
+            return decode(raw)
+        except ValueError as exc:
+            log.error("unreadable envelope partition=%s conversation=%s error=%s",
+                      token.partition, token.conversation, exc)
+            return None
+
+    async def done(self, token: Token, message_id: str) -> bool:
+        """The head message was delivered. False if another worker took the token over."""
+        return await self._finish(token, message_id, [])
+
+    async def dead_letter(self, token: Token, envelope: Envelope, reason: str, code: str) -> bool:
+        at_ms = int(self.clock() * 1000)
+        return await self._finish(token, envelope.client_message_id, [reason, code, at_ms, encode(envelope)])
+
+    async def _finish(self, token: Token, message_id: str, dead: list[Any]) -> bool:
+        p = token.partition
+        keys = [self.keys.ready(p), self.keys.mailbox(p, token.conversation),
+                self.keys.body(p), self.keys.dead(p)]
+        args = [GROUP, self.consumer, token.entry_id, message_id, token.conversation, *dead]
+        return await self._run("finish", keys, args) == 1
+
+    async def retry(self, token: Token, envelope: Envelope | None, due: float) -> bool:
+        """Park the conversation until `due` (epoch seconds). envelope=None hands it back as is."""
+        p = token.partition
+        keys = [self.keys.ready(p), self.keys.body(p), self.keys.delayed(p)]
+        message_id = envelope.client_message_id if envelope else ""
+        stored = encode(envelope) if envelope else ""
+        args = [GROUP, self.consumer, token.entry_id, message_id, stored, int(due * 1000), token.conversation]
+        return await self._run("retry", keys, args) == 1
+
+    async def renew(self, tokens: list[Token]) -> list[Token]:
+        """Reset the idle time of tokens still ours; return those another worker took over."""
+        lost: list[Token] = []
+        by_partition: dict[int, list[Token]] = {}
+        for token in tokens:
+            by_partition.setdefault(token.partition, []).append(token)
+        for p, group in by_partition.items():
+            gone = set(await self._run("renew", [self.keys.ready(p)],
+                                       [GROUP, self.consumer, *(t.entry_id for t in group)]))
+            lost.extend(t for t in group if t.entry_id in gone)
+        return lost
+
+    async def promote(self, partition: int, now: float, limit: int = 500) -> tuple[int, float | None]:
+        """Release conversations whose retry time has come. Returns (moved, next due or None)."""
+        keys = [self.keys.delayed(partition), self.keys.ready(partition)]
+        moved, following = await self._run("promote", keys, [int(now * 1000), limit])
+        following = float(following)
+        return int(moved), (following / 1000 if following >= 0 else None)
+
+    async def leave(self) -> None:
+        """Remove this consumer from every partition's group where it holds nothing."""
+        for p in range(PARTITIONS):
+            await self._run("leave", [self.keys.ready(p)], [GROUP, self.consumer])
+
+    # -- dead letters and inspection -------------------------------------------------------
+
+    async def dead_letters(self) -> list[DeadEntry]:
+        entries: list[DeadEntry] = []
+        for p in range(PARTITIONS):
+            for entry_id, fields in await self._guard(self.redis.xrange(self.keys.dead(p))):
+                try:
+                    envelope = decode(fields["envelope"])
+                except (KeyError, ValueError):
+                    log.error("unreadable dead letter partition=%s entry=%s", p, entry_id)
+                    continue
+                entries.append(DeadEntry(p, entry_id, fields["id"], fields.get("reason", ""),
+                                         fields.get("code", ""), int(fields.get("at", 0)) / 1000, envelope))
+        return sorted(entries, key=lambda e: e.at)
+
+    async def replay(self, entry: DeadEntry) -> bool:
+        """Put a dead letter back in its conversation, same id, fresh retry budget."""
+        envelope = entry.envelope.replayed(self.clock())
+        conversation = envelope.destination.conversation_key
+        p = entry.partition
+        keys = [self.keys.dead(p), self.keys.body(p), self.keys.mailbox(p, conversation), self.keys.ready(p)]
+        args = [entry.entry_id, envelope.client_message_id, encode(envelope), conversation]
+        return await self._run("replay", keys, args) == 1
+
+    async def drop(self, entry: DeadEntry) -> bool:
+        return await self._guard(self.redis.xdel(self.keys.dead(entry.partition), entry.entry_id)) == 1
+
+    async def depth(self) -> Depth:
+        ready = in_flight = delayed = dead = 0
+        for p in range(PARTITIONS):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xlen(self.keys.ready(p))
+            pipe.xpending(self.keys.ready(p), GROUP)
+            pipe.zcard(self.keys.delayed(p))
+            pipe.xlen(self.keys.dead(p))
+            length, pending, waiting, dead_count = await self._guard(pipe.execute())
+            in_flight += pending["pending"]
+            ready += length - pending["pending"]
+            delayed += waiting
+            dead += dead_count
+        return Depth(ready=ready, in_flight=in_flight, delayed=delayed, dead=dead)

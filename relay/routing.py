@@ -1,0 +1,115 @@
+"""Where a message goes: destinations, named routes, and choosing a live connection.
+
+Pure: no I/O. `letta.py` fetches the environment list; `choose_connection` decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping
+
+from relay.errors import BadRequest, quoted
+
+#: The three ways a destination can name its Letta environment; exactly one is set.
+SELECTORS = ("connection_id", "device_id", "connection_name")
+
+#: Letta's own CLI treats a connection as online only with a heartbeat this recent.
+ONLINE_HEARTBEAT_MS = 120_000
+
+DEFAULT_ROUTE = "default"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A Letta agent conversation, reached through one environment connection."""
+
+    agent_id: str
+    conversation_id: str | None = None
+    connection_id: str | None = None
+    device_id: str | None = None
+    connection_name: str | None = None
+
+    @property
+    def selector(self) -> tuple[str, str]:
+        """Which field names the environment, and its value: ("device_id", "dev-1")."""
+        for name in SELECTORS:
+            value = getattr(self, name)
+            if value:
+                return name, value
+        raise ValueError("destination names no connection")  # settings make this unreachable
+
+    @property
+    def conversation_key(self) -> str:
+        """Stable short key of the conversation; messages with the same key keep their order."""
+        conversation = self.conversation_id or "default"
+        digest = hashlib.blake2b(f"{self.agent_id}\0{conversation}".encode(), digest_size=10)
+        return digest.hexdigest()
+
+    def describe(self) -> str:
+        kind, value = self.selector
+        return f"agent {self.agent_id} via {kind}={value}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Destination:
+        return cls(**{k: data.get(k) for k in ("agent_id", "conversation_id", *SELECTORS)})
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    destination: Destination
+
+
+class Router:
+    """Named routes; a request that names none goes to the route called "default"."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self._routes = {route.name: route for route in routes}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._routes
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._routes)
+
+    def pick(self, name: str | None) -> Route:
+        if name is None:
+            if DEFAULT_ROUTE in self._routes:
+                return self._routes[DEFAULT_ROUTE]
+            raise BadRequest("no route given and no default destination is configured")
+        try:
+            return self._routes[name]
+        except KeyError:
+            raise BadRequest(f"unknown route {quoted(name)}") from None
+
+
+def choose_connection(
+    connections: Iterable[Mapping[str, Any]], destination: Destination, now_ms: int
+) -> str | None:
+    """The live connectionId for a destination named by device id or connection name.
+
+    Online means a connectionId is set and the heartbeat is under two minutes old; among
+    several (a device that re-registered), the freshest heartbeat wins.
+    """
+    kind, value = destination.selector
+    if kind == "connection_id":
+        return value
+    field = {"device_id": "deviceId", "connection_name": "connectionName"}[kind]
+    best: tuple[float, str] | None = None
+    for connection in connections:
+        if connection.get(field) != value:
+            continue
+        connection_id = connection.get("connectionId")
+        heartbeat = connection.get("lastHeartbeat")
+        if not connection_id or not isinstance(heartbeat, (int, float)):
+            continue
+        if now_ms - heartbeat > ONLINE_HEARTBEAT_MS:
+            continue
+        if best is None or heartbeat > best[0]:
+            best = (heartbeat, connection_id)
+    return best[1] if best else None

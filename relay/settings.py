@@ -1,0 +1,228 @@
+"""All configuration, parsed once: environment variables (+ an optional TOML routes file).
+
+Every problem is a ConfigError naming the setting. Unknown `RELAY_*` variables and unknown
+keys in the routes file are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from relay.errors import ConfigError
+from relay.routing import DEFAULT_ROUTE, SELECTORS, Destination, Route
+from relay.sources.generic import decode_secret
+
+DEFAULT_LETTA_BASE_URL = "https://api.letta.com"
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+_ENV_DESTINATION = {
+    "LETTA_AGENT_ID": "agent_id",
+    "LETTA_CONVERSATION_ID": "conversation_id",
+    "LETTA_CONNECTION_ID": "connection_id",
+    "LETTA_DEVICE_ID": "device_id",
+    "LETTA_CONNECTION_NAME": "connection_name",
+}
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    letta_api_key: str | None = field(default=None, repr=False)
+    letta_base_url: str = DEFAULT_LETTA_BASE_URL
+    hook_secret: bytes | None = field(default=None, repr=False)
+    routes: tuple[Route, ...] = ()
+    key_prefix: str = "relay"
+    max_body_bytes: int = 1024 * 1024
+    dedup_window: float = 96 * 3600.0
+    reclaim_after: float = 60.0
+    max_age: float = 24 * 3600.0
+    approval_max_age: float = 3600.0
+    retry_base: float = 1.0
+    retry_cap: float = 300.0
+    concurrency: int = 32
+    letta_timeout: float = 30.0
+    resolve_ttl: float = 30.0
+    shutdown_grace: float = 20.0
+    log_level: str = "INFO"
+
+    def max_age_for(self, kind: str) -> float:
+        return self.approval_max_age if kind == "approval" else self.max_age
+
+
+def parse_duration(name: str, value: str) -> float:
+    """'60', '0.5', '500ms', '90s', '5m', '24h', '4d' → seconds (> 0)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+    if not match:
+        raise ConfigError(f"{name}={value!r} is not a duration (examples: 60, 500ms, 90s, 5m, 24h)")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ConfigError(f"{name} must be greater than zero")
+    return seconds
+
+
+def parse_count(name: str, value: str) -> int:
+    if not value.strip().isdigit() or int(value) <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive whole number")
+    return int(value)
+
+
+def _parse_level(name: str, value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{name}={value!r} must be one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+def _parse_prefix(name: str, value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise ConfigError(f"{name}={value!r} may use only letters, digits, '_', '.', '-'")
+    return value
+
+
+#: RELAY_* tunables: variable → (Settings attribute, parser). Defaults live on Settings;
+#: the README's configuration reference lists them all.
+_TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "RELAY_KEY_PREFIX": ("key_prefix", _parse_prefix),
+    "RELAY_MAX_BODY_BYTES": ("max_body_bytes", parse_count),
+    "RELAY_DEDUP_WINDOW": ("dedup_window", parse_duration),
+    "RELAY_RECLAIM_AFTER": ("reclaim_after", parse_duration),
+    "RELAY_MAX_AGE": ("max_age", parse_duration),
+    "RELAY_APPROVAL_MAX_AGE": ("approval_max_age", parse_duration),
+    "RELAY_RETRY_BASE": ("retry_base", parse_duration),
+    "RELAY_RETRY_CAP": ("retry_cap", parse_duration),
+    "RELAY_CONCURRENCY": ("concurrency", parse_count),
+    "RELAY_LETTA_TIMEOUT": ("letta_timeout", parse_duration),
+    "RELAY_RESOLVE_TTL": ("resolve_ttl", parse_duration),
+    "RELAY_SHUTDOWN_GRACE": ("shutdown_grace", parse_duration),
+    "RELAY_LOG_LEVEL": ("log_level", _parse_level),
+}
+#: RELAY_* names that are read elsewhere than _TUNABLES.
+_OTHER_RELAY_NAMES = {"RELAY_HOOK_SECRET", "RELAY_ROUTES"}
+KNOWN_RELAY_NAMES = frozenset(_TUNABLES) | _OTHER_RELAY_NAMES
+
+
+def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = None) -> Settings:
+    """Build Settings from an environment mapping; `read_text` reads the routes file."""
+    env = {k: v for k, v in environ.items() if v != ""}  # an empty variable counts as unset
+    _reject_unknown(env)
+    values: dict[str, Any] = {
+        attr: parse(name, env[name]) for name, (attr, parse) in _TUNABLES.items() if name in env
+    }
+    if values.get("retry_cap", 300.0) < values.get("retry_base", 1.0):
+        raise ConfigError("RELAY_RETRY_CAP must not be smaller than RELAY_RETRY_BASE")
+    if "REDIS_URL" in env:
+        values["redis_url"] = _parse_redis_url(env["REDIS_URL"])
+    if "LETTA_API_KEY" in env:
+        values["letta_api_key"] = env["LETTA_API_KEY"].strip()
+    if "LETTA_BASE_URL" in env:
+        values["letta_base_url"] = _parse_http_url("LETTA_BASE_URL", env["LETTA_BASE_URL"])
+    if "RELAY_HOOK_SECRET" in env:
+        try:
+            values["hook_secret"] = decode_secret(env["RELAY_HOOK_SECRET"])
+        except ValueError as exc:
+            raise ConfigError(f"RELAY_HOOK_SECRET {exc}") from None
+    routes: dict[str, Route] = {}
+    if "RELAY_ROUTES" in env:
+        reader = read_text or (lambda path: Path(path).read_text(encoding="utf-8"))
+        routes = parse_routes_file(env["RELAY_ROUTES"], reader)
+    default = _env_destination(env)
+    if default is not None:
+        if DEFAULT_ROUTE in routes:
+            raise ConfigError(
+                "LETTA_AGENT_ID sets the default destination, and RELAY_ROUTES also defines "
+                f"a route named {DEFAULT_ROUTE!r}; keep one"
+            )
+        routes[DEFAULT_ROUTE] = Route(DEFAULT_ROUTE, default)
+    values["routes"] = tuple(routes.values())
+    return Settings(**values)
+
+
+def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> dict[str, Route]:
+    """The parsed TOML routes document → routes by name."""
+    unknown = sorted(set(document) - {"routes"})
+    if unknown:
+        raise ConfigError(f"{origin}: unknown top-level key {unknown[0]!r} (expected [routes.NAME])")
+    table = document.get("routes", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{origin}: 'routes' must be a table of [routes.NAME] sections")
+    routes: dict[str, Route] = {}
+    for name, spec in table.items():
+        where = f"{origin}: [routes.{name}]"
+        if not _ROUTE_NAME.match(name):
+            raise ConfigError(f"{where}: a route name may use only letters, digits, '_', '.', '-'")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where} must be a table")
+        allowed = {"agent_id", "conversation_id", *SELECTORS}
+        extra = sorted(set(spec) - allowed)
+        if extra:
+            raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        for key, value in spec.items():
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{where}: {key} must be a non-empty string")
+        routes[name] = Route(name, _destination(spec, where, keys={k: k for k in allowed}))
+    return routes
+
+
+def parse_routes_file(path: str, read_text: Callable[[str], str]) -> dict[str, Route]:
+    try:
+        text = read_text(path)
+    except OSError as exc:
+        raise ConfigError(f"RELAY_ROUTES={path!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"RELAY_ROUTES={path!r} is not valid TOML: {exc}") from None
+    return parse_routes(document, origin=f"RELAY_ROUTES={path}")
+
+
+def _env_destination(env: Mapping[str, str]) -> Destination | None:
+    present = {name: env[name].strip() for name in _ENV_DESTINATION if name in env}
+    if not present:
+        return None
+    return _destination(
+        {_ENV_DESTINATION[name]: value for name, value in present.items()},
+        where="default destination",
+        keys={attr: name for name, attr in _ENV_DESTINATION.items()},
+    )
+
+
+def _destination(spec: Mapping[str, str], where: str, keys: Mapping[str, str]) -> Destination:
+    """`keys` maps each destination field to the name the operator wrote (env var or TOML key)."""
+    if not spec.get("agent_id"):
+        others = ", ".join(keys[k] for k in spec)
+        raise ConfigError(f"{where}: {keys['agent_id']} is required (set alongside {others})")
+    chosen = [name for name in SELECTORS if spec.get(name)]
+    names = " / ".join(keys[name] for name in SELECTORS)
+    if len(chosen) != 1:
+        got = " and ".join(keys[name] for name in chosen) if chosen else "none"
+        raise ConfigError(f"{where}: set exactly one of {names} (got {got})")
+    return Destination(**{k: v.strip() for k, v in spec.items()})
+
+
+def _reject_unknown(env: Mapping[str, str]) -> None:
+    for name in sorted(env):
+        if name.startswith("RELAY_") and name not in KNOWN_RELAY_NAMES:
+            guess = difflib.get_close_matches(name, sorted(KNOWN_RELAY_NAMES), n=1)
+            hint = f"; did you mean {guess[0]}?" if guess else ""
+            raise ConfigError(f"unknown setting {name}{hint}")
+
+
+def _parse_redis_url(value: str) -> str:
+    value = value.strip()
+    if not re.match(r"^(redis|rediss|unix)://", value):
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {value.split('://')[0]!r})")
+    return value
+
+
+def _parse_http_url(name: str, value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ConfigError(f"{name}={value!r} must be an http:// or https:// URL")
+    return value

@@ -1,0 +1,1 @@
+"""Sources: pure modules that verify, parse and normalize one kind of inbound request."""

@@ -1,0 +1,198 @@
+"""The generic source: a Standard Webhooks signed JSON request → one Letta message.
+
+Verification follows https://www.standardwebhooks.com: HMAC-SHA256 over
+`{webhook-id}.{webhook-timestamp}.{body}` with the base64 secret after `whsec_`, any of the
+space-separated `v1,<base64>` signatures may match, timestamp within ±5 minutes.
+
+Body, one of:
+    {"text": "…", "route": "name"?}
+    {"approval": {"tool_call_id": "…", "approve": true|false, "reason": "…"?}, "route": "name"?}
+
+Pure: headers, bytes, a secret and a clock in; an `Inbound` or a `Rejected` out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from relay.errors import BadRequest, BadSignature, quoted
+from relay.messages import (
+    Inbound,
+    approval_decision,
+    approval_message,
+    client_message_id,
+    user_message,
+)
+
+SOURCE = "generic"
+SECRET_PREFIX = "whsec_"
+TOLERANCE_SECONDS = 300
+MIN_SECRET_BYTES = 24  # the spec's minimum for symmetric secrets
+MAX_ID_LENGTH = 256
+
+
+def decode_secret(value: str) -> bytes:
+    """`whsec_<base64>` → key bytes. Raises ValueError with a reason fit for the operator."""
+    raw = value.strip()
+    if raw.startswith(SECRET_PREFIX):
+        raw = raw[len(SECRET_PREFIX) :]
+    try:
+        key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be whsec_ followed by base64") from None
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"decodes to {len(key)} bytes; Standard Webhooks needs at least 24")
+    return key
+
+
+def sign(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `v1,<base64>` signature of one request."""
+    digest = _digest(secret, msg_id, str(timestamp), body)
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(secret: bytes, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "content-type": "application/json",
+    }
+
+
+def verify(
+    headers: Mapping[str, str],
+    body: bytes,
+    secret: bytes,
+    now: float,
+    tolerance: int = TOLERANCE_SECONDS,
+) -> str:
+    """Check the signature; return the webhook-id. Raises BadSignature."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    msg_id = lowered.get("webhook-id", "")
+    timestamp = lowered.get("webhook-timestamp", "")
+    signatures = lowered.get("webhook-signature", "")
+    for name, value in (("webhook-id", msg_id), ("webhook-timestamp", timestamp),
+                        ("webhook-signature", signatures)):
+        if not value:
+            raise BadSignature(f"missing {name} header")
+    if len(msg_id) > MAX_ID_LENGTH or not msg_id.isprintable():
+        raise BadSignature("webhook-id is not a printable id of at most 256 characters")
+    if not (timestamp.isascii() and timestamp.isdigit()):
+        raise BadSignature("webhook-timestamp is not an integer")
+    if abs(now - int(timestamp)) > tolerance:
+        raise BadSignature(f"webhook-timestamp is outside the ±{tolerance} s window")
+    expected = _digest(secret, msg_id, timestamp, body)
+    matched = False
+    for candidate in signatures.split(" "):
+        version, _, encoded = candidate.partition(",")
+        if version != "v1":
+            continue
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        # Compare every candidate (no early exit) so timing does not reveal which matched.
+        matched |= hmac.compare_digest(expected, given)
+    if not matched:
+        raise BadSignature("no valid v1 signature")
+    return msg_id
+
+
+@dataclass(frozen=True)
+class GenericRequest:
+    text: str | None
+    approval: dict[str, Any] | None
+    route: str | None
+
+
+def parse(body: bytes) -> GenericRequest:
+    """The JSON body → a GenericRequest. Raises BadRequest naming the problem."""
+    data = _load_json_object(body)
+    unknown = sorted(set(data) - {"text", "approval", "route"})
+    if unknown:
+        raise BadRequest(f"unknown field {quoted(unknown[0])}; expected text or approval, and route")
+    route = data.get("route")
+    if route is not None and (not isinstance(route, str) or not route.strip()):
+        raise BadRequest("route must be a non-empty string")
+    has_text, has_approval = "text" in data, "approval" in data
+    if has_text == has_approval:
+        raise BadRequest("body must have exactly one of text or approval")
+    if has_text:
+        text = data["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequest("text must be a non-empty string")
+        return GenericRequest(text=text, approval=None, route=route)
+    return GenericRequest(text=None, approval=_parse_approval(data["approval"]), route=route)
+
+
+def receive(headers: Mapping[str, str], body: bytes, secret: bytes, now: float) -> Inbound:
+    """Verify, parse and normalize one generic webhook into an unrouted message."""
+    msg_id = verify(headers, body, secret, now)
+    request = parse(body)
+    message_id = client_message_id(SOURCE, msg_id)
+    if request.text is not None:
+        message = user_message(request.text, message_id)
+    else:
+        approval = request.approval or {}
+        message = approval_message([approval_decision(**approval)])
+    return Inbound(SOURCE, msg_id, message_id, message, request.route)
+
+
+def _digest(secret: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:
+    signed = msg_id.encode() + b"." + timestamp.encode() + b"." + body
+    return hmac.new(secret, signed, hashlib.sha256).digest()
+
+
+def _parse_approval(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest("approval must be an object")
+    unknown = sorted(set(value) - {"tool_call_id", "approve", "reason"})
+    if unknown:
+        raise BadRequest(f"unknown approval field {quoted(unknown[0])}")
+    tool_call_id = value.get("tool_call_id")
+    if not isinstance(tool_call_id, str) or not tool_call_id.strip():
+        raise BadRequest("approval.tool_call_id must be a non-empty string")
+    if not isinstance(value.get("approve"), bool):
+        raise BadRequest("approval.approve must be true or false")
+    reason = value.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest("approval.reason must be a string")
+    return {"tool_call_id": tool_call_id, "approve": value["approve"], "reason": reason}
+
+
+def _load_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+        )
+    except UnicodeDecodeError:
+        raise BadRequest("body is not valid UTF-8") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and the hooks below
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {quoted(key)}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
