@@ -99,6 +99,12 @@ class Depth:
     dead: int  # dead letters
 
 
+def connect(url: str, *, socket_timeout: float = 10.0) -> aioredis.Redis:
+    """A client for REDIS_URL. The timeout bounds every call (blocking reads use 1 s)."""
+    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
+                                   socket_connect_timeout=3.0, health_check_interval=30)
+
+
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("relay") / "lua"
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from relay.errors import BadRequest, BadSignature, quoted
+from relay.errors import BadRequest, BadSignature, UnsupportedMedia, quoted
 from relay.messages import (
     Inbound,
     approval_decision,
@@ -135,6 +135,7 @@ def parse(body: bytes) -> GenericRequest:
 def receive(headers: Mapping[str, str], body: bytes, secret: bytes, now: float) -> Inbound:
     """Verify, parse and normalize one generic webhook into an unrouted message."""
     msg_id = verify(headers, body, secret, now)
+    _require_json(headers)
     request = parse(body)
     message_id = client_message_id(SOURCE, msg_id)
     if request.text is not None:
@@ -143,6 +144,14 @@ def receive(headers: Mapping[str, str], body: bytes, secret: bytes, now: float) 
         approval = request.approval or {}
         message = approval_message([approval_decision(**approval)])
     return Inbound(SOURCE, msg_id, message_id, message, request.route)
+
+
+def _require_json(headers: Mapping[str, str]) -> None:
+    """A declared content type must be JSON; an absent one is accepted (the body decides)."""
+    declared = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    media = declared.split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMedia("content-type must be application/json")
 
 
 def _digest(secret: bytes, msg_id: str, timestamp: str, body: bytes) -> bytes:

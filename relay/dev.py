@@ -1,0 +1,129 @@
+"""`relay dev`: the whole pipeline in one process, for trying relay on a laptop.
+
+web + worker + an in-process fakeredis (unless REDIS_URL is set) + a local Letta stand-in
+that prints what it receives (unless LETTA_API_KEY is set). It says so loudly: nothing is
+durable and nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import signal
+import sys
+from dataclasses import replace
+
+import fakeredis
+
+from relay.errors import ConfigError
+from relay.letta import LettaClient
+from relay.queue import Queue, connect
+from relay.routing import Destination, Route
+from relay.serving import EmbeddedServer, bound_socket, server_config
+from relay.settings import Settings
+from relay.sources.generic import decode_secret
+from relay.standin import DEV_AGENT_ID, DEV_DEVICE_ID, Device, LettaStandIn
+from relay.web import create_app
+from relay.worker import Worker, consumer_name
+
+log = logging.getLogger("relay.dev")
+
+#: Used by `relay dev` and `relay send` when RELAY_HOOK_SECRET is not set. Public on purpose.
+DEV_HOOK_SECRET = "whsec_" + base64.b64encode(b"relay-dev-secret:not-for-production").decode()
+
+
+def stand_in_devices(routes: tuple[Route, ...]) -> list[Device]:
+    """One stand-in device per configured route, so every route resolves locally."""
+    devices = []
+    for route in routes:
+        d = route.destination
+        devices.append(Device(
+            device_id=d.device_id or f"dev-{route.name}",
+            connection_name=d.connection_name or route.name,
+            connection_id=d.connection_id or f"conn-dev-{route.name}",
+        ))
+    return devices
+
+
+def prepare(settings: Settings) -> Settings:
+    """Dev defaults: the development secret, and the stand-in's agent when no route is set."""
+    if settings.hook_secret is None:
+        settings = replace(settings, hook_secret=decode_secret(DEV_HOOK_SECRET))
+    if not settings.routes:
+        if settings.letta_api_key:
+            raise ConfigError("relay dev with LETTA_API_KEY delivers to the real Letta API: set "
+                              "LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / LETTA_DEVICE_ID / "
+                              "LETTA_CONNECTION_NAME (or RELAY_ROUTES)")
+        default = Route("default", Destination(agent_id=DEV_AGENT_ID, device_id=DEV_DEVICE_ID))
+        settings = replace(settings, routes=(default,))
+    return settings
+
+
+def _print_block(text: str) -> None:
+    print(text, flush=True)
+
+
+async def run(settings: Settings, host: str, port: int) -> None:
+    own_secret = settings.hook_secret is not None
+    settings = prepare(settings)
+    notes = []
+    if settings.redis_url:
+        redis = connect(settings.redis_url)
+        notes.append("queue: Redis at REDIS_URL")
+    else:
+        redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+        notes.append("queue: in-process fakeredis. NOTHING IS DURABLE: queued messages vanish on exit")
+    stand_in_server = None
+    if settings.letta_api_key:
+        letta = LettaClient.from_settings(settings)
+        notes.append(f"letta: the real API at {settings.letta_base_url}")
+    else:
+        stand_in = LettaStandIn(stand_in_devices(settings.routes), echo=_print_block)
+        sock = bound_socket()
+        stand_in_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+        stand_in_server = EmbeddedServer(server_config(stand_in.app, "127.0.0.1", 0))
+        letta = LettaClient.from_settings(settings, base_url=stand_in_url, api_key="relay-dev")
+        notes.append(f"letta: local stand-in at {stand_in_url}. NOTHING LEAVES THIS MACHINE")
+    notes.append("hook secret: RELAY_HOOK_SECRET" if own_secret else
+                 "hook secret: the public development secret (relay send finds it by itself)")
+
+    web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
+    worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
+                         dedup_window=settings.dedup_window)
+    await web_queue.ensure_groups()
+    web = EmbeddedServer(server_config(create_app(settings, web_queue), host, port))
+    worker = Worker(worker_queue, letta, settings)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    _banner(notes, host, port, [r.name for r in settings.routes])
+
+    tasks = [asyncio.create_task(web.serve()), asyncio.create_task(worker.run(stop))]
+    if stand_in_server is not None:
+        tasks.append(asyncio.create_task(stand_in_server.serve(sockets=[sock])))
+    await stop.wait()
+    web.should_exit = True
+    await tasks[1]  # the worker drains while the stand-in still answers
+    if stand_in_server is not None:
+        stand_in_server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await letta.aclose()
+    await redis.aclose()
+
+
+def _banner(notes: list[str], host: str, port: int, routes: list[str]) -> None:
+    rule = "=" * 78
+    lines = [rule, " relay dev: EMBEDDED MODE, for trying relay; not for production"]
+    lines += [f"  * {note}" for note in notes]
+    lines += [
+        f"  * webhooks: http://{host}:{port}/hooks/generic   routes: {', '.join(routes)}",
+        "  Try it in another terminal:",
+        '      relay send "deploy finished, please summarize"',
+        "      relay send --approve TOOL_CALL_ID",
+        rule,
+    ]
+    log.warning("\n" + "\n".join(lines))
+    sys.stderr.flush()

@@ -1,0 +1,185 @@
+"""The Letta client: the only module that talks to the Letta API.
+
+- `send` POSTs one body to `/v1/environments/{connectionId}/messages` and reports an
+  `Outcome` (never raises for HTTP or transport trouble; `policy.decide` judges it).
+- Short in-call retries (tenacity) cover failures to send: connection refused or reset,
+  a stale pooled connection, a pool wait. A read timeout is not retried here; it becomes a
+  "timeout" outcome and waits its turn in the delayed set, so a worker never sleeps long on
+  one message.
+- `connection_for` resolves a destination named by device id or connection name to the live
+  connectionId (`GET /v1/environments…`), cached for `resolve_ttl` seconds; `forget` drops
+  the cache entry after a 404.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+from urllib.parse import quote
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
+
+from relay import __version__
+from relay.messages import Envelope
+from relay.policy import Outcome
+from relay.routing import Destination, choose_connection
+from relay.settings import Settings
+
+RESPONSE_BODY_LIMIT = 4000
+PAGE_SIZE = 100
+MAX_PAGES = 50
+
+
+class _ResolveFailed(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.describe())
+        self.outcome = outcome
+
+
+def _worth_resending(exc: BaseException) -> bool:
+    """Transport failures where resending at once is cheap and safe (the id is unchanged)."""
+    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
+        return False
+    return isinstance(exc, httpx.TransportError)
+
+
+class LettaClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        max_connections: int = 32,
+        resolve_ttl: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_wait: wait_base | None = None,
+        retry_attempts: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"relay/{__version__}"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
+        self._retrying = dict(
+            stop=stop_after_attempt(retry_attempts) | stop_after_delay(10),
+            wait=retry_wait if retry_wait is not None else wait_exponential_jitter(initial=0.1, max=1.0),
+            retry=retry_if_exception(_worth_resending),
+            reraise=True,
+        )
+        self._resolve_ttl = resolve_ttl
+        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, base_url: str | None = None,
+                      api_key: str | None = None) -> LettaClient:
+        return cls(
+            base_url or settings.letta_base_url,
+            api_key or settings.letta_api_key or "",
+            timeout=settings.letta_timeout,
+            max_connections=settings.concurrency,
+            resolve_ttl=settings.resolve_ttl,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def deliver(self, envelope: Envelope) -> Outcome:
+        """Resolve the destination's connection and send the envelope's message."""
+        destination = envelope.destination
+        try:
+            connection_id = await self.connection_for(destination)
+        except _ResolveFailed as failed:
+            return failed.outcome
+        if connection_id is None:
+            kind, value = destination.selector
+            return Outcome(error="unresolved", detail=f"no online connection for {kind}={value}")
+        return await self.send(connection_id, envelope.request_body())
+
+    async def send(self, connection_id: str, body: dict[str, Any]) -> Outcome:
+        path = f"/v1/environments/{quote(connection_id, safe='')}/messages"
+        try:
+            response = await self._request("POST", path, json=body)
+        except httpx.TransportError as exc:
+            return _transport_outcome(exc)
+        return Outcome(
+            status=response.status_code,
+            body=response.text[:RESPONSE_BODY_LIMIT],
+            retry_after=response.headers.get("retry-after"),
+        )
+
+    async def connection_for(self, destination: Destination) -> str | None:
+        kind, value = destination.selector
+        if kind == "connection_id":
+            return value
+        now = self._clock()
+        cached = self._cache.get((kind, value))
+        if cached and cached[1] > now:
+            return cached[0]
+        connections = await self._connections(kind, value)
+        chosen = choose_connection(connections, destination, int(now * 1000))
+        if chosen is not None:
+            self._cache[(kind, value)] = (chosen, now + self._resolve_ttl)
+        return chosen
+
+    def forget(self, destination: Destination) -> None:
+        self._cache.pop(destination.selector, None)
+
+    async def _connections(self, kind: str, value: str) -> list[dict[str, Any]]:
+        if kind == "device_id":
+            data = await self._get_json(f"/v1/environments/{quote(value, safe='')}", {}, missing_ok=True)
+            return [data] if isinstance(data, dict) else []
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"onlineOnly": "true", "limit": PAGE_SIZE}
+        for _ in range(MAX_PAGES):
+            data = await self._get_json("/v1/environments", params)
+            page = data.get("connections") if isinstance(data, dict) else None
+            if not isinstance(page, list):
+                raise _ResolveFailed(Outcome(error="resolve", detail="environment list without connections"))
+            found.extend(c for c in page if isinstance(c, dict))
+            if not data.get("hasNextPage") or not page:
+                break
+            params["after"] = page[-1].get("id")
+        return found
+
+    async def _get_json(self, path: str, params: dict[str, Any], missing_ok: bool = False) -> Any:
+        try:
+            response = await self._request("GET", path, params=params)
+        except httpx.TransportError as exc:
+            raise _ResolveFailed(_transport_outcome(exc, while_="resolving the connection")) from exc
+        if missing_ok and response.status_code == 404:
+            return None
+        if not 200 <= response.status_code < 300:
+            # A 404 of the list itself must not read as "connection gone, resolve again".
+            status = 502 if response.status_code == 404 else response.status_code
+            raise _ResolveFailed(Outcome(status=status, body=f"resolving the connection: {response.text[:500]}",
+                                         retry_after=response.headers.get("retry-after")))
+        try:
+            return response.json()
+        except ValueError:
+            raise _ResolveFailed(Outcome(error="resolve", detail="environment list is not JSON")) from None
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async for attempt in AsyncRetrying(**self._retrying):
+            with attempt:
+                return await self._http.request(method, path, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def _transport_outcome(exc: httpx.TransportError, while_: str = "") -> Outcome:
+    kind = "timeout" if isinstance(exc, httpx.TimeoutException) else (
+        "connect" if isinstance(exc, httpx.ConnectError) else "transport")
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return Outcome(error=kind, detail=f"{while_}: {detail}" if while_ else detail)

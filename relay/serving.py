@@ -1,0 +1,37 @@
+"""Run ASGI apps under uvicorn inside a process that owns its signal handling.
+
+`relay serve` lets uvicorn handle SIGTERM itself. `relay dev` (and the tests) run several
+servers and a worker in one event loop; there the caller decides when each server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from typing import Any, Iterator
+
+import uvicorn
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server that leaves SIGINT/SIGTERM to its owner: set `should_exit` to stop it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    # relay logs each request itself (accepted / duplicate / rejected, with reasons).
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                          server_header=False, lifespan="off")
+
+
+def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it back with getsockname())."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

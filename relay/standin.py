@@ -1,0 +1,234 @@
+"""A local stand-in for the Letta environments API, for `relay dev` and for tests.
+
+It speaks the parts of the contract relay uses:
+
+    GET  /v1/environments                          paged list of connections
+    GET  /v1/environments/{deviceId}               one device's connection
+    POST /v1/environments/{connectionId}/messages  accept a message → {"message", "success"}
+
+and records every attempt. Tests script failures with `add_fault` (status, Retry-After,
+a hang, a predicate for poison messages) and move a device with `rotate`.
+Thread-safe: it usually runs in a server thread while a test thread inspects it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+DEV_AGENT_ID = "agent-relay-dev"
+DEV_DEVICE_ID = "relay-dev-device"
+DEV_CONNECTION_NAME = "relay-dev"
+
+
+@dataclass
+class Fault:
+    status: int = 500
+    times: int | None = 1  # None: forever
+    match: Callable[[dict[str, Any]], bool] | None = None
+    retry_after: str | None = None
+    delay: float = 0.0  # seconds to wait before answering (longer than the client timeout = a hang)
+    body: Any = None
+
+
+@dataclass
+class Attempt:
+    at: float
+    connection_id: str
+    body: dict[str, Any]
+    status: int = 0
+    authorization: str = ""
+
+    @property
+    def message_ids(self) -> list[str]:
+        return [m.get("client_message_id", "") for m in self.body.get("messages", []) if isinstance(m, dict)]
+
+
+@dataclass
+class Device:
+    device_id: str
+    connection_name: str
+    connection_id: str | None
+    online: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LettaStandIn:
+    def __init__(
+        self,
+        devices: list[Device] | None = None,
+        *,
+        echo: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.devices = devices if devices is not None else [
+            Device(DEV_DEVICE_ID, DEV_CONNECTION_NAME, "conn-" + uuid.uuid4().hex[:12])
+        ]
+        self.attempts: list[Attempt] = []
+        self.list_requests = 0
+        self._faults: list[Fault] = []
+        self._echo = echo
+        self._clock = clock
+        self._changed = threading.Condition()
+        self.app = Starlette(routes=[
+            Route("/v1/environments", self._list, methods=["GET"]),
+            Route("/v1/environments/{device_id}", self._get, methods=["GET"]),
+            Route("/v1/environments/{connection_id}/messages", self._post, methods=["POST"]),
+        ])
+
+    # -- scripting (test thread) -------------------------------------------------------------
+
+    def add_fault(self, status: int = 500, **options: Any) -> Fault:
+        fault = Fault(status=status, **options)
+        with self._changed:
+            self._faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        with self._changed:
+            self._faults.clear()
+
+    def rotate(self, device_id: str) -> str:
+        """The device re-registers: it gets a new connectionId and the old one answers 404."""
+        with self._changed:
+            device = next(d for d in self.devices if d.device_id == device_id)
+            device.connection_id = "conn-" + uuid.uuid4().hex[:12]
+            return device.connection_id
+
+    # -- inspection (test thread) ------------------------------------------------------------
+
+    def delivered(self) -> list[Attempt]:
+        """Attempts answered 2xx: what the device received."""
+        with self._changed:
+            return [a for a in self.attempts if 200 <= a.status < 300]
+
+    def delivered_ids(self) -> list[str]:
+        return [i for a in self.delivered() for i in a.message_ids]
+
+    def wait_for(self, predicate: Callable[[LettaStandIn], bool], timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def wait_for_delivered(self, count: int, timeout: float = 10.0) -> list[Attempt]:
+        self.wait_for(lambda s: len([a for a in s.attempts if 200 <= a.status < 300]) >= count, timeout)
+        return self.delivered()
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def _connection(self, device: Device) -> dict[str, Any]:
+        now_ms = int(self._clock() * 1000)
+        online = device.online and device.connection_id is not None
+        return {
+            "id": f"env-{device.device_id}",
+            "deviceId": device.device_id,
+            "connectionId": device.connection_id if online else None,
+            "connectionName": device.connection_name,
+            "lastHeartbeat": now_ms if online else None,
+            "lastSeenAt": now_ms,
+            "currentMode": "default",
+            "metadata": {"os": "stand-in", **device.extra},
+        }
+
+    async def _list(self, request: Request) -> Response:
+        with self._changed:
+            self.list_requests += 1
+            devices = list(self.devices)
+        if request.query_params.get("onlineOnly") == "true":
+            devices = [d for d in devices if d.online and d.connection_id]
+        after = request.query_params.get("after")
+        if after:
+            ids = [f"env-{d.device_id}" for d in devices]
+            devices = devices[ids.index(after) + 1:] if after in ids else []
+        limit = int(request.query_params.get("limit", "100"))
+        page = devices[:limit]
+        return JSONResponse({"connections": [self._connection(d) for d in page],
+                             "hasNextPage": len(devices) > limit})
+
+    async def _get(self, request: Request) -> Response:
+        with self._changed:
+            self.list_requests += 1
+            device = next((d for d in self.devices if d.device_id == request.path_params["device_id"]), None)
+        if device is None:
+            return JSONResponse({"message": "environment not found"}, status_code=404)
+        return JSONResponse(self._connection(device))
+
+    async def _post(self, request: Request) -> Response:
+        connection_id = request.path_params["connection_id"]
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"message": "invalid JSON", "success": False}, status_code=400)
+        attempt = Attempt(self._clock(), connection_id, body if isinstance(body, dict) else {},
+                          authorization=request.headers.get("authorization", ""))
+        with self._changed:
+            self.attempts.append(attempt)
+            fault = self._take_fault(attempt.body)
+            known = any(d.connection_id == connection_id and d.online for d in self.devices)
+            self._changed.notify_all()
+        if fault is not None and fault.delay:
+            await asyncio.sleep(fault.delay)
+        status, payload, headers = self._answer(fault, known, attempt.body)
+        with self._changed:
+            attempt.status = status
+            self._changed.notify_all()
+        if 200 <= status < 300 and self._echo:
+            self._echo(describe(connection_id, attempt.body))
+        return JSONResponse(payload, status_code=status, headers=headers)
+
+    def _take_fault(self, body: dict[str, Any]) -> Fault | None:
+        for fault in self._faults:
+            if fault.match is None or fault.match(body):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.remove(fault)
+                return fault
+        return None
+
+    @staticmethod
+    def _answer(fault: Fault | None, known: bool, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        if fault is not None and fault.status:
+            headers = {"retry-after": fault.retry_after} if fault.retry_after else {}
+            payload = fault.body if fault.body is not None else {"message": f"stand-in fault {fault.status}",
+                                                                  "success": 200 <= fault.status < 300}
+            return fault.status, payload, headers
+        if not known:
+            return 404, {"message": "connection not found", "success": False}, {}
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            return 400, {"message": "messages must be a non-empty list", "success": False}, {}
+        return 200, {"message": "Message sent", "success": True}, {}
+
+
+_counter = itertools.count(1)
+
+
+def describe(connection_id: str, body: dict[str, Any]) -> str:
+    """One readable block per received message, for `relay dev`'s terminal."""
+    lines = [f"[letta stand-in] #{next(_counter)} → connection {connection_id} agent "
+             f"{body.get('agentId', '?')} conversation {body.get('conversationId', 'default')}"]
+    for message in body.get("messages", []):
+        if message.get("type") == "approval":
+            for decision in message.get("approvals", []):
+                verdict = "APPROVE" if decision.get("approve") else "DENY"
+                reason = f" reason={decision['reason']!r}" if decision.get("reason") else ""
+                lines.append(f"    {verdict} tool_call_id={decision.get('tool_call_id')}{reason}")
+        else:
+            lines.append(f"    user: {message.get('content')!r}")
+            lines.append(f"    client_message_id={message.get('client_message_id')}")
+    return "\n".join(lines)

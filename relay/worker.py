@@ -1,0 +1,313 @@
+"""The worker: read → deliver → done / retry later / dead-letter.
+
+Concurrent loops, one process:
+
+- a reader per partition takes new conversation tokens (bounded by `concurrency`);
+- `_reclaim_loop` takes over tokens whose worker went silent for `reclaim_after`;
+- `_renew_loop` keeps this worker's claims fresh so a slow live call is never taken over;
+- `_promote_loop` returns conversations whose retry time has come to the stream.
+
+Stopping (SIGTERM): readers stop, in-flight deliveries get `shutdown_grace` seconds to finish,
+the rest are cancelled and handed back for another worker at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from typing import Awaitable, Callable, Protocol
+
+from relay.errors import QueueUnavailable
+from relay.logs import fields
+from relay.messages import Envelope
+from relay.policy import Backoff, DeadLetter, Delivered, Outcome, Retry, decide
+from relay.queue import PARTITIONS, Queue, Token
+from relay.settings import Settings
+
+log = logging.getLogger("relay.worker")
+
+READ_BLOCK_MS = 1000
+READ_BATCH = 32
+
+
+class Deliverer(Protocol):
+    async def deliver(self, envelope: Envelope) -> Outcome: ...
+
+    def forget(self, destination: object) -> None: ...
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Slots:
+    """Counts free delivery slots; readers reserve before reading so the bound is exact."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.closed = False
+        self._changed = asyncio.Condition()
+
+    async def reserve(self, most: int) -> int:
+        """Wait for at least one free slot and take up to `most`; 0 once closed."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free > 0 or self.closed)
+            if self.closed:
+                return 0
+            taken = min(self.free, most)
+            self.free -= taken
+            return taken
+
+    def try_reserve(self, most: int) -> int:
+        if self.closed:
+            return 0
+        taken = min(self.free, most)
+        self.free -= taken
+        return taken
+
+    async def release(self, count: int = 1) -> None:
+        async with self._changed:
+            self.free += count
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        async with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: Queue,
+        letta: Deliverer,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        poll_interval: float = 0.05,
+    ) -> None:
+        self.queue = queue
+        self.letta = letta
+        self.settings = settings
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.backoff = Backoff(settings.retry_base, settings.retry_cap)
+        self.poll_interval = poll_interval
+        self.slots = Slots(settings.concurrency)
+        self.in_flight: dict[Token, asyncio.Task[None]] = {}
+        self.paused_until = 0.0
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._until_ready()
+        log.info("worker started", extra=fields(consumer=self.queue.consumer,
+                                                 concurrency=self.settings.concurrency))
+        readers = [asyncio.create_task(self._read_loop(p)) for p in range(PARTITIONS)]
+        helpers = [asyncio.create_task(loop()) for loop in
+                   (self._reclaim_loop, self._renew_loop, self._promote_loop)]
+        await stop.wait()
+        self._stopping.set()
+        await self.slots.close()
+        log.info("worker stopping", extra=fields(in_flight=len(self.in_flight)))
+        await asyncio.gather(*readers, return_exceptions=True)  # each exits after its current read
+        await self._drain()
+        for task in helpers:
+            task.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+        await self._forgiving(self.queue.leave(), "leave")
+        log.info("worker stopped", extra=fields(consumer=self.queue.consumer))
+
+    async def _until_ready(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.queue.ensure_groups()
+                return
+            except QueueUnavailable as exc:
+                log.warning("redis unavailable, retrying", extra=fields(error=str(exc), retry_in=delay))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _drain(self) -> None:
+        """Give in-flight deliveries the grace period, then hand the rest back."""
+        pending = list(self.in_flight.values())
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.shutdown_grace)
+        leftovers = dict(self.in_flight)
+        for task in leftovers.values():
+            task.cancel()
+        await asyncio.gather(*leftovers.values(), return_exceptions=True)
+        for token in leftovers:
+            handed = await self._forgiving(self.queue.retry(token, None, self.clock()), "hand back")
+            log.info("handed back", extra=fields(conversation=token.conversation, ok=bool(handed)))
+
+    async def _forgiving(self, call: Awaitable[object], what: str) -> object:
+        try:
+            return await call
+        except QueueUnavailable as exc:
+            log.warning(f"could not {what}", extra=fields(error=str(exc)))
+            return None
+
+    # -- loops ---------------------------------------------------------------------------------
+
+    async def _read_loop(self, partition: int) -> None:
+        while not self._stopping.is_set():
+            wait = self.paused_until - self.clock()
+            if wait > 0:
+                await self._sleep(min(wait, 1.0))
+                continue
+            reserved = await self.slots.reserve(READ_BATCH)
+            if not reserved:
+                break
+            started = time.monotonic()
+            try:
+                tokens = await self.queue.read(partition, reserved, READ_BLOCK_MS)
+            except QueueUnavailable as exc:
+                await self.slots.release(reserved)
+                await self._redis_trouble("read", exc)
+                continue
+            await self.slots.release(reserved - len(tokens))
+            if tokens:
+                await self._start(tokens)
+            elif time.monotonic() - started < READ_BLOCK_MS / 2000:
+                # The server answered at once without blocking (fakeredis does): poll gently.
+                await self._sleep(self.poll_interval)
+
+    async def _reclaim_loop(self) -> None:
+        interval = max(self.settings.reclaim_after / 2, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            for partition in range(PARTITIONS):
+                reserved = self.slots.try_reserve(100)
+                if not reserved:
+                    break
+                try:
+                    tokens = await self.queue.reclaim(partition, self.settings.reclaim_after, reserved)
+                except QueueUnavailable as exc:
+                    await self.slots.release(reserved)
+                    await self._redis_trouble("reclaim", exc)
+                    break
+                await self.slots.release(reserved - len(tokens))
+                if tokens:
+                    log.warning("reclaimed from a silent worker", extra=fields(partition=partition, count=len(tokens)))
+                    await self._start(tokens)
+
+    async def _renew_loop(self) -> None:
+        interval = max(self.settings.reclaim_after / 4, 0.02)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.in_flight:
+                continue
+            try:
+                lost = await self.queue.renew(list(self.in_flight))
+            except QueueUnavailable as exc:
+                await self._redis_trouble("renew", exc)
+                continue
+            for token in lost:
+                log.warning("claim taken over by another worker", extra=fields(conversation=token.conversation))
+
+    async def _promote_loop(self) -> None:
+        while True:
+            soonest = self.clock() + 1.0
+            try:
+                for partition in range(PARTITIONS):
+                    _moved, following = await self.queue.promote(partition, self.clock())
+                    if following is not None:
+                        soonest = min(soonest, following)
+            except QueueUnavailable as exc:
+                await self._redis_trouble("promote", exc)
+                continue
+            await asyncio.sleep(min(max(soonest - self.clock(), 0.02), 1.0))
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _redis_trouble(self, what: str, exc: QueueUnavailable) -> None:
+        log.warning("redis unavailable", extra=fields(during=what, error=str(exc)))
+        await self._sleep(1.0)
+
+    # -- one message ---------------------------------------------------------------------------
+
+    async def _start(self, tokens: list[Token]) -> None:
+        try:
+            heads = await self.queue.fetch(tokens)
+        except QueueUnavailable as exc:
+            # The tokens stay pending under this consumer; the reclaim loop picks them up later.
+            await self.slots.release(len(tokens))
+            await self._redis_trouble("fetch", exc)
+            return
+        for token, envelope in heads:
+            self.in_flight[token] = asyncio.create_task(self._handle(token, envelope))
+
+    async def _handle(self, token: Token, envelope: Envelope | None) -> None:
+        try:
+            await self._settle(token, envelope)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug, not a delivery failure: the token stays pending and is reclaimed later.
+            log.exception("unexpected error while delivering", extra=fields(conversation=token.conversation))
+        finally:
+            self.in_flight.pop(token, None)
+            await self.slots.release()
+
+    async def _settle(self, token: Token, envelope: Envelope | None) -> None:
+        if envelope is None:
+            log.warning("token without a message; releasing it", extra=fields(conversation=token.conversation))
+            await self._queue_op(lambda: self.queue.done(token, ""))
+            return
+        if self.clock() < self.paused_until:
+            await self._queue_op(lambda: self.queue.retry(token, None, self.paused_until))
+            return
+        outcome = await self.letta.deliver(envelope)
+        now = self.clock()
+        attempt = envelope.attempts + 1
+        decision = decide(outcome, attempt=attempt, age=now - envelope.queued_at,
+                          max_age=self.settings.max_age_for(envelope.kind), now=now,
+                          backoff=self.backoff, rng=self.rng)
+        context = envelope.log_fields() | {"attempt": attempt}
+        if isinstance(decision, Delivered):
+            ok = await self._queue_op(lambda: self.queue.done(token, envelope.client_message_id))
+            log.info("delivered", extra=fields(**context, status=outcome.status))
+        elif isinstance(decision, Retry):
+            if decision.reresolve:
+                self.letta.forget(envelope.destination)
+            if decision.pause_until:
+                self.paused_until = max(self.paused_until, decision.pause_until)
+            failed = envelope.after_failure(decision.reason)
+            ok = await self._queue_op(lambda: self.queue.retry(token, failed, decision.at))
+            log.warning("retry scheduled", extra=fields(**context, outcome=decision.code,
+                                                        retry_in=round(decision.at - now, 3)))
+        else:
+            assert isinstance(decision, DeadLetter)
+            failed = envelope.after_failure(decision.reason)
+            ok = await self._queue_op(lambda: self.queue.dead_letter(token, failed, decision.reason, decision.code))
+            log.error("dead-lettered", extra=fields(**context, outcome=decision.code))
+        if ok is False:
+            log.warning("claim was taken over; the other worker finishes it", extra=fields(**context))
+
+    async def _queue_op(self, op: Callable[[], Awaitable[bool]]) -> bool | None:
+        """Run a queue write, retrying while Redis is away; give up only when stopping."""
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except QueueUnavailable as exc:
+                if self._stopping.is_set():
+                    log.warning("redis unavailable while stopping; the claim will be reclaimed",
+                                extra=fields(error=str(exc)))
+                    return None
+                log.warning("redis unavailable; will retry", extra=fields(error=str(exc)))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
