@@ -1,0 +1,110 @@
+"""Shared fixtures.
+
+Queue and worker tests run twice: against fakeredis and against a real Redis server.
+The real server is RELAY_TEST_REDIS_URL (default redis://127.0.0.1:6379/0); when none
+answers there, the session starts a redis-server of its own. Every test writes under a
+unique key prefix and deletes only those keys.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+
+from relay.queue import Queue
+from relay.settings import Settings
+from relay.standin import Device, LettaStandIn
+from relay.sources.generic import decode_secret
+from tests.support import SPEC_SECRET, RedisServer, ServerThread, delete_prefix, redis_answers, unique_prefix
+
+AGENT = "agent-test"
+DEVICE = "device-test"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def real_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if redis_answers(url):
+        yield url
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server owned by one test (crash and restart tests)."""
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique_prefix()
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+async def redis_client(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Any]:
+    if request.param == "fakeredis":
+        client = fakeredis.FakeAsyncRedis(decode_responses=True)
+    else:
+        url = request.getfixturevalue("real_redis_url")
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await delete_prefix(client, prefix)
+        await client.aclose()
+
+
+@pytest.fixture
+async def queue(redis_client: Any, prefix: str) -> Queue:
+    q = Queue(redis_client, prefix=prefix, consumer="consumer-a")
+    await q.ensure_groups()
+    return q
+
+
+@pytest.fixture
+def settings() -> Settings:
+    """Fast settings for tests: short backoff and reclaim time, test destination."""
+    from relay.routing import Destination, Route
+
+    return Settings(
+        hook_secret=decode_secret(SPEC_SECRET),
+        routes=(Route("default", Destination(agent_id=AGENT, device_id=DEVICE)),
+                Route("ops", Destination(agent_id="agent-ops", conversation_id="conv-ops",
+                                         connection_name="ops-box"))),
+        retry_base=0.05, retry_cap=0.2, reclaim_after=1.0, concurrency=8,
+        letta_timeout=2.0, resolve_ttl=30.0, shutdown_grace=2.0,
+    )
+
+
+@pytest.fixture
+def stand_in() -> Iterator[tuple[LettaStandIn, str]]:
+    """A Letta stand-in on a real loopback port: (stand-in, base URL)."""
+    standin = LettaStandIn([Device(DEVICE, "test-box", "conn-test"),
+                            Device("device-ops", "ops-box", "conn-ops")])
+    with ServerThread(standin.app) as server:
+        yield standin, server.url
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)

@@ -1,0 +1,123 @@
+"""Real parts for tests: loopback HTTP servers in threads, Redis servers of the test's own,
+signed requests, and key clean-up that touches only what a test wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from relay.serving import EmbeddedServer, bound_socket, server_config
+from relay.sources.generic import signed_headers
+
+#: The Standard Webhooks spec's own example secret (24 bytes).
+SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class ServerThread:
+    """Serve an ASGI app on 127.0.0.1:<free port> from a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = bound_socket()
+        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.server = EmbeddedServer(server_config(app, "127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.sock]))
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("loopback server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+class RedisServer:
+    """A redis-server of the test's own, on a free port, with AOF fsync'd on every write."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (.ci/run installs it)")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir),
+             "--logfile", str(self.workdir / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not redis_answers(self.url):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def unique_prefix() -> str:
+    return f"relaytest-{uuid.uuid4().hex[:10]}"
+
+
+async def delete_prefix(client: Any, prefix: str) -> None:
+    """Remove the keys under one test's prefix, and nothing else."""
+    keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+
+
+def signed(body: dict[str, Any] | bytes, secret: bytes, *, webhook_id: str | None = None,
+           timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    msg_id = webhook_id or f"msg_{uuid.uuid4().hex}"
+    return raw, signed_headers(secret, msg_id, int(time.time()) if timestamp is None else timestamp, raw)
+
+
+def relay_env(**overrides: str) -> dict[str, str]:
+    """The process environment minus any relay/Letta settings of the machine, plus overrides."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RELAY_", "LETTA_")) and k != "REDIS_URL"}
+    env.update(overrides)
+    return env
