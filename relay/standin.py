@@ -46,7 +46,8 @@ class Attempt:
     at: float
     connection_id: str
     body: dict[str, Any]
-    status: int = 0
+    status: int = 0  # 0 until answered
+    answered_at: float = 0.0
     authorization: str = ""
 
     @property
@@ -185,7 +186,7 @@ class LettaStandIn:
             await asyncio.sleep(fault.delay)
         status, payload, headers = self._answer(fault, known, attempt.body)
         with self._changed:
-            attempt.status = status
+            attempt.status, attempt.answered_at = status, self._clock()
             self._changed.notify_all()
         if 200 <= status < 300 and self._echo:
             self._echo(describe(connection_id, attempt.body))

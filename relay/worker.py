@@ -2,10 +2,14 @@
 
 Concurrent loops, one process:
 
-- a reader per partition takes new conversation tokens (bounded by `concurrency`);
+- a reader per partition takes new conversation tokens while the worker has room;
 - `_reclaim_loop` takes over tokens whose worker went silent for `reclaim_after`;
 - `_renew_loop` keeps this worker's claims fresh so a slow live call is never taken over;
 - `_promote_loop` returns conversations whose retry time has come to the stream.
+
+`concurrency` bounds the Letta calls in flight exactly (a semaphore). Readers claim a fair
+share of the free room each (at least one token), so a worker holds at most
+`concurrency + PARTITIONS - 1` claims, and no partition waits on another's blocking read.
 
 Stopping (SIGTERM): readers stop, in-flight deliveries get `shutdown_grace` seconds to finish,
 the rest are cancelled and handed back for another worker at once.
@@ -45,42 +49,6 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Slots:
-    """Counts free delivery slots; readers reserve before reading so the bound is exact."""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self.closed = False
-        self._changed = asyncio.Condition()
-
-    async def reserve(self, most: int) -> int:
-        """Wait for at least one free slot and take up to `most`; 0 once closed."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.free > 0 or self.closed)
-            if self.closed:
-                return 0
-            taken = min(self.free, most)
-            self.free -= taken
-            return taken
-
-    def try_reserve(self, most: int) -> int:
-        if self.closed:
-            return 0
-        taken = min(self.free, most)
-        self.free -= taken
-        return taken
-
-    async def release(self, count: int = 1) -> None:
-        async with self._changed:
-            self.free += count
-            self._changed.notify_all()
-
-    async def close(self) -> None:
-        async with self._changed:
-            self.closed = True
-            self._changed.notify_all()
-
-
 class Worker:
     def __init__(
         self,
@@ -99,8 +67,9 @@ class Worker:
         self.rng = rng or random.Random()
         self.backoff = Backoff(settings.retry_base, settings.retry_cap)
         self.poll_interval = poll_interval
-        self.slots = Slots(settings.concurrency)
+        self.calls = asyncio.Semaphore(settings.concurrency)
         self.in_flight: dict[Token, asyncio.Task[None]] = {}
+        self._room = asyncio.Condition()
         self.paused_until = 0.0
         self._stopping = asyncio.Event()
 
@@ -115,7 +84,8 @@ class Worker:
                    (self._reclaim_loop, self._renew_loop, self._promote_loop)]
         await stop.wait()
         self._stopping.set()
-        await self.slots.close()
+        async with self._room:
+            self._room.notify_all()
         log.info("worker stopping", extra=fields(in_flight=len(self.in_flight)))
         await asyncio.gather(*readers, return_exceptions=True)  # each exits after its current read
         await self._drain()
@@ -158,23 +128,29 @@ class Worker:
 
     # -- loops ---------------------------------------------------------------------------------
 
+    def _share(self, spread: int) -> int:
+        """How many new claims to take in one read: a fair share of the free room, at least one."""
+        room = self.settings.concurrency - len(self.in_flight)
+        return max(1, min(READ_BATCH, room // spread)) if room > 0 else 0
+
+    async def _wait_for_room(self) -> bool:
+        async with self._room:
+            await self._room.wait_for(
+                lambda: len(self.in_flight) < self.settings.concurrency or self._stopping.is_set())
+        return not self._stopping.is_set()
+
     async def _read_loop(self, partition: int) -> None:
-        while not self._stopping.is_set():
+        while await self._wait_for_room():
             wait = self.paused_until - self.clock()
             if wait > 0:
                 await self._sleep(min(wait, 1.0))
                 continue
-            reserved = await self.slots.reserve(READ_BATCH)
-            if not reserved:
-                break
             started = time.monotonic()
             try:
-                tokens = await self.queue.read(partition, reserved, READ_BLOCK_MS)
+                tokens = await self.queue.read(partition, self._share(PARTITIONS), READ_BLOCK_MS)
             except QueueUnavailable as exc:
-                await self.slots.release(reserved)
                 await self._redis_trouble("read", exc)
                 continue
-            await self.slots.release(reserved - len(tokens))
             if tokens:
                 await self._start(tokens)
             elif time.monotonic() - started < READ_BLOCK_MS / 2000:
@@ -186,16 +162,14 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             for partition in range(PARTITIONS):
-                reserved = self.slots.try_reserve(100)
-                if not reserved:
+                share = self._share(1)
+                if not share or self._stopping.is_set():
                     break
                 try:
-                    tokens = await self.queue.reclaim(partition, self.settings.reclaim_after, reserved)
+                    tokens = await self.queue.reclaim(partition, self.settings.reclaim_after, share)
                 except QueueUnavailable as exc:
-                    await self.slots.release(reserved)
                     await self._redis_trouble("reclaim", exc)
                     break
-                await self.slots.release(reserved - len(tokens))
                 if tokens:
                     log.warning("reclaimed from a silent worker", extra=fields(partition=partition, count=len(tokens)))
                     await self._start(tokens)
@@ -244,7 +218,6 @@ class Worker:
             heads = await self.queue.fetch(tokens)
         except QueueUnavailable as exc:
             # The tokens stay pending under this consumer; the reclaim loop picks them up later.
-            await self.slots.release(len(tokens))
             await self._redis_trouble("fetch", exc)
             return
         for token, envelope in heads:
@@ -252,7 +225,8 @@ class Worker:
 
     async def _handle(self, token: Token, envelope: Envelope | None) -> None:
         try:
-            await self._settle(token, envelope)
+            async with self.calls:
+                await self._settle(token, envelope)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -260,7 +234,8 @@ class Worker:
             log.exception("unexpected error while delivering", extra=fields(conversation=token.conversation))
         finally:
             self.in_flight.pop(token, None)
-            await self.slots.release()
+            async with self._room:
+                self._room.notify_all()
 
     async def _settle(self, token: Token, envelope: Envelope | None) -> None:
         if envelope is None:

@@ -1,0 +1,169 @@
+"""The Letta client against the loopback stand-in (a real HTTP server)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from tenacity import wait_none
+
+from relay.letta import LettaClient
+from relay.messages import Inbound, client_message_id, envelope_for, user_message
+from relay.routing import Destination, Route
+from relay.standin import Device, LettaStandIn
+from tests.support import ServerThread, free_port
+
+pytestmark = pytest.mark.anyio
+
+
+def client(url: str, **options: object) -> LettaClient:
+    return LettaClient(url, "test-key", retry_wait=wait_none(), **options)  # type: ignore[arg-type]
+
+
+def envelope(destination: Destination, n: int = 1):  # type: ignore[no-untyped-def]
+    message_id = client_message_id("test", str(n))
+    return envelope_for(Inbound("test", str(n), message_id, user_message(f"hello {n}", message_id)),
+                        Route("r", destination), time.time())
+
+
+async def test_message_body_and_auth_match_the_contract(stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    letta = client(url)
+    sent = envelope(Destination(agent_id="agent-test", conversation_id="conv-1", connection_id="conn-test"))
+    outcome = await letta.deliver(sent)
+    await letta.aclose()
+    assert outcome.status == 200
+    [attempt] = standin.delivered()
+    assert attempt.connection_id == "conn-test"
+    assert attempt.authorization == "Bearer test-key"
+    assert attempt.body == {
+        "messages": [{"role": "user", "client_message_id": sent.client_message_id,
+                      "content": "hello 1", "otid": sent.client_message_id}],
+        "agentId": "agent-test",
+        "conversationId": "conv-1",
+    }
+
+
+async def test_device_id_is_resolved_to_its_live_connection_and_cached(stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    letta = client(url)
+    destination = Destination(agent_id="a", device_id="device-test")
+    assert await letta.connection_for(destination) == "conn-test"
+    assert await letta.connection_for(destination) == "conn-test"
+    assert standin.list_requests == 1
+    await letta.aclose()
+
+
+async def test_cache_expires_after_the_resolve_ttl(stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    now = [1000.0]
+    letta = LettaClient(url, "k", resolve_ttl=30, clock=lambda: now[0], retry_wait=wait_none())
+    destination = Destination(agent_id="a", device_id="device-test")
+    await letta.connection_for(destination)
+    now[0] += 31
+    await letta.connection_for(destination)
+    assert standin.list_requests == 2
+    await letta.aclose()
+
+
+async def test_connection_name_is_found_across_pages() -> None:
+    devices = [Device(f"device-{i}", f"box-{i}", f"conn-{i}") for i in range(150)]
+    standin = LettaStandIn(devices)
+    with ServerThread(standin.app) as server:
+        letta = client(server.url)
+        assert await letta.connection_for(Destination(agent_id="a", connection_name="box-142")) == "conn-142"
+        await letta.aclose()
+    assert standin.list_requests == 2
+
+
+async def test_offline_device_is_reported_unresolved(stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.devices[0].online = False
+    letta = client(url)
+    outcome = await letta.deliver(envelope(Destination(agent_id="a", device_id="device-test")))
+    await letta.aclose()
+    assert (outcome.status, outcome.error) == (None, "unresolved")
+    assert "device_id=device-test" in outcome.detail
+    assert standin.attempts == []
+
+
+async def test_unknown_device_is_unresolved_not_an_error(stand_in) -> None:  # type: ignore[no-untyped-def]
+    _standin, url = stand_in
+    letta = client(url)
+    outcome = await letta.deliver(envelope(Destination(agent_id="a", device_id="no-such-device")))
+    await letta.aclose()
+    assert outcome.error == "unresolved"
+
+
+async def test_rotated_connection_answers_404_and_forget_finds_the_new_one(stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    letta = client(url)
+    destination = Destination(agent_id="a", device_id="device-test")
+    assert (await letta.deliver(envelope(destination, 1))).status == 200
+    new_connection = standin.rotate("device-test")
+    assert (await letta.deliver(envelope(destination, 2))).status == 404  # cached old connection
+    letta.forget(destination)
+    assert (await letta.deliver(envelope(destination, 3))).status == 200
+    assert standin.delivered()[-1].connection_id == new_connection
+    await letta.aclose()
+
+
+async def test_retry_after_and_error_body_are_reported(stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(429, retry_after="7", body={"message": "slow down"})
+    letta = client(url)
+    outcome = await letta.send("conn-test", {"messages": [{"role": "user"}]})
+    await letta.aclose()
+    assert (outcome.status, outcome.retry_after) == (429, "7")
+    assert "slow down" in outcome.body
+
+
+async def test_read_timeout_is_reported_without_resending(stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(200, delay=3.0)
+    letta = client(url, timeout=0.5)
+    outcome = await letta.send("conn-test", {"messages": [{"role": "user"}]})
+    await letta.aclose()
+    assert outcome.error == "timeout"
+    assert len(standin.attempts) == 1
+
+
+async def test_refused_connection_is_resent_in_call_then_reported() -> None:
+    attempts = []
+
+    async def count(request: httpx.Request) -> None:
+        attempts.append(request)
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    letta = LettaClient(url, "k", retry_wait=wait_none(), retry_attempts=3)
+    letta._http.event_hooks["request"].append(count)
+    outcome = await letta.send("conn", {"messages": []})
+    await letta.aclose()
+    assert outcome.error == "connect"
+    assert len(attempts) == 3
+
+
+async def test_dropped_keepalive_connection_is_resent_with_the_same_body() -> None:
+    bodies: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        if len(bodies) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(200, json={"message": "ok", "success": True})
+
+    letta = LettaClient("http://letta.invalid", "k", transport=httpx.MockTransport(handler), retry_wait=wait_none())
+    outcome = await letta.send("conn", {"messages": [{"client_message_id": "same"}]})
+    await letta.aclose()
+    assert outcome.status == 200
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+
+
+async def test_failed_environment_listing_is_a_retryable_outcome_not_a_404(stand_in) -> None:  # type: ignore[no-untyped-def]
+    _standin, url = stand_in
+    letta = client(url + "/nowhere")  # every GET answers 404
+    outcome = await letta.deliver(envelope(Destination(agent_id="a", connection_name="box")))
+    await letta.aclose()
+    assert outcome.status == 502
+    assert "resolving the connection" in outcome.body

@@ -1,0 +1,270 @@
+"""The Redis queue, against fakeredis and a real Redis server (the `redis_client` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
+from relay.queue import GROUP, PARTITIONS, Keys, Queue, Token
+from relay.routing import Destination, Route
+
+pytestmark = pytest.mark.anyio
+
+ROUTE = Route("default", Destination(agent_id="agent-1", device_id="device-1"))
+OTHER = Route("other", Destination(agent_id="agent-2", conversation_id="conv-2", device_id="device-1"))
+
+
+def message(n: int | str, route: Route = ROUTE, now: float | None = None) -> Envelope:
+    message_id = client_message_id("test", str(n))
+    inbound = Inbound("test", f"delivery-{n}", message_id, user_message(f"text {n}", message_id))
+    return envelope_for(inbound, route, time.time() if now is None else now)
+
+
+def partition(route: Route = ROUTE) -> int:
+    return Keys.partition_of(route.destination.conversation_key)
+
+
+async def take(queue: Queue, route: Route = ROUTE) -> tuple[Token, Envelope | None]:
+    tokens = await queue.read(partition(route), 10, 10)
+    assert len(tokens) == 1, tokens
+    [(token, envelope)] = await queue.fetch(tokens)
+    return token, envelope
+
+
+async def test_accepted_message_is_read_back_unchanged(queue: Queue) -> None:
+    sent = message(1)
+    assert await queue.enqueue(sent) is True
+    _token, received = await take(queue)
+    assert received == sent
+
+
+async def test_same_client_message_id_is_queued_once(queue: Queue) -> None:
+    assert await queue.enqueue(message(1)) is True
+    assert await queue.enqueue(message(1)) is False
+    depth = await queue.depth()
+    assert (depth.ready, depth.in_flight) == (1, 0)
+    token, _ = await take(queue)
+    assert await queue.done(token, message(1).client_message_id)
+    assert await queue.read(partition(), 10, 10) == []
+
+
+async def test_dedup_marker_expires_after_the_window(redis_client: Any, prefix: str) -> None:
+    queue = Queue(redis_client, prefix=prefix, consumer="c", dedup_window=3600)
+    await queue.ensure_groups()
+    sent = message(1)
+    await queue.enqueue(sent)
+    ttl = await redis_client.pttl(queue.keys.seen(partition(), sent.client_message_id))
+    assert 3_590_000 < ttl <= 3_600_000
+
+
+async def test_one_conversation_is_delivered_in_order_one_at_a_time(queue: Queue) -> None:
+    for n in range(3):
+        await queue.enqueue(message(n))
+    seen = []
+    for n in range(3):
+        token, envelope = await take(queue)
+        assert envelope is not None
+        seen.append(envelope.message["content"])
+        # While the head is claimed, no other token for this conversation is readable.
+        assert await queue.read(partition(), 10, 10) == []
+        assert await queue.done(token, envelope.client_message_id)
+    assert seen == ["text 0", "text 1", "text 2"]
+    assert await queue.depth() == type(await queue.depth())(ready=0, in_flight=0, delayed=0, dead=0)
+
+
+async def test_different_conversations_are_claimed_in_parallel(queue: Queue) -> None:
+    routes = [Route(f"r{i}", Destination(agent_id=f"agent-{i}", device_id="d")) for i in range(40)]
+    for i, route in enumerate(routes):
+        await queue.enqueue(message(i, route))
+    tokens = []
+    for p in range(PARTITIONS):
+        tokens += await queue.read(p, 100, 10)
+    assert len(tokens) == 40
+    heads = await queue.fetch(tokens)
+    assert sorted(e.message["content"] for _, e in heads if e) == sorted(f"text {i}" for i in range(40))
+
+
+async def test_retry_keeps_the_head_until_due_then_returns_it_updated(queue: Queue) -> None:
+    await queue.enqueue(message(1))
+    await queue.enqueue(message(2))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    due = time.time() + 60
+    assert await queue.retry(token, envelope.after_failure("HTTP 503"), due)
+    assert await queue.read(partition(), 10, 10) == []  # message 2 waits behind message 1
+    moved, following = await queue.promote(partition(), time.time())
+    assert moved == 0 and following == pytest.approx(due, abs=0.01)
+    moved, _ = await queue.promote(partition(), due + 0.001)
+    assert moved == 1
+    _token, again = await take(queue)
+    assert again is not None
+    assert again.client_message_id == envelope.client_message_id
+    assert (again.attempts, again.last_error) == (1, "HTTP 503")
+
+
+async def test_dead_letter_keeps_reason_and_lets_the_next_message_through(queue: Queue) -> None:
+    await queue.enqueue(message(1))
+    await queue.enqueue(message(2))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    assert await queue.dead_letter(token, envelope.after_failure("HTTP 400: bad"), "HTTP 400: bad", "http_400")
+    _token, following = await take(queue)
+    assert following is not None and following.message["content"] == "text 2"
+    [dead] = await queue.dead_letters()
+    assert (dead.client_message_id, dead.reason, dead.code) == (envelope.client_message_id, "HTTP 400: bad", "http_400")
+    assert dead.envelope.attempts == 1
+
+
+async def test_replay_requeues_a_dead_letter_with_the_same_id_once(queue: Queue) -> None:
+    await queue.enqueue(message(1))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    await queue.dead_letter(token, envelope.after_failure("x"), "x", "http_400")
+    [dead] = await queue.dead_letters()
+    assert await queue.replay(dead) is True
+    assert await queue.replay(dead) is False  # a second replay of the same entry is a no-op
+    assert await queue.dead_letters() == []
+    _token, replayed = await take(queue)
+    assert replayed is not None
+    assert replayed.client_message_id == envelope.client_message_id
+    assert replayed.attempts == 0 and replayed.received_at == envelope.received_at
+
+
+async def test_drop_removes_a_dead_letter(queue: Queue) -> None:
+    await queue.enqueue(message(1))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    await queue.dead_letter(token, envelope, "x", "http_400")
+    [dead] = await queue.dead_letters()
+    assert await queue.drop(dead) is True
+    assert await queue.drop(dead) is False
+    assert (await queue.depth()).dead == 0
+
+
+async def test_silent_workers_claim_is_reclaimed_by_another(queue: Queue, redis_client: Any, prefix: str) -> None:
+    await queue.enqueue(message(1))
+    token, _ = await take(queue)
+    other = Queue(redis_client, prefix=prefix, consumer="consumer-b")
+    assert await other.reclaim(partition(), min_idle=60) == []  # not idle long enough
+    await asyncio.sleep(0.05)
+    [reclaimed] = await other.reclaim(partition(), min_idle=0.01)
+    assert reclaimed.entry_id == token.entry_id
+    # The first worker's late acknowledgement changes nothing: the new owner finishes.
+    assert await queue.done(token, message(1).client_message_id) is False
+    [(_, envelope)] = await other.fetch([reclaimed])
+    assert envelope is not None and envelope.client_message_id == message(1).client_message_id
+    assert await other.done(reclaimed, envelope.client_message_id) is True
+
+
+async def test_renewing_a_claim_prevents_its_takeover(queue: Queue, redis_client: Any, prefix: str) -> None:
+    await queue.enqueue(message(1))
+    token, _ = await take(queue)
+    other = Queue(redis_client, prefix=prefix, consumer="consumer-b")
+    await asyncio.sleep(0.15)
+    assert await queue.renew([token]) == []
+    assert await other.reclaim(partition(), min_idle=0.1) == []
+
+
+async def test_renew_reports_claims_taken_over(queue: Queue, redis_client: Any, prefix: str) -> None:
+    await queue.enqueue(message(1))
+    token, _ = await take(queue)
+    other = Queue(redis_client, prefix=prefix, consumer="consumer-b")
+    await asyncio.sleep(0.05)
+    assert len(await other.reclaim(partition(), min_idle=0.01)) == 1
+    assert await queue.renew([token]) == [token]
+    assert await queue.retry(token, None, time.time()) is False  # nor can it hand it back
+
+
+async def test_hand_back_makes_the_conversation_available_again(queue: Queue) -> None:
+    await queue.enqueue(message(1))
+    token, _ = await take(queue)
+    assert await queue.retry(token, None, time.time())
+    await queue.promote(partition(), time.time() + 0.001)
+    _token, envelope = await take(queue)
+    assert envelope is not None and envelope.attempts == 0
+
+
+async def test_stray_token_is_released_without_touching_the_mailbox(queue: Queue) -> None:
+    await queue.enqueue(message(1))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    assert await queue.done(token, envelope.client_message_id)
+    # A token for a conversation whose mailbox is empty reads as a None head.
+    await queue.redis.xadd(queue.keys.ready(partition()), {"c": ROUTE.destination.conversation_key})
+    stray, head = await take(queue)
+    assert head is None
+    assert await queue.done(stray, "")
+    assert await queue.depth() == type(await queue.depth())(ready=0, in_flight=0, delayed=0, dead=0)
+
+
+async def test_messages_enqueued_before_the_group_exists_are_read(redis_client: Any, prefix: str) -> None:
+    web = Queue(redis_client, prefix=prefix)
+    await web.enqueue(message(1))  # the web process may start before any worker
+    worker = Queue(redis_client, prefix=prefix, consumer="w")
+    await worker.ensure_groups()
+    await worker.ensure_groups()  # idempotent
+    _token, envelope = await take(worker)
+    assert envelope is not None and envelope.client_message_id == message(1).client_message_id
+
+
+async def test_worker_leaves_the_group_only_when_it_holds_nothing(queue: Queue, redis_client: Any) -> None:
+    await queue.enqueue(message(1))
+    token, _ = await take(queue)
+    await queue.leave()
+    consumers = await redis_client.xinfo_consumers(queue.keys.ready(partition()), GROUP)
+    assert [c["name"] for c in consumers] == ["consumer-a"]
+    await queue.done(token, message(1).client_message_id)
+    await queue.leave()
+    assert await redis_client.xinfo_consumers(queue.keys.ready(partition()), GROUP) == []
+
+
+class SlotRecorder:
+    """Wraps a client and records the key slots of every script call."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls: list[set[int]] = []
+
+    def register_script(self, source: str) -> Any:
+        script = self.client.register_script(source)
+        recorder = self
+
+        class Recorded:
+            async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+                recorder.calls.append({key_slot(k.encode()) for k in keys})
+                return await script(keys=keys, args=args)
+
+        return Recorded()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+async def test_every_script_touches_one_cluster_slot(redis_client: Any, prefix: str) -> None:
+    recorder = SlotRecorder(redis_client)
+    queue = Queue(recorder, prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    await queue.ensure_groups()
+    for route in (ROUTE, OTHER):
+        for n in range(2):
+            await queue.enqueue(message(f"{route.name}{n}", route))
+        token, envelope = await take(queue, route)
+        assert envelope is not None
+        await queue.renew([token])
+        await queue.retry(token, envelope.after_failure("x"), time.time())
+        await queue.promote(partition(route), time.time() + 1)
+        token, envelope = await take(queue, route)
+        assert envelope is not None
+        await queue.dead_letter(token, envelope, "x", "http_400")
+        token, envelope = await take(queue, route)
+        assert envelope is not None
+        await queue.done(token, envelope.client_message_id)
+    for dead in await queue.dead_letters():
+        await queue.replay(dead)
+    await queue.leave()
+    assert len(recorder.calls) > 15
+    assert all(len(slots) == 1 for slots in recorder.calls), recorder.calls

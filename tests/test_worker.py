@@ -1,0 +1,250 @@
+"""The worker end to end against the loopback Letta stand-in, on fakeredis and real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import replace
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+from tenacity import wait_none
+
+from relay.letta import LettaClient
+from relay.messages import Envelope, Inbound, approval_decision, approval_message, client_message_id
+from relay.messages import envelope_for, user_message
+from relay.queue import Queue
+from relay.routing import Destination, Route
+from relay.settings import Settings
+from relay.standin import LettaStandIn
+from relay.worker import Worker
+
+pytestmark = pytest.mark.anyio
+
+HOME = Route("default", Destination(agent_id="agent-test", device_id="device-test"))
+
+
+def message(n: int | str, route: Route = HOME) -> Envelope:
+    message_id = client_message_id("test", str(n))
+    return envelope_for(Inbound("test", str(n), message_id, user_message(f"m{n}", message_id)), route, time.time())
+
+
+def approval(tool_call_id: str, route: Route = HOME) -> Envelope:
+    message_id = client_message_id("test", tool_call_id)
+    body = approval_message([approval_decision(tool_call_id, False, "no")])
+    return envelope_for(Inbound("test", tool_call_id, message_id, body), route, time.time())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(redis_client: Any, prefix: str, settings: Settings, url: str,
+                  consumer: str = "worker-1") -> AsyncIterator[Worker]:
+    queue = Queue(redis_client, prefix=prefix, consumer=consumer)
+    letta = LettaClient(url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none())
+    worker = Worker(queue, letta, settings, poll_interval=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+        await letta.aclose()
+
+
+def contents(standin: LettaStandIn) -> list[str]:
+    return [m.get("content") for a in standin.delivered() for m in a.body["messages"]]
+
+
+async def test_queued_message_reaches_letta_and_leaves_the_queue(queue: Queue, redis_client: Any, prefix: str,
+                                                                 settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    sent = message(1)
+    await queue.enqueue(sent)
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: len(standin.delivered()) == 1)
+    [attempt] = standin.delivered()
+    assert attempt.body == sent.request_body()
+    depth = await queue.depth()
+    assert (depth.ready, depth.in_flight, depth.delayed, depth.dead) == (0, 0, 0, 0)
+
+
+async def test_server_errors_are_retried_with_the_same_id_in_order(queue: Queue, redis_client: Any, prefix: str,
+                                                                   settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    second = message(2)
+    standin.add_fault(500, times=2, match=lambda body: body["messages"][0]["client_message_id"] == second.client_message_id)
+    for n in range(1, 6):
+        await queue.enqueue(message(n))
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: len(standin.delivered()) == 5)
+    assert contents(standin) == ["m1", "m2", "m3", "m4", "m5"]
+    tries = [a for a in standin.attempts if second.client_message_id in a.message_ids]
+    assert [a.status for a in tries] == [500, 500, 200]
+
+
+async def test_conversations_do_not_wait_for_each_other(queue: Queue, redis_client: Any, prefix: str,
+                                                        settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    slow, fast = message("slow"), message("fast", Route("other", Destination(agent_id="agent-other",
+                                                                             device_id="device-test")))
+    standin.add_fault(200, delay=1.5, match=lambda b: b["messages"][0].get("client_message_id") == slow.client_message_id)
+    await queue.enqueue(slow)
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: len(standin.attempts) == 1)  # the slow call is under way
+        await queue.enqueue(fast)
+        await until(lambda: len(standin.delivered()) == 2)
+    answered = {a.message_ids[0]: a.answered_at for a in standin.delivered()}
+    assert answered[fast.client_message_id] < answered[slow.client_message_id]
+
+
+async def test_retry_after_is_honoured_before_any_further_request(queue: Queue, redis_client: Any, prefix: str,
+                                                                  settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(429, retry_after="1")
+    other = Route("other", Destination(agent_id="agent-other", device_id="device-test"))
+    await queue.enqueue(message(1))
+    async with running(redis_client, prefix, settings, url) as worker:
+        await until(lambda: worker.paused_until > 0)  # the 429 has been answered and read
+        await queue.enqueue(message(2, other))  # another conversation, during the pause
+        await until(lambda: len(standin.delivered()) == 2)
+    first, *later = standin.attempts
+    assert first.status == 429
+    assert all(a.at >= first.answered_at + 1.0 for a in later), [a.at - first.answered_at for a in later]
+
+
+async def test_client_errors_are_dead_lettered_with_the_reason(queue: Queue, redis_client: Any, prefix: str,
+                                                               settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    poison = message("poison")
+    standin.add_fault(422, times=None, body={"detail": "content too long"},
+                      match=lambda b: b["messages"][0].get("client_message_id") == poison.client_message_id)
+    await queue.enqueue(poison)
+    await queue.enqueue(message("after"))
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: len(standin.delivered()) == 1)
+        await until_dead(queue, 1)
+    [dead] = await queue.dead_letters()
+    assert dead.client_message_id == poison.client_message_id
+    assert dead.code == "http_422" and "content too long" in dead.reason
+    assert contents(standin) == ["mafter"]
+    assert len([a for a in standin.attempts if poison.client_message_id in a.message_ids]) == 1
+
+
+async def test_success_false_is_dead_lettered(queue: Queue, redis_client: Any, prefix: str,
+                                              settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(200, body={"message": "device refused the frame", "success": False})
+    await queue.enqueue(message(1))
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: len(standin.attempts) == 1)
+        await until_dead(queue, 1)
+    [dead] = await queue.dead_letters()
+    assert dead.code == "refused" and "device refused the frame" in dead.reason
+
+
+async def until_dead(queue: Queue, count: int) -> None:
+    deadline = time.monotonic() + 15
+    while len(await queue.dead_letters()) < count:
+        assert time.monotonic() < deadline, "dead letters did not appear"
+        await asyncio.sleep(0.05)
+
+
+async def test_rotated_connection_is_resolved_again_after_a_404(queue: Queue, redis_client: Any, prefix: str,
+                                                                settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    async with running(redis_client, prefix, settings, url):
+        await queue.enqueue(message(1))
+        await until(lambda: len(standin.delivered()) == 1)
+        new_connection = standin.rotate("device-test")
+        await queue.enqueue(message(2))
+        await until(lambda: len(standin.delivered()) == 2)
+    statuses = [a.status for a in standin.attempts]
+    assert statuses == [200, 404, 200]
+    assert standin.delivered()[-1].connection_id == new_connection
+
+
+async def test_timeouts_are_retried_and_the_same_id_arrives(queue: Queue, redis_client: Any, prefix: str,
+                                                            settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(200, delay=3.0)  # longer than letta_timeout (2 s)
+    sent = message(1)
+    await queue.enqueue(sent)
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: any(200 <= a.status < 300 for a in standin.attempts[1:]), timeout=20)
+    assert {i for a in standin.attempts for i in a.message_ids} == {sent.client_message_id}
+
+
+async def test_offline_device_is_retried_until_it_comes_online(queue: Queue, redis_client: Any, prefix: str,
+                                                               settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.devices[0].online = False
+    await queue.enqueue(message(1))
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: standin.list_requests >= 2)  # it keeps trying to resolve
+        assert standin.attempts == []
+        standin.devices[0].online = True
+        await until(lambda: len(standin.delivered()) == 1)
+
+
+async def test_message_older_than_its_max_age_is_dead_lettered(queue: Queue, redis_client: Any, prefix: str,
+                                                               settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(503, times=None)
+    await queue.enqueue(approval("call-1"))
+    short = replace(settings, approval_max_age=0.3)
+    async with running(redis_client, prefix, short, url):
+        await until_dead(queue, 1)
+    [dead] = await queue.dead_letters()
+    assert dead.code == "expired" and "HTTP 503" in dead.reason
+    assert len(standin.attempts) >= 2
+
+
+async def test_slow_live_delivery_is_not_taken_over(queue: Queue, redis_client: Any, prefix: str,
+                                                    settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    quick = replace(settings, reclaim_after=0.3, letta_timeout=5.0)
+    standin.add_fault(200, delay=1.5)  # five times the reclaim time
+    sent = message(1)
+    await queue.enqueue(sent)
+    async with running(redis_client, prefix, quick, url, "worker-1"):
+        await until(lambda: len(standin.attempts) == 1)
+        async with running(redis_client, prefix, quick, url, "worker-2"):
+            await until(lambda: len(standin.delivered()) == 1)
+            await asyncio.sleep(0.6)  # give worker-2 reclaim rounds after the delivery too
+    assert [i for a in standin.attempts for i in a.message_ids] == [sent.client_message_id]
+
+
+async def test_stopping_hands_unfinished_work_back_at_once(queue: Queue, redis_client: Any, prefix: str,
+                                                           settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    patient = replace(settings, reclaim_after=60.0, shutdown_grace=0.2, letta_timeout=10.0)
+    standin.add_fault(200, delay=8.0)
+    sent = message(1)
+    await queue.enqueue(sent)
+    async with running(redis_client, prefix, patient, url, "worker-1"):
+        await until(lambda: len(standin.attempts) == 1)
+    # Handed back, not left for a 60 s reclaim: a fresh worker delivers it straight away.
+    async with running(redis_client, prefix, patient, url, "worker-2"):
+        await until(lambda: len([a for a in standin.attempts if a.status == 200]) >= 1, timeout=5)
+    assert set(standin.delivered_ids()) == {sent.client_message_id}
+
+
+async def test_worker_finishes_in_flight_work_within_the_grace_period(queue: Queue, redis_client: Any, prefix: str,
+                                                                      settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(200, delay=0.5)
+    await queue.enqueue(message(1))
+    async with running(redis_client, prefix, replace(settings, shutdown_grace=5.0), url):
+        await until(lambda: len(standin.attempts) == 1)
+    assert len(standin.delivered()) == 1
+    depth = await queue.depth()
+    assert (depth.ready, depth.in_flight, depth.delayed) == (0, 0, 0)
