@@ -168,7 +168,7 @@ class LettaClient:
                                          retry_after=response.headers.get("retry-after")))
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _ResolveFailed(Outcome(error="resolve", detail="environment list is not JSON")) from None
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

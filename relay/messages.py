@@ -141,6 +141,8 @@ def decode(text: str | bytes) -> Envelope:
         data = json.loads(text)
         if data["v"] != ENVELOPE_VERSION:
             raise ValueError(f"unknown envelope version {data['v']!r}")
+        if not isinstance(data["dest"], dict):
+            raise ValueError("destination is not an object")
         return Envelope(
             client_message_id=data["id"],
             kind=data["kind"],
@@ -154,5 +156,5 @@ def decode(text: str | bytes) -> Envelope:
             attempts=int(data["attempts"]),
             last_error=data["error"],
         )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a relay envelope: {exc}") from exc

@@ -52,7 +52,8 @@ class Backoff:
     cap: float = 300.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        # Bound the exponent first: 2.0 ** 1024 overflows a float long before any cap applies.
+        ceiling = min(self.cap, self.base * 2.0 ** min(max(0, attempt - 1), 64))
         return rng.uniform(ceiling / 2, ceiling)
 
 
@@ -142,7 +143,7 @@ def _refusal(body: str) -> str | None:
     """The message of a 2xx body that says `"success": false`, else None."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(data, dict) and data.get("success") is False:
         return str(data.get("message") or "no message given")[:REASON_BODY_LIMIT]

@@ -28,7 +28,7 @@ _ENV_DESTINATION = {
     "LETTA_DEVICE_ID": "device_id",
     "LETTA_CONNECTION_NAME": "connection_name",
 }
-_ROUTE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,10 @@ def parse_duration(name: str, value: str) -> float:
 
 
 def parse_count(name: str, value: str) -> int:
-    if not value.strip().isdigit() or int(value) <= 0:
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0:
         raise ConfigError(f"{name}={value!r} must be a positive whole number")
-    return int(value)
+    return int(digits)
 
 
 def _parse_level(name: str, value: str) -> str:
@@ -155,7 +156,7 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> di
     routes: dict[str, Route] = {}
     for name, spec in table.items():
         where = f"{origin}: [routes.{name}]"
-        if not _ROUTE_NAME.match(name):
+        if not _ROUTE_NAME.fullmatch(name):
             raise ConfigError(f"{where}: a route name may use only letters, digits, '_', '.', '-'")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a table")
@@ -175,6 +176,8 @@ def parse_routes_file(path: str, read_text: Callable[[str], str]) -> dict[str, R
         text = read_text(path)
     except OSError as exc:
         raise ConfigError(f"RELAY_ROUTES={path!r} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"RELAY_ROUTES={path!r} is not UTF-8 text") from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -217,7 +220,10 @@ def _reject_unknown(env: Mapping[str, str]) -> None:
 def _parse_redis_url(value: str) -> str:
     value = value.strip()
     if not re.match(r"^(redis|rediss|unix)://", value):
-        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {value.split('://')[0]!r})")
+        # Never echo the value: it may carry a password.
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
+        got = f"scheme {scheme.group(1)!r}" if scheme else "a value without a scheme"
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {got})")
     return value
 
 

@@ -71,7 +71,8 @@ class Worker:
         self.in_flight: dict[Token, asyncio.Task[None]] = {}
         self._room = asyncio.Condition()
         self.paused_until = 0.0
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # stop taking new work
+        self._closed = asyncio.Event()  # in-flight work settled: helper loops end
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -89,8 +90,9 @@ class Worker:
         log.info("worker stopping", extra=fields(in_flight=len(self.in_flight)))
         await asyncio.gather(*readers, return_exceptions=True)  # each exits after its current read
         await self._drain()
-        for task in helpers:
-            task.cancel()
+        # Loops end on an event, not by cancellation: redis-py can swallow a CancelledError
+        # that arrives mid-command (redis/redis-py#2028), which would leave a loop running.
+        self._closed.set()
         await asyncio.gather(*helpers, return_exceptions=True)
         await self._forgiving(self.queue.leave(), "leave")
         log.info("worker stopped", extra=fields(consumer=self.queue.consumer))
@@ -159,8 +161,7 @@ class Worker:
 
     async def _reclaim_loop(self) -> None:
         interval = max(self.settings.reclaim_after / 2, 0.05)
-        while True:
-            await asyncio.sleep(interval)
+        while await self._rest(interval):
             for partition in range(PARTITIONS):
                 share = self._share(1)
                 if not share or self._stopping.is_set():
@@ -176,8 +177,7 @@ class Worker:
 
     async def _renew_loop(self) -> None:
         interval = max(self.settings.reclaim_after / 4, 0.02)
-        while True:
-            await asyncio.sleep(interval)
+        while await self._rest(interval):
             if not self.in_flight:
                 continue
             try:
@@ -189,7 +189,7 @@ class Worker:
                 log.warning("claim taken over by another worker", extra=fields(conversation=token.conversation))
 
     async def _promote_loop(self) -> None:
-        while True:
+        while not self._closed.is_set():
             soonest = self.clock() + 1.0
             try:
                 for partition in range(PARTITIONS):
@@ -199,17 +199,19 @@ class Worker:
             except QueueUnavailable as exc:
                 await self._redis_trouble("promote", exc)
                 continue
-            await asyncio.sleep(min(max(soonest - self.clock(), 0.02), 1.0))
+            await self._rest(min(max(soonest - self.clock(), 0.02), 1.0))
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
+        """Sleep, waking early when the worker starts stopping (readers)."""
+        await _wait(self._stopping, seconds)
+
+    async def _rest(self, seconds: float) -> bool:
+        """Sleep, waking early when the worker closes (helper loops). True: keep going."""
+        return not await _wait(self._closed, seconds)
 
     async def _redis_trouble(self, what: str, exc: QueueUnavailable) -> None:
         log.warning("redis unavailable", extra=fields(during=what, error=str(exc)))
-        await self._sleep(1.0)
+        await self._rest(1.0)
 
     # -- one message ---------------------------------------------------------------------------
 
@@ -286,3 +288,12 @@ class Worker:
                 log.warning("redis unavailable; will retry", extra=fields(error=str(exc)))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; True if it is set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+    return event.is_set()

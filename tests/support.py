@@ -30,7 +30,9 @@ class ServerThread:
     def __init__(self, app: Any) -> None:
         self.sock = bound_socket()
         self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
-        self.server = EmbeddedServer(server_config(app, "127.0.0.1", 0))
+        config = server_config(app, "127.0.0.1", 0)
+        config.timeout_graceful_shutdown = 1  # tests leave deliberately hung requests behind
+        self.server = EmbeddedServer(config)
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:

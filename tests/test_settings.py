@@ -1,0 +1,409 @@
+"""Settings: environment + routes file → one validated Settings, or a ConfigError naming the setting."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from relay.errors import ConfigError
+from relay.routing import Destination, Route
+from relay.settings import Settings, load
+from tests.support import SPEC_SECRET
+
+SPEC_KEY = bytes.fromhex("31f290f6bf06298aab4f08d43c3f082cf648a362da2da4b0")
+API_KEY = "sk-let-NOT-A-REAL-KEY-4f1c9a"
+REDIS_PASSWORD = "hunter2-redis-pw"
+
+DURATION_VARIABLES = ["RELAY_DEDUP_WINDOW", "RELAY_RECLAIM_AFTER", "RELAY_MAX_AGE", "RELAY_APPROVAL_MAX_AGE",
+                      "RELAY_RETRY_BASE", "RELAY_RETRY_CAP", "RELAY_LETTA_TIMEOUT", "RELAY_RESOLVE_TTL",
+                      "RELAY_SHUTDOWN_GRACE"]
+COUNT_VARIABLES = ["RELAY_CONCURRENCY", "RELAY_MAX_BODY_BYTES"]
+#: Deliberately without "routes" in it, so a message naming a route cannot match on the path.
+ROUTES_PATH = "/srv/relay/destinations.toml"
+SELECTOR_VARIABLES = ["LETTA_CONNECTION_ID", "LETTA_DEVICE_ID", "LETTA_CONNECTION_NAME"]
+
+TWO_ROUTES = """
+[routes.ops]
+agent_id = "agent-ops"
+conversation_id = "conv-ops"
+connection_name = "ops-box"
+
+[routes.support]
+agent_id = "agent-support"
+device_id = "dev-support"
+"""
+
+
+def config_error(env: dict[str, str], read_text: Callable[[str], str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(env, read_text=read_text)
+    return str(caught.value)
+
+
+def routes_file(text: str) -> Callable[[str], str]:
+    return lambda path: text
+
+
+def routes_error(text: str) -> str:
+    return config_error({"RELAY_ROUTES": ROUTES_PATH}, routes_file(text))
+
+
+# --- minimal environments ---------------------------------------------------------------
+
+
+def test_empty_environment_gives_the_defaults() -> None:
+    assert load({}) == Settings()
+
+
+def test_minimal_environment_is_loaded() -> None:
+    settings = load({
+        "REDIS_URL": "redis://localhost:6379/0",
+        "LETTA_API_KEY": API_KEY,
+        "RELAY_HOOK_SECRET": SPEC_SECRET,
+        "LETTA_AGENT_ID": "agent-1",
+        "LETTA_DEVICE_ID": "dev-1",
+    })
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.letta_api_key == API_KEY
+    assert settings.hook_secret == SPEC_KEY
+    assert settings.letta_base_url == "https://api.letta.com"
+    assert settings.routes == (Route("default", Destination(agent_id="agent-1", device_id="dev-1")),)
+    assert settings.max_age == 24 * 3600.0
+    assert settings.concurrency == 32
+
+
+def test_unrelated_environment_variables_are_ignored() -> None:
+    assert load({"PATH": "/usr/bin", "HOME": "/root", "RELAYX": "1", "LETTA_UNUSED_THING": "x"}) == Settings()
+
+
+# --- durations and counts ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    ("60", 60.0), ("0.5", 0.5), ("500ms", 0.5), ("90s", 90.0), ("5m", 300.0), ("24h", 86400.0),
+    ("4d", 345600.0), (" 5m ", 300.0), ("1.5h", 5400.0), ("1ms", 0.001),
+])
+def test_durations_in_every_format(value: str, seconds: float) -> None:
+    assert load({"RELAY_MAX_AGE": value}).max_age == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("name", DURATION_VARIABLES)
+def test_every_duration_variable_is_read(name: str) -> None:
+    # RELAY_RETRY_BASE must stay <= the cap (300 s), so use a value valid for all of them.
+    settings = load({name: "2m"})
+    changed = {attr: value for attr, value in vars(settings).items() if value != getattr(Settings(), attr)}
+    assert list(changed.values()) == [120.0]
+
+
+@pytest.mark.parametrize("value", ["abc", "5x", "-5", "0", "0ms", "0.0s", "1e3", "5 minutes", "5M",
+                                   "1,5", ".5", "5.", "ms", "inf", "nan"])
+@pytest.mark.parametrize("name", ["RELAY_MAX_AGE", "RELAY_RETRY_BASE", "RELAY_LETTA_TIMEOUT"])
+def test_malformed_duration_is_a_config_error_naming_the_variable(name: str, value: str) -> None:
+    assert name in config_error({name: value})
+
+
+@pytest.mark.parametrize("name", COUNT_VARIABLES)
+def test_counts_are_read_as_integers(name: str) -> None:
+    settings = load({name: "8"})
+    value = settings.concurrency if name == "RELAY_CONCURRENCY" else settings.max_body_bytes
+    assert value == 8 and isinstance(value, int)
+
+
+@pytest.mark.parametrize("value", [
+    "0", "-1", "1.5", "ten", "3x", "1e3", "0x10", " ",
+    "\u00b2",
+])
+@pytest.mark.parametrize("name", COUNT_VARIABLES)
+def test_malformed_count_is_a_config_error_naming_the_variable(name: str, value: str) -> None:
+    assert name in config_error({name: value})
+
+
+def test_log_level_is_normalized_and_checked() -> None:
+    assert load({"RELAY_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    assert "RELAY_LOG_LEVEL" in config_error({"RELAY_LOG_LEVEL": "verbose"})
+
+
+def test_key_prefix_is_checked() -> None:
+    assert load({"RELAY_KEY_PREFIX": "relay-staging"}).key_prefix == "relay-staging"
+    assert "RELAY_KEY_PREFIX" in config_error({"RELAY_KEY_PREFIX": "relay staging:"})
+
+
+def test_retry_cap_below_retry_base_is_an_error() -> None:
+    message = config_error({"RELAY_RETRY_BASE": "10s", "RELAY_RETRY_CAP": "5s"})
+    assert "RELAY_RETRY_CAP" in message and "RELAY_RETRY_BASE" in message
+
+
+def test_retry_cap_below_the_default_base_is_an_error() -> None:
+    assert "RELAY_RETRY_CAP" in config_error({"RELAY_RETRY_CAP": "500ms"})
+
+
+def test_retry_cap_equal_to_retry_base_is_accepted() -> None:
+    settings = load({"RELAY_RETRY_BASE": "5s", "RELAY_RETRY_CAP": "5000ms"})
+    assert settings.retry_base == settings.retry_cap == 5.0
+
+
+def test_approvals_have_their_own_max_age() -> None:
+    settings = load({"RELAY_MAX_AGE": "2h", "RELAY_APPROVAL_MAX_AGE": "10m"})
+    assert settings.max_age_for("approval") == 600.0
+    assert settings.max_age_for("user") == 7200.0
+
+
+# --- unknown and empty variables --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("typo", "meant"), [
+    ("RELAY_CONCURENCY", "RELAY_CONCURRENCY"),
+    ("RELAY_RETRY_BASEE", "RELAY_RETRY_BASE"),
+    ("RELAY_HOOK_SECRETS", "RELAY_HOOK_SECRET"),
+    ("RELAY_ROUTE", "RELAY_ROUTES"),
+])
+def test_unknown_relay_variable_suggests_the_known_one(typo: str, meant: str) -> None:
+    message = config_error({typo: "1"})
+    assert typo in message
+    assert f"did you mean {meant}" in message
+
+
+def test_unknown_relay_variable_without_a_close_match_is_still_an_error() -> None:
+    message = config_error({"RELAY_ZZZZZZZZZZZZ": "1"})
+    assert "RELAY_ZZZZZZZZZZZZ" in message
+    assert "did you mean" not in message
+
+
+def test_unknown_relay_variable_is_an_error_even_with_valid_settings() -> None:
+    assert "RELAY_MAXAGE" in config_error({"RELAY_MAX_AGE": "1h", "RELAY_MAXAGE": "2h"})
+
+
+@pytest.mark.parametrize("name", ["RELAY_CONCURRENCY", "RELAY_MAX_AGE", "RELAY_HOOK_SECRET", "REDIS_URL",
+                                  "LETTA_API_KEY", "LETTA_BASE_URL", "LETTA_AGENT_ID", "LETTA_DEVICE_ID",
+                                  "RELAY_ROUTES", "RELAY_CONCURENCY"])
+def test_empty_variables_count_as_unset(name: str) -> None:
+    assert load({name: ""}, read_text=routes_file("this is not toml")) == Settings()
+
+
+# --- default destination from LETTA_* ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "field"), [("LETTA_CONNECTION_ID", "connection_id"),
+                                             ("LETTA_DEVICE_ID", "device_id"),
+                                             ("LETTA_CONNECTION_NAME", "connection_name")])
+def test_letta_variables_make_the_default_route(name: str, field: str) -> None:
+    settings = load({"LETTA_AGENT_ID": "agent-1", "LETTA_CONVERSATION_ID": "conv-1", name: "sel-1"})
+    expected = Destination(agent_id="agent-1", conversation_id="conv-1", **{field: "sel-1"})
+    assert settings.routes == (Route("default", expected),)
+
+
+def test_letta_destination_values_are_stripped() -> None:
+    settings = load({"LETTA_AGENT_ID": " agent-1 ", "LETTA_DEVICE_ID": "dev-1\n"})
+    assert settings.routes[0].destination == Destination(agent_id="agent-1", device_id="dev-1")
+
+
+@pytest.mark.parametrize("env", [{"LETTA_DEVICE_ID": "dev-1"}, {"LETTA_CONVERSATION_ID": "conv-1"},
+                                 {"LETTA_AGENT_ID": "  ", "LETTA_DEVICE_ID": "dev-1"}])
+def test_destination_without_agent_id_names_letta_agent_id(env: dict[str, str]) -> None:
+    assert "LETTA_AGENT_ID" in config_error(env)
+
+
+@pytest.mark.parametrize("selectors", [
+    {},
+    {"LETTA_DEVICE_ID": "dev-1", "LETTA_CONNECTION_NAME": "box"},
+    {"LETTA_CONNECTION_ID": "conn-1", "LETTA_DEVICE_ID": "dev-1"},
+    {"LETTA_CONNECTION_ID": "conn-1", "LETTA_DEVICE_ID": "dev-1", "LETTA_CONNECTION_NAME": "box"},
+], ids=["none", "device-and-name", "connection-and-device", "all-three"])
+def test_destination_needs_exactly_one_selector(selectors: dict[str, str]) -> None:
+    message = config_error({"LETTA_AGENT_ID": "agent-1", **selectors})
+    assert all(name in message for name in SELECTOR_VARIABLES)
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [
+    "whsec_not*base64!secretvalue",
+    "whsec_c2hvcnRzZWNyZXQ=",        # base64 of "shortsecret" (11 bytes)
+    "c2hvcnRzZWNyZXRzaG9ydA",        # 16 bytes, no prefix
+])
+def test_malformed_hook_secret_names_the_variable_but_not_the_value(secret: str) -> None:
+    message = config_error({"RELAY_HOOK_SECRET": secret})
+    assert "RELAY_HOOK_SECRET" in message
+    assert secret.removeprefix("whsec_")[:8] not in message
+
+
+def test_hook_secret_without_prefix_is_accepted() -> None:
+    assert load({"RELAY_HOOK_SECRET": SPEC_SECRET.removeprefix("whsec_")}).hook_secret == SPEC_KEY
+
+
+def test_repr_of_settings_carries_no_secrets() -> None:
+    settings = load({
+        "REDIS_URL": f"redis://relay:{REDIS_PASSWORD}@redis.internal:6379/0",
+        "LETTA_API_KEY": API_KEY,
+        "RELAY_HOOK_SECRET": SPEC_SECRET,
+        "LETTA_AGENT_ID": "agent-1",
+        "LETTA_DEVICE_ID": "dev-1",
+    })
+    text = repr(settings)
+    assert "agent-1" in text  # the repr is still useful
+    for secret in (API_KEY, REDIS_PASSWORD, SPEC_SECRET.removeprefix("whsec_"), repr(SPEC_KEY),
+                   SPEC_KEY.hex(), str(list(SPEC_KEY))[1:-1]):
+        assert secret not in text
+    assert text == str(settings)
+
+
+# --- URLs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://user:pw@host:6380/1",
+                                 "unix:///run/redis.sock"])
+def test_redis_url_with_a_redis_scheme_is_accepted(url: str) -> None:
+    assert load({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("url", [
+    f"http://relay:{REDIS_PASSWORD}@host:6379/0",
+    f"postgres://relay:{REDIS_PASSWORD}@host/0",
+    f"relay:{REDIS_PASSWORD}@host:6379",
+    f"redis:/relay:{REDIS_PASSWORD}@host:6379",
+])
+def test_redis_url_with_another_scheme_is_refused_without_echoing_the_password(url: str) -> None:
+    message = config_error({"REDIS_URL": url})
+    assert "REDIS_URL" in message
+    assert REDIS_PASSWORD not in message
+
+
+@pytest.mark.parametrize(("url", "stored"), [
+    ("https://letta.example.com/", "https://letta.example.com"),
+    ("http://127.0.0.1:8283//", "http://127.0.0.1:8283"),
+    (" https://letta.example.com/api/ ", "https://letta.example.com/api"),
+])
+def test_letta_base_url_trailing_slash_is_stripped(url: str, stored: str) -> None:
+    assert load({"LETTA_BASE_URL": url}).letta_base_url == stored
+
+
+@pytest.mark.parametrize("url", ["letta.example.com", "ftp://letta.example.com", "https://", "https:///x"])
+def test_letta_base_url_must_be_http(url: str) -> None:
+    assert "LETTA_BASE_URL" in config_error({"LETTA_BASE_URL": url})
+
+
+def test_letta_api_key_is_stripped() -> None:
+    assert load({"LETTA_API_KEY": f" {API_KEY}\n"}).letta_api_key == API_KEY
+
+
+# --- routes file ------------------------------------------------------------------------
+
+
+def test_routes_file_with_two_routes() -> None:
+    paths: list[str] = []
+
+    def read_text(path: str) -> str:
+        paths.append(path)
+        return TWO_ROUTES
+
+    settings = load({"RELAY_ROUTES": ROUTES_PATH}, read_text=read_text)
+    assert paths == [ROUTES_PATH]
+    assert {route.name: route.destination for route in settings.routes} == {
+        "ops": Destination(agent_id="agent-ops", conversation_id="conv-ops", connection_name="ops-box"),
+        "support": Destination(agent_id="agent-support", device_id="dev-support"),
+    }
+
+
+def test_routes_file_and_letta_variables_combine() -> None:
+    settings = load({"RELAY_ROUTES": "r.toml", "LETTA_AGENT_ID": "agent-1", "LETTA_DEVICE_ID": "dev-1"},
+                    read_text=routes_file(TWO_ROUTES))
+    assert sorted(route.name for route in settings.routes) == ["default", "ops", "support"]
+
+
+def test_routes_file_may_define_the_default_route() -> None:
+    settings = load({"RELAY_ROUTES": "r.toml"},
+                    read_text=routes_file('[routes.default]\nagent_id = "a"\ndevice_id = "d"\n'))
+    assert settings.routes == (Route("default", Destination(agent_id="a", device_id="d")),)
+
+
+def test_empty_routes_file_gives_no_routes() -> None:
+    assert load({"RELAY_ROUTES": "r.toml"}, read_text=routes_file("")).routes == ()
+
+
+def test_routes_file_defining_default_together_with_letta_agent_id_is_an_error() -> None:
+    message = config_error(
+        {"RELAY_ROUTES": "r.toml", "LETTA_AGENT_ID": "agent-1", "LETTA_DEVICE_ID": "dev-1"},
+        routes_file('[routes.default]\nagent_id = "a"\ndevice_id = "d"\n'),
+    )
+    assert "LETTA_AGENT_ID" in message and "default" in message
+
+
+def test_unknown_top_level_key_names_it() -> None:
+    message = routes_error('version = 2\n' + TWO_ROUTES)
+    assert "'version'" in message and "RELAY_ROUTES" in message
+
+
+def test_misspelled_routes_table_names_it() -> None:
+    assert "'route'" in routes_error('[route.ops]\nagent_id = "a"\ndevice_id = "d"\n')
+
+
+def test_unknown_route_key_names_the_route_and_the_key() -> None:
+    message = routes_error('[routes.ops]\nagent_id = "a"\ndevice_id = "d"\ndevcie_id = "x"\n')
+    assert "routes.ops" in message and "devcie_id" in message
+
+
+@pytest.mark.parametrize(("key", "value"), [("device_id", "5"), ("agent_id", "true"),
+                                            ("device_id", '["d"]'), ("device_id", '""'),
+                                            ("agent_id", '"  "'), ("device_id", "{ id = \"d\" }")])
+def test_route_value_that_is_not_a_non_empty_string_names_route_and_key(key: str, value: str) -> None:
+    fields = {"agent_id": '"a"', "device_id": '"d"', key: value}
+    text = "[routes.ops]\n" + "".join(f"{k} = {v}\n" for k, v in fields.items())
+    message = routes_error(text)
+    assert "routes.ops" in message and key in message
+
+
+@pytest.mark.parametrize("name", [
+    "bad name", "ops/prod", "", "x" * 65, "caf\u00e9",
+    "ops\n",
+])
+def test_bad_route_name_names_the_route(name: str) -> None:
+    escaped = name.replace("\n", "\\n")
+    message = routes_error(f'[routes."{escaped}"]\nagent_id = "a"\ndevice_id = "d"\n')
+    assert f"routes.{name}" in message
+
+
+def test_route_that_is_not_a_table_names_it() -> None:
+    assert "routes.ops" in routes_error('[routes]\nops = "agent-1"\n')
+
+
+def test_routes_that_is_not_a_table_is_an_error() -> None:
+    assert "'routes' must be a table" in routes_error('routes = "ops"\n')
+
+
+def test_route_without_agent_id_names_the_route_and_agent_id() -> None:
+    message = routes_error('[routes.ops]\ndevice_id = "d"\n')
+    assert "routes.ops" in message and "agent_id" in message
+
+
+def test_route_with_two_selectors_names_the_route_and_the_selectors() -> None:
+    message = routes_error('[routes.ops]\nagent_id = "a"\ndevice_id = "d"\nconnection_id = "c"\n')
+    assert "routes.ops" in message
+    assert all(name in message for name in ("connection_id", "device_id", "connection_name"))
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError(2, "No such file or directory"),
+                                   PermissionError(13, "Permission denied"),
+                                   IsADirectoryError(21, "Is a directory"),
+                                   FileNotFoundError("gone")])
+def test_unreadable_routes_file_is_a_config_error(error: OSError) -> None:
+    def read_text(path: str) -> str:
+        raise error
+
+    message = config_error({"RELAY_ROUTES": ROUTES_PATH}, read_text)
+    assert "RELAY_ROUTES" in message and ROUTES_PATH in message
+
+
+def test_routes_file_that_is_not_utf8_is_a_config_error() -> None:
+    def read_text(path: str) -> str:
+        return b"[routes.ops]\nagent_id = \"caf\xe9\"\n".decode("utf-8")
+
+    assert "RELAY_ROUTES" in config_error({"RELAY_ROUTES": ROUTES_PATH}, read_text)
+
+
+@pytest.mark.parametrize("text", ["[routes.ops\n", "[routes.ops]\nagent_id = a\n",
+                                  '[routes.ops]\nagent_id = "a"\nagent_id = "b"\n', "= 1"])
+def test_invalid_toml_is_a_config_error(text: str) -> None:
+    message = routes_error(text)
+    assert "RELAY_ROUTES" in message and "TOML" in message
