@@ -407,3 +407,12 @@ def test_routes_file_that_is_not_utf8_is_a_config_error() -> None:
 def test_invalid_toml_is_a_config_error(text: str) -> None:
     message = routes_error(text)
     assert "RELAY_ROUTES" in message and "TOML" in message
+
+
+def test_shipped_example_routes_file_is_valid() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "deploy" / "routes.example.toml"
+    settings = load({"RELAY_ROUTES": str(example)})
+    assert sorted(route.name for route in settings.routes) == ["ci", "incidents"]
+    assert {route.destination.selector[0] for route in settings.routes} == {"device_id", "connection_name"}
