@@ -36,6 +36,7 @@ class Fault:
     status: int = 500
     times: int | None = 1  # None: forever
     match: Callable[[dict[str, Any]], bool] | None = None
+    message_id: str | None = None  # only requests carrying this client_message_id
     retry_after: str | None = None
     delay: float = 0.0  # seconds to wait before answering (longer than the client timeout = a hang)
     body: Any = None
@@ -193,7 +194,10 @@ class LettaStandIn:
         return JSONResponse(payload, status_code=status, headers=headers)
 
     def _take_fault(self, body: dict[str, Any]) -> Fault | None:
+        ids = [m.get("client_message_id") for m in body.get("messages", []) if isinstance(m, dict)]
         for fault in self._faults:
+            if fault.message_id is not None and fault.message_id not in ids:
+                continue
             if fault.match is None or fault.match(body):
                 if fault.times is not None:
                     fault.times -= 1

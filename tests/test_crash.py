@@ -74,48 +74,52 @@ def stop(process: subprocess.Popen[bytes]) -> int:
     return process.wait(timeout=30)
 
 
+def hang_then_fault(standin: LettaStandIn, victim: str, redis: RedisServer, letta_url: str, prefix: str,
+                    log: Path, fault: str, **settings: str) -> None:
+    """Start a worker, let it get stuck delivering `victim`, then SIGKILL or SIGTERM it."""
+    standin.add_fault(200, delay=30.0, message_id=victim)
+    process = worker(redis, letta_url, prefix, log, **settings)
+    try:
+        assert standin.wait_for(lambda s: any(victim in a.message_ids for a in s.attempts), 20)
+        if fault == "kill":
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        else:
+            assert stop(process) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def finish_with_another_worker(standin: LettaStandIn, sent: list[Envelope], redis: RedisServer, letta_url: str,
+                               prefix: str, log: Path, **settings: str) -> None:
+    process = worker(redis, letta_url, prefix, log, **settings)
+    try:
+        assert standin.wait_for(lambda s: set(s.delivered_ids()) >= {e.client_message_id for e in sent}, 30), \
+            log.read_text()
+    finally:
+        assert stop(process) == 0
+    assert_ledger(standin, sent)
+
+
 def test_worker_killed_mid_delivery_loses_nothing(redis_server: RedisServer, stand_in, prefix: str,  # type: ignore[no-untyped-def]
                                                   tmp_path: Path) -> None:
     standin, letta_url = stand_in
     sent = messages(5)
-    victim = sent[0].client_message_id
-    standin.add_fault(200, delay=30.0, match=lambda b: victim in [m.get("client_message_id") for m in b["messages"]])
     enqueue(redis_server.url, prefix, sent)
-    first = worker(redis_server, letta_url, prefix, tmp_path / "worker.log", RELAY_RECLAIM_AFTER="1")
-    try:
-        assert standin.wait_for(lambda s: any(victim in a.message_ids for a in s.attempts), 20)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(timeout=10)
-    finally:
-        if first.poll() is None:
-            first.kill()
-    second = worker(redis_server, letta_url, prefix, tmp_path / "worker.log", RELAY_RECLAIM_AFTER="1")
-    try:
-        assert standin.wait_for(lambda s: set(s.delivered_ids()) >= {e.client_message_id for e in sent}, 30), \
-            (tmp_path / "worker.log").read_text()
-    finally:
-        assert stop(second) == 0
-    assert_ledger(standin, sent)
+    quick = {"RELAY_RECLAIM_AFTER": "1"}
+    log = tmp_path / "worker.log"
+    hang_then_fault(standin, sent[0].client_message_id, redis_server, letta_url, prefix, log, "kill", **quick)
+    finish_with_another_worker(standin, sent, redis_server, letta_url, prefix, log, **quick)
 
 
 def test_sigterm_hands_in_flight_work_back_for_another_worker(redis_server: RedisServer, stand_in, prefix: str,  # type: ignore[no-untyped-def]
                                                               tmp_path: Path) -> None:
     standin, letta_url = stand_in
     sent = messages(3)
-    victim = sent[0].client_message_id
-    standin.add_fault(200, delay=30.0, match=lambda b: victim in [m.get("client_message_id") for m in b["messages"]])
     enqueue(redis_server.url, prefix, sent)
     # Reclaim after 10 minutes: only a hand-back can let the second worker finish in time.
     patient = {"RELAY_RECLAIM_AFTER": "600", "RELAY_SHUTDOWN_GRACE": "0.5"}
-    first = worker(redis_server, letta_url, prefix, tmp_path / "worker.log", **patient)
-    try:
-        assert standin.wait_for(lambda s: any(victim in a.message_ids for a in s.attempts), 20)
-    finally:
-        assert stop(first) == 0
-    second = worker(redis_server, letta_url, prefix, tmp_path / "worker.log", **patient)
-    try:
-        assert standin.wait_for(lambda s: set(s.delivered_ids()) >= {e.client_message_id for e in sent}, 30), \
-            (tmp_path / "worker.log").read_text()
-    finally:
-        assert stop(second) == 0
-    assert_ledger(standin, sent)
+    log = tmp_path / "worker.log"
+    hang_then_fault(standin, sent[0].client_message_id, redis_server, letta_url, prefix, log, "term", **patient)
+    finish_with_another_worker(standin, sent, redis_server, letta_url, prefix, log, **patient)

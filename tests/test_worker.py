@@ -81,7 +81,7 @@ async def test_server_errors_are_retried_with_the_same_id_in_order(queue: Queue,
                                                                    settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, url = stand_in
     second = message(2)
-    standin.add_fault(500, times=2, match=lambda body: body["messages"][0]["client_message_id"] == second.client_message_id)
+    standin.add_fault(500, times=2, message_id=second.client_message_id)
     for n in range(1, 6):
         await queue.enqueue(message(n))
     async with running(redis_client, prefix, settings, url):
@@ -96,7 +96,7 @@ async def test_conversations_do_not_wait_for_each_other(queue: Queue, redis_clie
     standin, url = stand_in
     slow, fast = message("slow"), message("fast", Route("other", Destination(agent_id="agent-other",
                                                                              device_id="device-test")))
-    standin.add_fault(200, delay=1.5, match=lambda b: b["messages"][0].get("client_message_id") == slow.client_message_id)
+    standin.add_fault(200, delay=1.5, message_id=slow.client_message_id)
     await queue.enqueue(slow)
     async with running(redis_client, prefix, settings, url):
         await until(lambda: len(standin.attempts) == 1)  # the slow call is under way
@@ -125,8 +125,7 @@ async def test_client_errors_are_dead_lettered_with_the_reason(queue: Queue, red
                                                                settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, url = stand_in
     poison = message("poison")
-    standin.add_fault(422, times=None, body={"detail": "content too long"},
-                      match=lambda b: b["messages"][0].get("client_message_id") == poison.client_message_id)
+    standin.add_fault(422, times=None, body={"detail": "content too long"}, message_id=poison.client_message_id)
     await queue.enqueue(poison)
     await queue.enqueue(message("after"))
     async with running(redis_client, prefix, settings, url):
