@@ -81,6 +81,19 @@ class Token:
 
 
 @dataclass(frozen=True)
+class Head:
+    """What a token points at: its conversation's first message id and envelope.
+
+    message_id "" means the mailbox is empty (a stray token); envelope None with an id means
+    the stored message is missing or unreadable and can only be dropped.
+    """
+
+    token: Token
+    message_id: str
+    envelope: Envelope | None
+
+
+@dataclass(frozen=True)
 class DeadEntry:
     partition: int
     entry_id: str
@@ -201,9 +214,9 @@ class Queue:
                 break
         return tokens
 
-    async def fetch(self, tokens: list[Token]) -> list[tuple[Token, Envelope | None]]:
-        """Each token's head message; None for a token whose mailbox is empty or unreadable."""
-        out: list[tuple[Token, Envelope | None]] = []
+    async def fetch(self, tokens: list[Token]) -> list[Head]:
+        """Each token's head message."""
+        out: list[Head] = []
         by_partition: dict[int, list[Token]] = {}
         for token in tokens:
             by_partition.setdefault(token.partition, []).append(token)
@@ -211,8 +224,8 @@ class Queue:
             keys = [self.keys.body(p)] + [self.keys.mailbox(p, t.conversation) for t in group]
             flat = await self._run("fetch", keys, [])
             for i, token in enumerate(group):
-                raw = flat[2 * i + 1]
-                out.append((token, self._decode(token, raw) if raw else None))
+                message_id, raw = flat[2 * i], flat[2 * i + 1]
+                out.append(Head(token, message_id, self._decode(token, raw) if raw else None))
         return out
 
     def _decode(self, token: Token, raw: str) -> Envelope | None:

@@ -30,7 +30,7 @@ from relay.errors import QueueUnavailable
 from relay.logs import fields
 from relay.messages import Envelope
 from relay.policy import Backoff, DeadLetter, Delivered, Outcome, Retry, decide
-from relay.queue import PARTITIONS, Queue, Token
+from relay.queue import PARTITIONS, Head, Queue, Token
 from relay.settings import Settings
 
 log = logging.getLogger("relay.worker")
@@ -222,13 +222,14 @@ class Worker:
             # The tokens stay pending under this consumer; the reclaim loop picks them up later.
             await self._redis_trouble("fetch", exc)
             return
-        for token, envelope in heads:
-            self.in_flight[token] = asyncio.create_task(self._handle(token, envelope))
+        for head in heads:
+            self.in_flight[head.token] = asyncio.create_task(self._handle(head))
 
-    async def _handle(self, token: Token, envelope: Envelope | None) -> None:
+    async def _handle(self, head: Head) -> None:
+        token = head.token
         try:
             async with self.calls:
-                await self._settle(token, envelope)
+                await self._settle(head)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -239,10 +240,15 @@ class Worker:
             async with self._room:
                 self._room.notify_all()
 
-    async def _settle(self, token: Token, envelope: Envelope | None) -> None:
+    async def _settle(self, head: Head) -> None:
+        token, envelope = head.token, head.envelope
         if envelope is None:
-            log.warning("token without a message; releasing it", extra=fields(conversation=token.conversation))
-            await self._queue_op(lambda: self.queue.done(token, ""))
+            # Nothing deliverable: release a stray token, or drop a head whose stored message is
+            # gone (a copy re-accepted after its dedup window) so the conversation moves on.
+            if head.message_id:
+                log.error("stored message missing or unreadable; dropped",
+                          extra=fields(client_message_id=head.message_id, conversation=token.conversation))
+            await self._queue_op(lambda: self.queue.done(token, head.message_id))
             return
         if self.clock() < self.paused_until:
             await self._queue_op(lambda: self.queue.retry(token, None, self.paused_until))

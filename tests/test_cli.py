@@ -97,7 +97,7 @@ def queued_messages(url: str, prefix: str) -> list[dict[str, Any]]:
         tokens = [t for p in range(PARTITIONS) for t in await queue.read(p, 100, 10)]
         heads = await queue.fetch(tokens)
         await redis.aclose()
-        return [e.message for _, e in heads if e]
+        return [h.envelope.message for h in heads if h.envelope]
 
     return asyncio.run(read())
 
@@ -163,9 +163,9 @@ def dead_letters(real_redis_url: str, prefix: str, env: Any) -> Iterator[list[st
                                              route, time.time()))
             ids.append(message_id)
         tokens = [t for p in range(PARTITIONS) for t in await queue.read(p, 10, 10)]
-        for token, envelope in await queue.fetch(tokens):
-            assert envelope is not None
-            await queue.dead_letter(token, envelope.after_failure("HTTP 400: no"), "HTTP 400: no", "http_400")
+        for head in await queue.fetch(tokens):
+            assert head.envelope is not None
+            await queue.dead_letter(head.token, head.envelope.after_failure("HTTP 400: no"), "HTTP 400: no", "http_400")
         await redis.aclose()
         return ids
 

@@ -32,8 +32,8 @@ def partition(route: Route = ROUTE) -> int:
 async def take(queue: Queue, route: Route = ROUTE) -> tuple[Token, Envelope | None]:
     tokens = await queue.read(partition(route), 10, 10)
     assert len(tokens) == 1, tokens
-    [(token, envelope)] = await queue.fetch(tokens)
-    return token, envelope
+    [head] = await queue.fetch(tokens)
+    return head.token, head.envelope
 
 
 async def test_accepted_message_is_read_back_unchanged(queue: Queue) -> None:
@@ -86,7 +86,7 @@ async def test_different_conversations_are_claimed_in_parallel(queue: Queue) -> 
         tokens += await queue.read(p, 100, 10)
     assert len(tokens) == 40
     heads = await queue.fetch(tokens)
-    assert sorted(e.message["content"] for _, e in heads if e) == sorted(f"text {i}" for i in range(40))
+    assert sorted(h.envelope.message["content"] for h in heads if h.envelope) == sorted(f"text {i}" for i in range(40))
 
 
 async def test_retry_keeps_the_head_until_due_then_returns_it_updated(queue: Queue) -> None:
@@ -156,7 +156,8 @@ async def test_silent_workers_claim_is_reclaimed_by_another(queue: Queue, redis_
     assert reclaimed.entry_id == token.entry_id
     # The first worker's late acknowledgement changes nothing: the new owner finishes.
     assert await queue.done(token, message(1).client_message_id) is False
-    [(_, envelope)] = await other.fetch([reclaimed])
+    [head] = await other.fetch([reclaimed])
+    envelope = head.envelope
     assert envelope is not None and envelope.client_message_id == message(1).client_message_id
     assert await other.done(reclaimed, envelope.client_message_id) is True
 
@@ -268,3 +269,15 @@ async def test_every_script_touches_one_cluster_slot(redis_client: Any, prefix: 
     await queue.leave()
     assert len(recorder.calls) > 15
     assert all(len(slots) == 1 for slots in recorder.calls), recorder.calls
+
+
+async def test_head_whose_message_is_missing_is_reported_by_id_and_can_be_dropped(queue: Queue) -> None:
+    await queue.enqueue(message(1))
+    await queue.enqueue(message(2))
+    await queue.redis.hdel(queue.keys.body(partition()), message(1).client_message_id)
+    token, envelope = await take(queue)
+    [head] = await queue.fetch([token])
+    assert (head.message_id, head.envelope) == (message(1).client_message_id, None)
+    assert await queue.done(token, head.message_id)
+    _token, following = await take(queue)
+    assert following is not None and following.client_message_id == message(2).client_message_id

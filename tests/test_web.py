@@ -67,7 +67,8 @@ async def test_approval_is_queued_for_its_route(http: httpx.AsyncClient, queue: 
     tokens = []
     for p in range(16):
         tokens += await queue.read(p, 10, 10)
-    [(_, envelope)] = await queue.fetch(tokens)
+    [head] = await queue.fetch(tokens)
+    envelope = head.envelope
     assert envelope is not None
     assert envelope.route == "ops" and envelope.destination.connection_name == "ops-box"
     assert envelope.message == {"type": "approval", "approvals": [

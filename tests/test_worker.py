@@ -247,3 +247,19 @@ async def test_worker_finishes_in_flight_work_within_the_grace_period(queue: Que
     assert len(standin.delivered()) == 1
     depth = await queue.depth()
     assert (depth.ready, depth.in_flight, depth.delayed) == (0, 0, 0)
+
+
+async def test_unreadable_head_is_dropped_and_the_conversation_moves_on(queue: Queue, redis_client: Any, prefix: str,
+                                                                        settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    broken, good = message("broken"), message("good")
+    await queue.enqueue(broken)
+    await queue.enqueue(good)
+    partition = queue.keys.partition_of(HOME.destination.conversation_key)
+    await redis_client.hset(queue.keys.body(partition), broken.client_message_id, "{not an envelope")
+    async with running(redis_client, prefix, settings, url):
+        await until(lambda: len(standin.delivered()) == 1)
+        await asyncio.sleep(0.3)  # a release-without-pop bug would spin here re-reading the broken head
+    assert standin.delivered_ids() == [good.client_message_id]
+    depth = await queue.depth()
+    assert (depth.ready, depth.in_flight, depth.delayed) == (0, 0, 0)
