@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -212,32 +213,74 @@ def test_dlq_needs_redis(env: Any, capsys: Any) -> None:
 
 # -- relay dev (the README's first command) ------------------------------------------------------
 
-def test_relay_dev_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def relay_dev(tmp_path: Path, **settings: str) -> Iterator[str]:
+    """`relay dev` in a subprocess; yields its hooks URL once it is ready. Stops it with SIGINT."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    out, err = open(tmp_path / "out", "wb"), open(tmp_path / "err", "wb")
-    dev = subprocess.Popen([sys.executable, "-m", "relay", "dev", "--port", str(port)], env=relay_env(),
-                           stdout=out, stderr=err, cwd=ROOT)
+    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+        dev = subprocess.Popen([sys.executable, "-m", "relay", "dev", "--port", str(port)],
+                               env=relay_env(**settings), stdout=out, stderr=err, cwd=ROOT)
     try:
         deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        while not _ready(base):
             assert time.monotonic() < deadline and dev.poll() is None, (tmp_path / "err").read_text()
             time.sleep(0.1)
-        send = subprocess.run([sys.executable, "-m", "relay", "send", "hello from the readme",
-                               "--url", f"{base}/hooks/generic"], env=relay_env(), capture_output=True, cwd=ROOT)
-        assert send.returncode == 0, send.stderr
-        while b"hello from the readme" not in (tmp_path / "out").read_bytes():
-            assert time.monotonic() < deadline + 10, (tmp_path / "err").read_text()
-            time.sleep(0.1)
+        yield f"{base}/hooks/generic"
     finally:
         dev.send_signal(signal.SIGINT)
-        code = dev.wait(timeout=30)
-    banner = (tmp_path / "err").read_text()
-    assert code == 0
-    assert "NOTHING IS DURABLE" in banner and "NOTHING LEAVES THIS MACHINE" in banner
-    assert "delivered" in banner
+        assert dev.wait(timeout=30) == 0, (tmp_path / "err").read_text()
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def send(url: str, text: str, **settings: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "relay", "send", text, "--url", url],
+                            env=relay_env(**settings), capture_output=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_relay_dev_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> None:
+    with relay_dev(tmp_path) as url:
+        send(url, "hello from the readme")
+        deadline = time.monotonic() + 10
+        while b"hello from the readme" not in (tmp_path / "out").read_bytes():
+            assert time.monotonic() < deadline, (tmp_path / "err").read_text()
+            time.sleep(0.1)
+    log = (tmp_path / "err").read_text()
+    assert "NOTHING IS DURABLE" in log and "NOTHING LEAVES THIS MACHINE" in log
+    assert "delivered" in log
+
+
+def test_relay_dev_uses_real_redis_and_letta_when_configured(tmp_path: Path, real_redis_url: str,
+                                                             prefix: str, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, letta_url = stand_in  # plays the real Letta API
+    settings = dict(REDIS_URL=real_redis_url, RELAY_KEY_PREFIX=prefix, LETTA_API_KEY="real-key",
+                    LETTA_BASE_URL=letta_url, LETTA_AGENT_ID="agent-real", LETTA_DEVICE_ID="device-test",
+                    RELAY_HOOK_SECRET=DEV_HOOK_SECRET)
+    try:
+        with relay_dev(tmp_path, **settings) as url:
+            send(url, "to the real thing", RELAY_HOOK_SECRET=DEV_HOOK_SECRET)
+            assert standin.wait_for(lambda s: len(s.delivered()) == 1, 10), (tmp_path / "err").read_text()
+            keys = asyncio.run(_count_keys(real_redis_url, prefix))
+    finally:
+        asyncio.run(_cleanup(real_redis_url, prefix))
+    [attempt] = standin.delivered()
+    assert attempt.authorization == "Bearer real-key"
+    assert attempt.body["agentId"] == "agent-real" and attempt.body["messages"][0]["content"] == "to the real thing"
+    assert keys > 0  # the queue lived in the real Redis
+    log = (tmp_path / "err").read_text()
+    assert "NOTHING IS DURABLE" not in log and "the real API" in log
+    assert (tmp_path / "out").read_text() == ""  # no stand-in printing
+
+
+async def _count_keys(url: str, prefix: str) -> int:
+    redis = connect(url)
+    count = len([k async for k in redis.scan_iter(match=f"{prefix}:*")])
+    await redis.aclose()
+    return count
