@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -96,6 +97,16 @@ def _settings() -> Settings:
     return settings
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind before starting anything, so a taken port is one clear line, not a traceback."""
+    from relay.serving import bound_socket
+
+    try:
+        return bound_socket(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose --host/--port)") from None
+
+
 def _require_redis(settings: Settings, command: str,
                    hint: str = "to try relay without Redis or Letta, run `relay dev`") -> str:
     if not settings.redis_url:
@@ -119,9 +130,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.routes:
         raise ConfigError("no destination: set LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / "
                           "LETTA_DEVICE_ID / LETTA_CONNECTION_NAME, or RELAY_ROUTES")
+    sock = _listen(args.host, args.port)
     queue = Queue(connect(url, socket_timeout=5.0), prefix=settings.key_prefix,
                   dedup_window=settings.dedup_window)
-    uvicorn.Server(server_config(create_app(settings, queue), args.host, args.port)).run()
+    uvicorn.Server(server_config(create_app(settings, queue), args.host, args.port)).run(sockets=[sock])
     return 0
 
 
@@ -158,7 +170,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from relay import dev
 
-    asyncio.run(dev.run(_settings(), args.host, args.port))
+    settings = _settings()
+    asyncio.run(dev.run(settings, _listen(args.host, args.port)))
     return 0
 
 

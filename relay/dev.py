@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import signal
+import socket
 import sys
 from dataclasses import replace
 
@@ -64,7 +65,9 @@ def _print_block(text: str) -> None:
     print(text, flush=True)
 
 
-async def run(settings: Settings, host: str, port: int) -> None:
+async def run(settings: Settings, listener: socket.socket) -> None:
+    """Run until SIGINT/SIGTERM, serving webhooks on `listener` (already bound)."""
+    host, port = listener.getsockname()[:2]
     own_secret = settings.hook_secret is not None
     settings = prepare(settings)
     notes = []
@@ -101,7 +104,7 @@ async def run(settings: Settings, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     _banner(notes, host, port, [r.name for r in settings.routes])
 
-    tasks = [asyncio.create_task(web.serve()), asyncio.create_task(worker.run(stop))]
+    tasks = [asyncio.create_task(web.serve(sockets=[listener])), asyncio.create_task(worker.run(stop))]
     if stand_in_server is not None:
         tasks.append(asyncio.create_task(stand_in_server.serve(sockets=[sock])))
     await stop.wait()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +73,21 @@ def test_malformed_setting_fails_fast_naming_it(name: str, value: str, env: Any,
     env.setenv(name, value)
     code, _, err = run_main(capsys, "serve")
     assert code == 2 and name in err
+
+
+@pytest.mark.parametrize("command", ["serve", "dev"])
+def test_taken_port_is_one_clear_line(command: str, env: Any, capsys: Any) -> None:
+    env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    env.setenv("RELAY_HOOK_SECRET", DEV_HOOK_SECRET)
+    env.setenv("LETTA_AGENT_ID", "agent-1")
+    env.setenv("LETTA_DEVICE_ID", "device-1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run_main(capsys, command, "--port", str(port))
+    assert code == 2
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
 
 
 # -- relay send ----------------------------------------------------------------------------------
