@@ -121,25 +121,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from relay.queue import Queue, connect
     from relay.serving import server_config
+    from relay.slack_api import SlackApi
     from relay.web import create_app
 
     settings = _settings()
     url = _require_redis(settings, "serve")
-    if settings.hook_secret is None:
-        raise ConfigError("no source is configured: set RELAY_HOOK_SECRET (`relay secret` makes one)")
+    if settings.hook_secret is None and settings.slack_signing_secret is None:
+        raise ConfigError("no source is configured: set RELAY_HOOK_SECRET (`relay secret` makes one) "
+                          "and/or SLACK_SIGNING_SECRET")
     if not settings.routes:
         raise ConfigError("no destination: set LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / "
                           "LETTA_DEVICE_ID / LETTA_CONNECTION_NAME, or RELAY_ROUTES")
     sock = _listen(args.host, args.port)
-    queue = Queue(connect(url, socket_timeout=5.0), prefix=settings.key_prefix,
-                  dedup_window=settings.dedup_window)
-    uvicorn.Server(server_config(create_app(settings, queue), args.host, args.port)).run(sockets=[sock])
+
+    async def run() -> None:
+        queue = Queue(connect(url, socket_timeout=5.0), prefix=settings.key_prefix,
+                      dedup_window=settings.dedup_window)
+        slack = SlackApi.from_settings(settings)
+        app = create_app(settings, queue, slack_api=slack)
+        try:
+            await uvicorn.Server(server_config(app, args.host, args.port)).serve(sockets=[sock])
+        finally:
+            if slack is not None:
+                await slack.aclose()
+            await queue.redis.aclose()
+
+    asyncio.run(run())
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from relay.letta import LettaClient
     from relay.queue import Queue, connect
+    from relay.replies import Replier
+    from relay.slack_api import SlackApi
     from relay.worker import Worker, consumer_name
 
     settings = _settings()
@@ -153,14 +168,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                       dedup_window=settings.dedup_window)
         letta = LettaClient.from_settings(settings)
+        slack = SlackApi.from_settings(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await Worker(queue, letta, settings).run(stop)
+            await Worker(queue, letta, settings, replier=Replier(slack)).run(stop)
         finally:
             await letta.aclose()
+            if slack is not None:
+                await slack.aclose()
             await redis.aclose()
 
     asyncio.run(run())

@@ -20,8 +20,10 @@ import fakeredis
 from relay.errors import ConfigError
 from relay.letta import LettaClient
 from relay.queue import Queue, connect
+from relay.replies import Replier
 from relay.routing import Destination, Route
 from relay.serving import EmbeddedServer, bound_socket, server_config
+from relay.slack_api import SlackApi
 from relay.settings import Settings
 from relay.sources.generic import decode_secret
 from relay.standin import DEV_AGENT_ID, DEV_DEVICE_ID, Device, LettaStandIn
@@ -91,12 +93,15 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     notes.append("hook secret: RELAY_HOOK_SECRET" if own_secret else
                  "hook secret: the public development secret (relay send finds it by itself)")
 
+    slack = SlackApi.from_settings(settings)
+    if slack is not None:
+        notes.append(f"slack: /slack/* with the Slack API at {settings.slack_api_base_url}")
     web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                          dedup_window=settings.dedup_window)
     await web_queue.ensure_groups()
-    web = EmbeddedServer(server_config(create_app(settings, web_queue), host, port))
-    worker = Worker(worker_queue, letta, settings)
+    web = EmbeddedServer(server_config(create_app(settings, web_queue, slack_api=slack), host, port))
+    worker = Worker(worker_queue, letta, settings, replier=Replier(slack))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -114,6 +119,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         stand_in_server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     await letta.aclose()
+    if slack is not None:
+        await slack.aclose()
     await redis.aclose()
 
 

@@ -7,7 +7,9 @@
     │   ├── BadRequest       400: malformed body or unknown shape
     │   ├── UnsupportedMedia 415: a body that is not JSON
     │   └── TooLarge         413: body over the configured limit
-    └── QueueUnavailable     Redis did not answer; the caller may try again later
+    ├── NoRoute              no configured route accepts this request's workspace/channel/repository
+    ├── QueueUnavailable     Redis did not answer; the caller may try again later
+    └── UpstreamError        a source's API (Slack, GitHub) refused or failed a call
 
 Reasons are written for the person who sent the request and for the log; they never
 contain secrets, signatures or message bodies.
@@ -50,8 +52,25 @@ class TooLarge(Rejected):
     status = 413
 
 
+class NoRoute(RelayError):
+    """No route accepts the request. Sources answer it in their own way (Slack: an ephemeral
+    note; events: acknowledged and dropped), never by queueing it somewhere else."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class QueueUnavailable(RelayError):
     """Redis could not be reached or did not answer in time."""
+
+
+class UpstreamError(RelayError):
+    """A call to Slack or GitHub failed; `code` is the API's error code or the HTTP status."""
+
+    def __init__(self, api: str, method: str, code: str) -> None:
+        super().__init__(f"{api} {method}: {code}")
+        self.api, self.method, self.code = api, method, code
 
 
 def quoted(value: object, limit: int = 40) -> str:

@@ -60,6 +60,7 @@ class Inbound:
     client_message_id: str
     message: dict[str, Any]
     route: str | None = None
+    reply: dict[str, Any] | None = None  # where to report the outcome (see replies.py)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Envelope:
     queued_at: float  # epoch seconds when it last entered the queue (a replay resets it)
     attempts: int = 0
     last_error: str | None = None
+    reply: dict[str, Any] | None = None
 
     def request_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"messages": [self.message], "agentId": self.destination.agent_id}
@@ -111,6 +113,7 @@ def envelope_for(inbound: Inbound, route: Route, now: float) -> Envelope:
         message=inbound.message,
         received_at=now,
         queued_at=now,
+        reply=inbound.reply,
     )
 
 
@@ -129,6 +132,7 @@ def encode(envelope: Envelope) -> str:
             "queued": envelope.queued_at,
             "attempts": envelope.attempts,
             "error": envelope.last_error,
+            "reply": envelope.reply,
         },
         separators=(",", ":"),
         ensure_ascii=False,
@@ -155,6 +159,7 @@ def decode(text: str | bytes) -> Envelope:
             queued_at=float(data["queued"]),
             attempts=int(data["attempts"]),
             last_error=data["error"],
+            reply=data.get("reply"),
         )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a relay envelope: {exc}") from exc

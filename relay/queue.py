@@ -8,6 +8,7 @@ Layout (all key names are built here, in `Keys`):
     {prefix}:{pNN}:delayed          sorted set: conversation → when to retry (ms)
     {prefix}:{pNN}:dead             stream of dead letters (id, reason, code, at, envelope)
     {prefix}:{pNN}:seen:{id}        dedup marker, expires after the dedup window
+    {prefix}:rec:{kind}:{id}        small records with a TTL (approval cards), one key each
 
 A conversation lives in one of `PARTITIONS` partitions; the `{pNN}` hash tag keeps a
 partition in one Redis Cluster slot, and each Lua script touches one partition only.
@@ -65,6 +66,9 @@ class Keys:
 
     def seen(self, partition: int, message_id: str) -> str:
         return f"{self._tag(partition)}:seen:{message_id}"
+
+    def record(self, kind: str, key: str) -> str:
+        return f"{self.prefix}:rec:{kind}:{key}"
 
     def pattern(self) -> str:
         """Matches every key relay writes under this prefix (for tests and tooling)."""
@@ -283,6 +287,25 @@ class Queue:
         """Remove this consumer from every partition's group where it holds nothing."""
         for p in range(PARTITIONS):
             await self._run("leave", [self.keys.ready(p)], [GROUP, self.consumer])
+
+    # -- records -----------------------------------------------------------------------------
+
+    async def create_record(self, kind: str, key: str, value: str, ttl: float) -> str | None:
+        """Store `value` unless the record exists; return the existing value if it does."""
+        name = self.keys.record(kind, key)
+        if await self._guard(self.redis.set(name, value, nx=True, px=int(ttl * 1000))):
+            return None
+        return await self._guard(self.redis.get(name)) or None
+
+    async def update_record(self, kind: str, key: str, value: str) -> bool:
+        """Replace an existing record, keeping its expiry. False if it is gone."""
+        return bool(await self._guard(self.redis.set(self.keys.record(kind, key), value, xx=True, keepttl=True)))
+
+    async def record(self, kind: str, key: str) -> str | None:
+        return await self._guard(self.redis.get(self.keys.record(kind, key)))
+
+    async def delete_record(self, kind: str, key: str) -> None:
+        await self._guard(self.redis.delete(self.keys.record(kind, key)))
 
     # -- dead letters and inspection -------------------------------------------------------
 

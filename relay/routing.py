@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping
 
-from relay.errors import BadRequest, quoted
+from relay.errors import BadRequest, NoRoute, quoted
 
 #: The three ways a destination can name its Letta environment; exactly one is set.
 SELECTORS = ("connection_id", "device_id", "connection_name")
@@ -59,16 +59,37 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class SlackRule:
+    """Which Slack workspaces and channels reach a route, and who may decide its approvals."""
+
+    teams: tuple[str, ...]
+    channels: tuple[str, ...] = ()  # empty: every channel (and DM) of those workspaces
+    approvers: tuple[str, ...] = ()  # Slack user ids
+    approver_groups: tuple[str, ...] = ()  # Slack user group ids (S…)
+
+    @property
+    def has_approvers(self) -> bool:
+        return bool(self.approvers or self.approver_groups)
+
+
+@dataclass(frozen=True)
 class Route:
     name: str
     destination: Destination
+    slack: SlackRule | None = None
 
 
 class Router:
-    """Named routes; a request that names none goes to the route called "default"."""
+    """Named routes; a request that names none goes to the route called "default".
 
-    def __init__(self, routes: Iterable[Route]) -> None:
+    Slack requests are matched by workspace and channel: a route listing the channel wins,
+    then a route covering the whole workspace, then the `[slack] fallback` route. Unknown
+    workspaces are refused.
+    """
+
+    def __init__(self, routes: Iterable[Route], slack_fallback: str | None = None) -> None:
         self._routes = {route.name: route for route in routes}
+        self._slack_fallback = slack_fallback
 
     def __contains__(self, name: str) -> bool:
         return name in self._routes
@@ -86,6 +107,33 @@ class Router:
             return self._routes[name]
         except KeyError:
             raise BadRequest(f"unknown route {quoted(name)}") from None
+
+    def get(self, name: str) -> Route | None:
+        return self._routes.get(name)
+
+    def listing_slack_channel(self, channel: str) -> Route:
+        """The route whose Slack rule names this channel (first by name). Raises BadRequest."""
+        for route in sorted(self._routes.values(), key=lambda r: r.name):
+            if route.slack and channel in route.slack.channels:
+                return route
+        raise BadRequest(f"no route lists Slack channel {quoted(channel)}; name a route instead")
+
+    def for_slack(self, team: str, channel: str) -> Route:
+        """The route for a Slack workspace and channel. Raises NoRoute."""
+        in_team = [r for r in self._routes.values() if r.slack and team in r.slack.teams]
+        if not in_team:
+            raise NoRoute(f"Slack workspace {team} is not connected to relay")
+        for route in sorted(in_team, key=lambda r: r.name):
+            assert route.slack is not None
+            if channel in route.slack.channels:
+                return route
+        for route in sorted(in_team, key=lambda r: r.name):
+            assert route.slack is not None
+            if not route.slack.channels:
+                return route
+        if self._slack_fallback is not None:
+            return self._routes[self._slack_fallback]
+        raise NoRoute(f"Slack channel {channel} is not routed to an agent")
 
 
 def choose_connection(

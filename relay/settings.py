@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from relay.errors import ConfigError
-from relay.routing import DEFAULT_ROUTE, SELECTORS, Destination, Route
+from relay.routing import DEFAULT_ROUTE, SELECTORS, Destination, Route, SlackRule
 from relay.sources.generic import decode_secret
 
 DEFAULT_LETTA_BASE_URL = "https://api.letta.com"
+DEFAULT_SLACK_API_BASE_URL = "https://slack.com/api"
+MIN_ADMIN_TOKEN_LENGTH = 16
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -38,6 +40,11 @@ class Settings:
     letta_base_url: str = DEFAULT_LETTA_BASE_URL
     hook_secret: bytes | None = field(default=None, repr=False)
     routes: tuple[Route, ...] = ()
+    slack_fallback: str | None = None  # route for Slack channels no route lists
+    slack_signing_secret: bytes | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_api_base_url: str = DEFAULT_SLACK_API_BASE_URL
+    admin_token: str | None = field(default=None, repr=False)
     key_prefix: str = "relay"
     max_body_bytes: int = 1024 * 1024
     dedup_window: float = 96 * 3600.0
@@ -54,6 +61,10 @@ class Settings:
 
     def max_age_for(self, kind: str) -> float:
         return self.approval_max_age if kind == "approval" else self.max_age
+
+    @property
+    def uses_slack(self) -> bool:
+        return any(route.slack for route in self.routes) or self.slack_fallback is not None
 
 
 def parse_duration(name: str, value: str) -> float:
@@ -105,7 +116,7 @@ _TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_LOG_LEVEL": ("log_level", _parse_level),
 }
 #: RELAY_* names that are read elsewhere than _TUNABLES.
-_OTHER_RELAY_NAMES = {"RELAY_HOOK_SECRET", "RELAY_ROUTES"}
+_OTHER_RELAY_NAMES = {"RELAY_HOOK_SECRET", "RELAY_ROUTES", "RELAY_ADMIN_TOKEN"}
 KNOWN_RELAY_NAMES = frozenset(_TUNABLES) | _OTHER_RELAY_NAMES
 
 
@@ -129,10 +140,18 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
             values["hook_secret"] = decode_secret(env["RELAY_HOOK_SECRET"])
         except ValueError as exc:
             raise ConfigError(f"RELAY_HOOK_SECRET {exc}") from None
+    values.update(_slack_settings(env))
+    if "RELAY_ADMIN_TOKEN" in env:
+        token = env["RELAY_ADMIN_TOKEN"].strip()
+        if len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ConfigError(f"RELAY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LENGTH} characters")
+        values["admin_token"] = token
     routes: dict[str, Route] = {}
+    document: dict[str, Any] = {}
     if "RELAY_ROUTES" in env:
         reader = read_text or (lambda path: Path(path).read_text(encoding="utf-8"))
-        routes = parse_routes_file(env["RELAY_ROUTES"], reader)
+        document = read_routes_file(env["RELAY_ROUTES"], reader)
+        routes = parse_routes(document, origin=f"RELAY_ROUTES={env['RELAY_ROUTES']}")
     default = _env_destination(env)
     if default is not None:
         if DEFAULT_ROUTE in routes:
@@ -142,14 +161,55 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
             )
         routes[DEFAULT_ROUTE] = Route(DEFAULT_ROUTE, default)
     values["routes"] = tuple(routes.values())
-    return Settings(**values)
+    values["slack_fallback"] = _slack_fallback(document, routes)
+    settings = Settings(**values)
+    _check_slack(settings)
+    return settings
+
+
+def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "SLACK_SIGNING_SECRET" in env:
+        values["slack_signing_secret"] = env["SLACK_SIGNING_SECRET"].strip().encode()
+    if "SLACK_BOT_TOKEN" in env:
+        token = env["SLACK_BOT_TOKEN"].strip()
+        if not token.startswith("xoxb-"):
+            raise ConfigError("SLACK_BOT_TOKEN must be a bot token (it starts with xoxb-)")
+        values["slack_bot_token"] = token
+    if "SLACK_API_BASE_URL" in env:
+        values["slack_api_base_url"] = _parse_http_url("SLACK_API_BASE_URL", env["SLACK_API_BASE_URL"])
+    return values
+
+
+def _slack_fallback(document: Mapping[str, Any], routes: Mapping[str, Route]) -> str | None:
+    table = document.get("slack", {})
+    if not isinstance(table, dict):
+        raise ConfigError("routes file: [slack] must be a table")
+    extra = sorted(set(table) - {"fallback"})
+    if extra:
+        raise ConfigError(f"routes file: [slack] has an unknown key {extra[0]!r} (allowed: fallback)")
+    fallback = table.get("fallback")
+    if fallback is None:
+        return None
+    if not isinstance(fallback, str) or fallback not in routes:
+        raise ConfigError(f"routes file: [slack] fallback = {fallback!r} names no route "
+                          f"(routes: {', '.join(sorted(routes)) or 'none'})")
+    return fallback
+
+
+def _check_slack(settings: Settings) -> None:
+    if settings.uses_slack and settings.slack_signing_secret is None:
+        raise ConfigError("routes accept Slack but SLACK_SIGNING_SECRET is not set")
+    if settings.slack_signing_secret is not None and not settings.uses_slack:
+        raise ConfigError("SLACK_SIGNING_SECRET is set but no route accepts Slack: add "
+                          "[routes.NAME.slack] teams = [\"T…\"] to the routes file (RELAY_ROUTES)")
 
 
 def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> dict[str, Route]:
     """The parsed TOML routes document → routes by name."""
-    unknown = sorted(set(document) - {"routes"})
+    unknown = sorted(set(document) - {"routes", "slack"})
     if unknown:
-        raise ConfigError(f"{origin}: unknown top-level key {unknown[0]!r} (expected [routes.NAME])")
+        raise ConfigError(f"{origin}: unknown top-level key {unknown[0]!r} (expected [routes.NAME] or [slack])")
     table = document.get("routes", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{origin}: 'routes' must be a table of [routes.NAME] sections")
@@ -160,18 +220,52 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> di
             raise ConfigError(f"{where}: a route name may use only letters, digits, '_', '.', '-'")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a table")
-        allowed = {"agent_id", "conversation_id", *SELECTORS}
-        extra = sorted(set(spec) - allowed)
+        extra = sorted(set(spec) - set(DESTINATION_KEYS) - {"slack"})
         if extra:
-            raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
-        for key, value in spec.items():
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{where}: {key} must be a non-empty string")
-        routes[name] = Route(name, _destination(spec, where, keys={k: k for k in allowed}))
+            raise ConfigError(f"{where}: unknown key {extra[0]!r} "
+                              f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, slack)")
+        destination = destination_from({k: v for k, v in spec.items() if k != "slack"}, where)
+        slack = _slack_rule(spec["slack"], f"{origin}: [routes.{name}.slack]") if "slack" in spec else None
+        routes[name] = Route(name, destination, slack=slack)
     return routes
 
 
-def parse_routes_file(path: str, read_text: Callable[[str], str]) -> dict[str, Route]:
+DESTINATION_KEYS = ("agent_id", "conversation_id", *SELECTORS)
+
+
+def destination_from(spec: Mapping[str, Any], where: str) -> Destination:
+    """agent_id, optional conversation_id and exactly one selector → a Destination (ConfigError)."""
+    extra = sorted(set(spec) - set(DESTINATION_KEYS))
+    if extra:
+        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(DESTINATION_KEYS))})")
+    for key, value in spec.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return _destination(spec, where, keys={k: k for k in DESTINATION_KEYS})
+
+
+def _slack_rule(spec: Any, where: str) -> SlackRule:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a table")
+    allowed = {"teams", "channels", "approvers", "approver_groups"}
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    lists = {key: _id_list(spec.get(key, []), f"{where} {key}") for key in allowed}
+    if not lists["teams"]:
+        raise ConfigError(f"{where}: teams must list at least one workspace id (T…)")
+    return SlackRule(teams=lists["teams"], channels=lists["channels"],
+                     approvers=lists["approvers"], approver_groups=lists["approver_groups"])
+
+
+def _id_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(r"[A-Z0-9]{2,32}", v)
+                                              for v in value):
+        raise ConfigError(f"{where} must be a list of Slack ids such as \"T0123ABC\"")
+    return tuple(value)
+
+
+def read_routes_file(path: str, read_text: Callable[[str], str]) -> dict[str, Any]:
     try:
         text = read_text(path)
     except OSError as exc:
@@ -179,10 +273,9 @@ def parse_routes_file(path: str, read_text: Callable[[str], str]) -> dict[str, R
     except UnicodeDecodeError:
         raise ConfigError(f"RELAY_ROUTES={path!r} is not UTF-8 text") from None
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"RELAY_ROUTES={path!r} is not valid TOML: {exc}") from None
-    return parse_routes(document, origin=f"RELAY_ROUTES={path}")
 
 
 def _env_destination(env: Mapping[str, str]) -> Destination | None:

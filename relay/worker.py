@@ -31,6 +31,7 @@ from relay.logs import fields
 from relay.messages import Envelope
 from relay.policy import Backoff, DeadLetter, Delivered, Outcome, Retry, decide
 from relay.queue import PARTITIONS, Head, Queue, Token
+from relay.replies import Replier
 from relay.settings import Settings
 
 log = logging.getLogger("relay.worker")
@@ -59,9 +60,11 @@ class Worker:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         poll_interval: float = 0.05,
+        replier: Replier | None = None,
     ) -> None:
         self.queue = queue
         self.letta = letta
+        self.replier = replier or Replier()
         self.settings = settings
         self.clock = clock
         self.rng = rng or random.Random()
@@ -263,6 +266,8 @@ class Worker:
         if isinstance(decision, Delivered):
             ok = await self._queue_op(lambda: self.queue.done(token, envelope.client_message_id))
             log.info("delivered", extra=fields(**context, status=outcome.status))
+            if ok:
+                await self.replier.delivered(envelope)
         elif isinstance(decision, Retry):
             if decision.reresolve:
                 self.letta.forget(envelope.destination)
@@ -277,6 +282,8 @@ class Worker:
             failed = envelope.after_failure(decision.reason)
             ok = await self._queue_op(lambda: self.queue.dead_letter(token, failed, decision.reason, decision.code))
             log.error("dead-lettered", extra=fields(**context, outcome=decision.code))
+            if ok:
+                await self.replier.failed(failed, decision.reason)
         if ok is False:
             log.warning("claim was taken over; the other worker finishes it", extra=fields(**context))
 

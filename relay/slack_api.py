@@ -1,0 +1,100 @@
+"""The Slack Web API client: the only module that talks to Slack.
+
+Slack answers most failures with HTTP 200 and `{"ok": false, "error": "…"}`; every call here
+turns those, HTTP errors and transport errors into `UpstreamError` with Slack's error code.
+User-group membership (for approver groups) is cached briefly.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import httpx
+
+from relay import __version__
+from relay.errors import UpstreamError
+from relay.settings import Settings
+
+GROUP_CACHE_SECONDS = 60.0
+
+
+class SlackApi:
+    def __init__(self, token: str | None, *, base_url: str = "https://slack.com/api", timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._token = token
+        self._base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport,
+                                       headers={"User-Agent": f"relay/{__version__}"})
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SlackApi | None:
+        """A client when Slack is configured (signing secret or bot token), else None."""
+        if settings.slack_signing_secret is None and settings.slack_bot_token is None:
+            return None
+        return cls(settings.slack_bot_token, base_url=settings.slack_api_base_url)
+
+    @property
+    def can_post(self) -> bool:
+        return self._token is not None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if self._token is None:
+            raise UpstreamError("slack", method, "SLACK_BOT_TOKEN is not set")
+        headers = {"Authorization": f"Bearer {self._token}"}
+        return await self._post(f"{self._base_url}/{method}", method, payload, headers)
+
+    async def respond(self, response_url: str, payload: dict[str, Any]) -> None:
+        """Post to an interaction's or a command's response_url (no token needed)."""
+        await self._post(response_url, "response_url", payload, {})
+
+    async def post_message(self, channel: str, message: dict[str, Any], thread_ts: str | None = None) -> str:
+        payload = {"channel": channel, **message, **({"thread_ts": thread_ts} if thread_ts else {})}
+        data = await self.call("chat.postMessage", payload)
+        return str(data.get("ts", ""))
+
+    async def update_message(self, channel: str, ts: str, message: dict[str, Any]) -> None:
+        await self.call("chat.update", {"channel": channel, "ts": ts, **message})
+
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> None:
+        await self.call("views.open", {"trigger_id": trigger_id, "view": view})
+
+    async def add_reaction(self, channel: str, ts: str, name: str) -> None:
+        try:
+            await self.call("reactions.add", {"channel": channel, "timestamp": ts, "name": name})
+        except UpstreamError as exc:
+            if exc.code != "already_reacted":
+                raise
+
+    async def group_members(self, group: str) -> frozenset[str]:
+        cached = self._groups.get(group)
+        if cached and cached[0] > self._clock():
+            return cached[1]
+        data = await self.call("usergroups.users.list", {"usergroup": group})
+        members = frozenset(str(u) for u in data.get("users", []))
+        self._groups[group] = (self._clock() + GROUP_CACHE_SECONDS, members)
+        return members
+
+    async def _post(self, url: str, method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        try:
+            response = await self._http.post(url, json=payload, headers=headers)
+        except httpx.TransportError as exc:
+            raise UpstreamError("slack", method, type(exc).__name__) from exc
+        if response.status_code >= 400:
+            raise UpstreamError("slack", method, f"HTTP {response.status_code}")
+        if method == "response_url":
+            return {}  # answers "ok" as plain text
+        try:
+            data = response.json()
+        except ValueError:
+            raise UpstreamError("slack", method, "a response that is not JSON") from None
+        if not isinstance(data, dict) or not data.get("ok"):
+            raise UpstreamError("slack", method, str(data.get("error", "unknown_error")) if isinstance(data, dict)
+                                else "unknown_error")
+        return data

@@ -1,0 +1,76 @@
+"""The web process: a Starlette app built from each door's routes.
+
+    POST /hooks/generic                    Standard Webhooks (web/generic.py)
+    POST /slack/commands|events|interactions   Slack (web/slack.py)
+    POST /approvals                        post an approval card in Slack (web/approvals.py)
+    GET  /healthz, /readyz                 liveness, and readiness (Redis answers)
+
+A door whose secret is not configured is not served (404). Every refusal is a JSON
+`{"error": reason}`; nothing is queued unless the whole request was accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from relay.cards import Cards
+from relay.errors import QueueUnavailable
+from relay.intake import Intake
+from relay.logs import fields
+from relay.queue import Queue
+from relay.routing import Router
+from relay.settings import Settings
+from relay.slack_api import SlackApi
+from relay.web import approvals, generic, slack
+from relay.web.common import read_body
+
+__all__ = ["create_app", "read_body"]
+
+log = logging.getLogger("relay.web")
+
+
+def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None = None,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    router = Router(settings.routes, settings.slack_fallback)
+    intake = Intake(queue)
+    if slack_api is None and settings.slack_signing_secret is not None:
+        slack_api = SlackApi(settings.slack_bot_token, base_url=settings.slack_api_base_url)
+    cards = Cards(queue, slack_api, router, intake, clock) if slack_api and slack_api.can_post else None
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await queue.ping()
+        except QueueUnavailable:
+            return JSONResponse({"status": "redis unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        *generic.routes(settings, intake, router, clock),
+        *slack.routes(settings, intake, router, slack_api, cards, clock),
+        *approvals.routes(settings, router, cards, clock),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    reason = {404: "not found", 405: "method not allowed"}.get(exc.status_code, exc.detail)
+    return JSONResponse({"error": reason}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.error("internal error", exc_info=exc, extra=fields(path=request.url.path))
+    return JSONResponse({"error": "internal error"}, status_code=500)

@@ -1,0 +1,46 @@
+"""What every door shares: reading the raw body under a limit, bearer tokens, refusing."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from relay.errors import BadSignature, Rejected, TooLarge
+from relay.logs import fields
+
+log = logging.getLogger("relay.web")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) past `limit` bytes without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def require_bearer(request: Request, token: str) -> None:
+    """Constant-time check of `Authorization: Bearer <token>`; raises BadSignature (401)."""
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+        raise BadSignature("missing or wrong bearer token")
+
+
+def refuse(source: str, delivery_id: str | None, exc: Rejected) -> Response:
+    log.warning("rejected", extra=fields(source=source, delivery_id=delivery_id,
+                                         status=exc.status, reason=exc.reason))
+    return JSONResponse({"error": exc.reason}, status_code=exc.status)
+
+
+def unavailable() -> Response:
+    return JSONResponse({"error": "queue unavailable; retry later"}, status_code=503, headers={"Retry-After": "5"})

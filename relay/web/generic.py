@@ -1,0 +1,42 @@
+"""POST /hooks/generic: Standard Webhooks signed JSON → one message."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from relay.errors import Rejected, quoted
+from relay.messages import envelope_for
+from relay.routing import Router
+from relay.settings import Settings
+from relay.sources import generic
+from relay.intake import Intake, Queued
+from relay.web.common import read_body, refuse, unavailable
+
+
+def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[], float]) -> list[Route]:
+    secret = settings.hook_secret
+    if secret is None:
+        return []
+
+    async def hook(request: Request) -> Response:
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+            inbound = generic.receive(request.headers, body, secret, clock())
+            envelope = envelope_for(inbound, router.pick(inbound.route), clock())
+        except Rejected as exc:
+            claimed = request.headers.get("webhook-id")
+            return refuse(generic.SOURCE, quoted(claimed, 80) if claimed else None, exc)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        result = await intake.enqueue(envelope)
+        if result is Queued.UNAVAILABLE:
+            return unavailable()
+        if result is Queued.DUPLICATE:
+            return JSONResponse({"client_message_id": envelope.client_message_id, "duplicate": True})
+        return JSONResponse({"client_message_id": envelope.client_message_id}, status_code=202)
+
+    return [Route("/hooks/generic", hook, methods=["POST"])]

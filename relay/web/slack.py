@@ -1,0 +1,209 @@
+"""POST /slack/commands, /slack/events, /slack/interactions.
+
+Each verifies the Slack signature on the raw body first (401 and nothing else otherwise).
+Slack wants an answer within 3 s: decisions and messages are queued before answering; what
+only informs people (replacing a card, an ephemeral note) runs after the response is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Awaitable, Callable
+
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from relay.cards import Cards
+from relay.errors import NoRoute, QueueUnavailable, Rejected, UpstreamError
+from relay.intake import Intake, Queued
+from relay.logs import fields
+from relay.messages import envelope_for
+from relay.routing import Route as Destinations
+from relay.routing import Router
+from relay.settings import Settings
+from relay.slack_api import SlackApi
+from relay.sources import slack as source
+from relay.sources.slack import Card, Challenge, Click, Decision, Ignored, ReasonGiven
+from relay.web.common import read_body, refuse, unavailable
+
+log = logging.getLogger("relay.web.slack")
+
+
+def agent_label(route: Destinations) -> str:
+    return f"agent `{route.destination.agent_id}` (route `{route.name}`)"
+
+
+def already_text(card: Card) -> str:
+    decision = card.decision
+    assert decision is not None
+    verdict = "approved" if decision.approve else "denied"
+    return (f"Already {verdict} by <@{decision.user}> "
+            f"<!date^{int(decision.at)}^{{date_short_pretty}} at {{time}}|earlier>; nothing changed.")
+
+
+def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi | None,
+           cards: Cards | None, clock: Callable[[], float]) -> list[Route]:
+    secret = settings.slack_signing_secret
+    if secret is None or slack is None:
+        return []
+
+    async def verified(request: Request) -> bytes:
+        body = await read_body(request, settings.max_body_bytes)
+        source.verify(request.headers, body, secret, clock())
+        return body
+
+    def ephemeral(text: str) -> Response:
+        return JSONResponse({"response_type": "ephemeral", "text": text})
+
+    def later(call: Callable[..., Awaitable[Any]], *args: Any) -> BackgroundTask:
+        async def run() -> None:
+            try:
+                await call(*args)
+            except UpstreamError as exc:
+                log.warning("slack call failed", extra=fields(method=exc.method, error=exc.code))
+        return BackgroundTask(run)
+
+    def tell(response_url: str, text: str) -> Response:
+        """Answer 200 now; send the person an ephemeral note right after."""
+        payload = {"response_type": "ephemeral", "replace_original": False, "text": text}
+        return Response(status_code=200, background=later(slack.respond, response_url, payload))
+
+    async def commands(request: Request) -> Response:
+        try:
+            command = source.parse_command(await verified(request))
+        except Rejected as exc:
+            return refuse(source.SOURCE, None, exc)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if not command.text:
+            return ephemeral(f"Tell the agent something, for example `{command.command} summarize the incident`.")
+        try:
+            route = router.for_slack(command.team, command.channel)
+        except NoRoute as exc:
+            log.warning("not routed", extra=fields(source="slack", team=command.team, channel=command.channel,
+                                                   reason=exc.reason))
+            return ephemeral(f"Not sent: {exc.reason}.")
+        result = await intake.enqueue(envelope_for(command.inbound(), route, clock()))
+        if result is Queued.UNAVAILABLE:
+            return ephemeral("Not sent: relay could not queue the message just now. Please try again.")
+        if result is Queued.DUPLICATE:
+            return ephemeral(f"Already sent to {agent_label(route)}.")
+        return ephemeral(f"Sent to {agent_label(route)}. I'll confirm here when it is delivered.")
+
+    async def events(request: Request) -> Response:
+        try:
+            event = source.parse_event(await verified(request))
+        except Rejected as exc:
+            return refuse(source.SOURCE, None, exc)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if isinstance(event, Challenge):
+            return JSONResponse({"challenge": event.value})
+        if isinstance(event, Ignored):
+            log.debug("ignored", extra=fields(source="slack", reason=event.reason))
+            return JSONResponse({"ok": True})
+        try:
+            route = router.for_slack(event.team, event.channel)
+        except NoRoute as exc:
+            log.warning("not routed", extra=fields(source="slack", delivery_id=event.event_id, team=event.team,
+                                                   channel=event.channel, reason=exc.reason))
+            return JSONResponse({"ok": True})
+        envelope = envelope_for(event.inbound(), route, clock())
+        if await intake.enqueue(envelope) is Queued.UNAVAILABLE:
+            return unavailable()  # Slack retries the event
+        return JSONResponse({"ok": True})
+
+    async def interactions(request: Request) -> Response:
+        try:
+            interaction = source.parse_interaction(await verified(request))
+        except Rejected as exc:
+            return refuse(source.SOURCE, None, exc)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if isinstance(interaction, Ignored) or cards is None:
+            return Response(status_code=200)
+        if isinstance(interaction, Click):
+            return await click(cards, interaction)
+        return await reason_given(cards, interaction)
+
+    async def click(cards: Cards, c: Click) -> Response:
+        try:
+            card = await cards.load(c.card_id)
+        except QueueUnavailable:
+            return tell(c.response_url, "relay is unavailable right now; nothing was sent. Please try again.")
+        if card is None:
+            return tell(c.response_url, "This approval request is unknown or has expired; nothing was sent.")
+        if card.decision is not None:
+            return show_decided(c, card)
+        refusal = await cards.refusal(card, c.team, c.user)
+        if refusal is not None:
+            log.warning("decision refused", extra=fields(card=card.card_id, user=c.user, reason=refusal))
+            return tell(c.response_url, f"Not allowed: {refusal}. Nothing was sent.")
+        if c.action == "deny_with_reason":
+            try:
+                await slack.open_view(c.trigger_id, source.reason_modal(card))
+            except UpstreamError as exc:
+                log.warning("could not open the reason form", extra=fields(card=card.card_id, error=exc.code))
+                return tell(c.response_url, "Could not open the reason form; nothing was sent. Please try again.")
+            return Response(status_code=200)
+        decision = Decision(approve=c.action == "approve", user=c.user, user_name=c.user_name, at=clock())
+        try:
+            result = await cards.decide(card, decision)
+        except QueueUnavailable:
+            result = Queued.UNAVAILABLE
+        if result is Queued.UNAVAILABLE:
+            return tell(c.response_url, "relay could not record your decision just now; please click again.")
+        if result is Queued.DUPLICATE:
+            latest = await cards.load(card.card_id)
+            if latest is not None and latest.decision is not None:
+                return show_decided(c, latest)
+            return tell(c.response_url, "This tool call was already decided; nothing changed.")
+        log.info("decided", extra=fields(card=card.card_id, approve=decision.approve, user=c.user))
+        replacement = {"replace_original": True, **source.decided_message(card.decided(decision))}
+        return Response(status_code=200, background=later(slack.respond, c.response_url, replacement))
+
+    def show_decided(c: Click, card: Card) -> Response:
+        """Tell the clicker it was already decided, and make sure the card shows it."""
+        async def run() -> None:
+            await slack.respond(c.response_url, {"replace_original": True, **source.decided_message(card)})
+            await slack.respond(c.response_url, {"response_type": "ephemeral", "replace_original": False,
+                                                 "text": already_text(card)})
+        return Response(status_code=200, background=later(run))
+
+    async def reason_given(cards: Cards, r: ReasonGiven) -> Response:
+        def error(text: str) -> Response:
+            return JSONResponse({"response_action": "errors", "errors": {source.REASON_BLOCK: text}})
+
+        try:
+            card = await cards.load(r.card_id)
+        except QueueUnavailable:
+            return error("relay is unavailable right now; nothing was sent. Please try again.")
+        if card is None:
+            return error("This approval request is unknown or has expired; nothing was sent.")
+        if card.decision is not None:
+            return error(already_text(card))
+        refusal = await cards.refusal(card, r.team, r.user)
+        if refusal is not None:
+            return error(f"Not allowed: {refusal}. Nothing was sent.")
+        decision = Decision(approve=False, user=r.user, user_name=r.user_name, at=clock(), reason=r.reason)
+        try:
+            result = await cards.decide(card, decision)
+        except QueueUnavailable:
+            result = Queued.UNAVAILABLE
+        if result is Queued.UNAVAILABLE:
+            return error("relay could not record your decision just now; please submit again.")
+        if result is Queued.DUPLICATE:
+            return error("This tool call was already decided; nothing changed.")
+        log.info("decided", extra=fields(card=card.card_id, approve=False, user=r.user))
+        decided = source.decided_message(card.decided(decision))
+        if not card.ts:
+            return Response(status_code=200)
+        return Response(status_code=200, background=later(slack.update_message, card.channel, card.ts, decided))
+
+    return [
+        Route("/slack/commands", commands, methods=["POST"]),
+        Route("/slack/events", events, methods=["POST"]),
+        Route("/slack/interactions", interactions, methods=["POST"]),
+    ]
