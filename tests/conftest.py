@@ -21,6 +21,7 @@ from relay.queue import Queue
 from relay.settings import Settings
 from relay.standin import Device, LettaStandIn
 from relay.sources.generic import decode_secret
+from tests.slack_standin import SlackStandIn
 from tests.support import SPEC_SECRET, RedisServer, ServerThread, delete_prefix, redis_answers, unique_prefix
 
 AGENT = "agent-test"
@@ -108,3 +109,37 @@ def stand_in() -> Iterator[tuple[LettaStandIn, str]]:
 @pytest.fixture
 def rng() -> random.Random:
     return random.Random(1234)
+
+
+SLACK_SECRET = b"8f742231b10e8888abcd99yyyzzz85a5"
+SLACK_TEAM = "T0001"
+SLACK_CHANNEL = "C0001"
+APPROVER = "U0APPROVER"
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+
+
+@pytest.fixture
+def slack_stand_in() -> Iterator[SlackStandIn]:
+    """The Slack Web API and response_url endpoints on a real loopback port."""
+    standin = SlackStandIn(groups={"S0APPROVERS": ["U0GROUPMEMBER"]})
+    with ServerThread(standin.app) as server:
+        standin.base_url = server.url
+        yield standin
+
+
+@pytest.fixture
+def slack_settings(settings: Settings, slack_stand_in: SlackStandIn) -> Settings:
+    """`settings` plus Slack: one workspace, an incidents channel route with approvers, and a
+    workspace-wide route without approvers."""
+    from dataclasses import replace
+
+    from relay.routing import Destination, Route, SlackRule
+
+    incidents = Route("incidents", Destination(agent_id="agent-incidents", device_id=DEVICE),
+                      slack=SlackRule(teams=(SLACK_TEAM,), channels=(SLACK_CHANNEL,), approvers=(APPROVER,),
+                                      approver_groups=("S0APPROVERS",)))
+    everywhere = Route("everywhere", Destination(agent_id=AGENT, device_id=DEVICE),
+                       slack=SlackRule(teams=(SLACK_TEAM,)))
+    return replace(settings, routes=(*settings.routes, incidents, everywhere), slack_signing_secret=SLACK_SECRET,
+                   slack_bot_token="xoxb-test-token", slack_api_base_url=slack_stand_in.api_url,
+                   admin_token=ADMIN_TOKEN)
