@@ -119,6 +119,7 @@ def _require_redis(settings: Settings, command: str,
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from relay.github_api import GitHubApi
     from relay.queue import Queue, connect
     from relay.serving import server_config
     from relay.slack_api import SlackApi
@@ -126,9 +127,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     url = _require_redis(settings, "serve")
-    if settings.hook_secret is None and settings.slack_signing_secret is None:
-        raise ConfigError("no source is configured: set RELAY_HOOK_SECRET (`relay secret` makes one) "
-                          "and/or SLACK_SIGNING_SECRET")
+    if not (settings.hook_secret or settings.slack_signing_secret or settings.github_webhook_secret):
+        raise ConfigError("no source is configured: set RELAY_HOOK_SECRET (`relay secret` makes one), "
+                          "SLACK_SIGNING_SECRET and/or GITHUB_WEBHOOK_SECRET")
     if not settings.routes:
         raise ConfigError("no destination: set LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / "
                           "LETTA_DEVICE_ID / LETTA_CONNECTION_NAME, or RELAY_ROUTES")
@@ -137,13 +138,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         queue = Queue(connect(url, socket_timeout=5.0), prefix=settings.key_prefix,
                       dedup_window=settings.dedup_window)
-        slack = SlackApi.from_settings(settings)
-        app = create_app(settings, queue, slack_api=slack)
+        slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+        app = create_app(settings, queue, slack_api=slack, github_api=github)
         try:
             await uvicorn.Server(server_config(app, args.host, args.port)).serve(sockets=[sock])
         finally:
-            if slack is not None:
-                await slack.aclose()
+            for client in (slack, github):
+                if client is not None:
+                    await client.aclose()
             await queue.redis.aclose()
 
     asyncio.run(run())
@@ -151,6 +153,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from relay.github_api import GitHubApi
     from relay.letta import LettaClient
     from relay.queue import Queue, connect
     from relay.replies import Replier
@@ -168,17 +171,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                       dedup_window=settings.dedup_window)
         letta = LettaClient.from_settings(settings)
-        slack = SlackApi.from_settings(settings)
+        slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await Worker(queue, letta, settings, replier=Replier(slack)).run(stop)
+            await Worker(queue, letta, settings, replier=Replier(slack, github)).run(stop)
         finally:
-            await letta.aclose()
-            if slack is not None:
-                await slack.aclose()
+            for client in (letta, slack, github):
+                if client is not None:
+                    await client.aclose()
             await redis.aclose()
 
     asyncio.run(run())

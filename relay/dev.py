@@ -18,6 +18,7 @@ from dataclasses import replace
 import fakeredis
 
 from relay.errors import ConfigError
+from relay.github_api import GitHubApi
 from relay.letta import LettaClient
 from relay.queue import Queue, connect
 from relay.replies import Replier
@@ -93,15 +94,18 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     notes.append("hook secret: RELAY_HOOK_SECRET" if own_secret else
                  "hook secret: the public development secret (relay send finds it by itself)")
 
-    slack = SlackApi.from_settings(settings)
+    slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
     if slack is not None:
         notes.append(f"slack: /slack/* with the Slack API at {settings.slack_api_base_url}")
+    if settings.github_webhook_secret is not None:
+        notes.append("github: /github/webhook" + (f" (reactions via {settings.github_api_url})" if github else ""))
     web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                          dedup_window=settings.dedup_window)
     await web_queue.ensure_groups()
-    web = EmbeddedServer(server_config(create_app(settings, web_queue, slack_api=slack), host, port))
-    worker = Worker(worker_queue, letta, settings, replier=Replier(slack))
+    app = create_app(settings, web_queue, slack_api=slack, github_api=github)
+    web = EmbeddedServer(server_config(app, host, port))
+    worker = Worker(worker_queue, letta, settings, replier=Replier(slack, github))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -118,9 +122,9 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     if stand_in_server is not None:
         stand_in_server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
-    await letta.aclose()
-    if slack is not None:
-        await slack.aclose()
+    for client in (letta, slack, github):
+        if client is not None:
+            await client.aclose()
     await redis.aclose()
 
 

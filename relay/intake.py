@@ -24,14 +24,22 @@ class Intake:
         self.queue = queue
 
     async def enqueue(self, envelope: Envelope) -> Queued:
-        context = envelope.log_fields()
+        [result] = await self.enqueue_all([envelope])
+        return result
+
+    async def enqueue_all(self, envelopes: list[Envelope]) -> list[Queued]:
+        """Messages of one request, for one conversation: all stored, or (Redis away) none."""
         try:
-            queued = await self.queue.enqueue(envelope)
+            flags = await self.queue.enqueue_all(envelopes)
         except QueueUnavailable as exc:
-            log.error("queue unavailable", extra=fields(**context, error=str(exc)))
-            return Queued.UNAVAILABLE
-        if not queued:
-            log.info("duplicate", extra=fields(**context))
-            return Queued.DUPLICATE
-        log.info("accepted", extra=fields(**context, kind=envelope.kind))
-        return Queued.QUEUED
+            for envelope in envelopes:
+                log.error("queue unavailable", extra=fields(**envelope.log_fields(), error=str(exc)))
+            return [Queued.UNAVAILABLE] * len(envelopes)
+        results = []
+        for envelope, queued in zip(envelopes, flags):
+            if queued:
+                log.info("accepted", extra=fields(**envelope.log_fields(), kind=envelope.kind))
+            else:
+                log.info("duplicate", extra=fields(**envelope.log_fields()))
+            results.append(Queued.QUEUED if queued else Queued.DUPLICATE)
+        return results

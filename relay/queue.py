@@ -178,13 +178,21 @@ class Queue:
 
     async def enqueue(self, envelope: Envelope) -> bool:
         """Store one message durably. False when its id was already accepted (a redelivery)."""
-        conversation = envelope.destination.conversation_key
+        [queued] = await self.enqueue_all([envelope])
+        return queued
+
+    async def enqueue_all(self, envelopes: list[Envelope]) -> list[bool]:
+        """Store messages for one conversation atomically, in order; False for each duplicate."""
+        conversation = envelopes[0].destination.conversation_key
+        if any(e.destination.conversation_key != conversation for e in envelopes):
+            raise ValueError("enqueue_all takes messages for one conversation")
         p = self.keys.partition_of(conversation)
-        message_id = envelope.client_message_id
-        keys = [self.keys.seen(p, message_id), self.keys.body(p),
-                self.keys.mailbox(p, conversation), self.keys.ready(p)]
-        result = await self._run("enqueue", keys, [message_id, encode(envelope), self.dedup_ms, conversation])
-        return result == 1
+        keys = [self.keys.body(p), self.keys.mailbox(p, conversation), self.keys.ready(p),
+                *(self.keys.seen(p, e.client_message_id) for e in envelopes)]
+        args: list[Any] = [self.dedup_ms, conversation]
+        for envelope in envelopes:
+            args += [envelope.client_message_id, encode(envelope)]
+        return [flag == 1 for flag in await self._run("enqueue", keys, args)]
 
     # -- worker ----------------------------------------------------------------------------
 

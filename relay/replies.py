@@ -6,6 +6,8 @@ target a source put on the message:
     {"via": "response_url", "url": …}    slash command: an ephemeral "delivered" / "could not deliver"
     {"via": "reaction", "channel", "ts"}  mention or DM: ✅ on delivery; ⚠️ and a thread note on failure
     {"via": "card", "channel", "ts"}      approval decision: a thread note under the card on failure
+    {"via": "github", "repository", "comment_id", "api"}   a comment: 🚀 when delivered, 😕 when not
+                                                              (👀 was added when it was queued)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from typing import Any
 
 from relay.errors import UpstreamError
+from relay.github_api import GitHubApi
 from relay.logs import fields
 from relay.messages import Envelope
 from relay.slack_api import SlackApi
@@ -25,8 +28,9 @@ REASON_SHOWN = 300
 
 
 class Replier:
-    def __init__(self, slack: SlackApi | None = None) -> None:
+    def __init__(self, slack: SlackApi | None = None, github: GitHubApi | None = None) -> None:
         self.slack = slack
+        self.github = github
 
     async def delivered(self, envelope: Envelope) -> None:
         await self._tell(envelope, None)
@@ -36,10 +40,15 @@ class Replier:
 
     async def _tell(self, envelope: Envelope, failure: str | None) -> None:
         reply = envelope.reply
-        if not reply or self.slack is None:
+        if not reply:
             return
         try:
-            await self._slack(reply, envelope, failure)
+            if reply.get("via") == "github":
+                if self.github is not None:
+                    await self.github.react(reply["repository"], reply["comment_id"], reply["api"],
+                                            "rocket" if failure is None else "confused")
+            elif self.slack is not None:
+                await self._slack(reply, envelope, failure)
         except UpstreamError as exc:
             log.warning("could not tell the source", extra=fields(**envelope.log_fields(), method=exc.method,
                                                                    error=exc.code))

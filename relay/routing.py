@@ -72,11 +72,33 @@ class SlackRule:
         return bool(self.approvers or self.approver_groups)
 
 
+DEFAULT_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR")
+
+
+@dataclass(frozen=True)
+class GitHubRule:
+    """Which repositories reach a route, what calls the agent, and who may write to it."""
+
+    repositories: tuple[str, ...]  # "owner/name" or "owner/*", matched without regard to case
+    trigger: str = "@agent"
+    associations: tuple[str, ...] = DEFAULT_ASSOCIATIONS  # author_association values allowed
+    approvers: tuple[str, ...] = ()  # logins whose /approve and /deny lines count
+    actions: tuple[str, ...] = ("created",)  # comment actions that reach the agent
+
+    def matches(self, repository: str) -> int:
+        """2 for an exact repository, 1 for the owner's wildcard, 0 for no match."""
+        wanted = repository.lower()
+        owner = wanted.split("/", 1)[0]
+        patterns = {p.lower() for p in self.repositories}
+        return 2 if wanted in patterns else 1 if f"{owner}/*" in patterns else 0
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
     destination: Destination
     slack: SlackRule | None = None
+    github: GitHubRule | None = None
 
 
 class Router:
@@ -84,12 +106,15 @@ class Router:
 
     Slack requests are matched by workspace and channel: a route listing the channel wins,
     then a route covering the whole workspace, then the `[slack] fallback` route. Unknown
-    workspaces are refused.
+    workspaces are refused. GitHub requests are matched by repository: an exact name wins over
+    an `owner/*` wildcard, then the `[github] fallback` route.
     """
 
-    def __init__(self, routes: Iterable[Route], slack_fallback: str | None = None) -> None:
+    def __init__(self, routes: Iterable[Route], slack_fallback: str | None = None,
+                 github_fallback: str | None = None) -> None:
         self._routes = {route.name: route for route in routes}
         self._slack_fallback = slack_fallback
+        self._github_fallback = github_fallback
 
     def __contains__(self, name: str) -> bool:
         return name in self._routes
@@ -134,6 +159,18 @@ class Router:
         if self._slack_fallback is not None:
             return self._routes[self._slack_fallback]
         raise NoRoute(f"Slack channel {channel} is not routed to an agent")
+
+    def for_github(self, repository: str) -> Route:
+        """The route for a repository ("owner/name"). Raises NoRoute."""
+        scored = [(route.github.matches(repository), name)
+                  for name, route in self._routes.items() if route.github]
+        matching = [(score, name) for score, name in scored if score]
+        if matching:
+            top = max(score for score, _ in matching)
+            return self._routes[min(name for score, name in matching if score == top)]
+        if self._github_fallback is not None:
+            return self._routes[self._github_fallback]
+        raise NoRoute(f"repository {repository} is not routed to an agent")
 
 
 def choose_connection(

@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from relay.errors import ConfigError
-from relay.routing import DEFAULT_ROUTE, SELECTORS, Destination, Route, SlackRule
+from relay.routing import DEFAULT_ASSOCIATIONS, DEFAULT_ROUTE, SELECTORS, Destination, GitHubRule, Route, SlackRule
 from relay.sources.generic import decode_secret
 
 DEFAULT_LETTA_BASE_URL = "https://api.letta.com"
 DEFAULT_SLACK_API_BASE_URL = "https://slack.com/api"
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+GITHUB_ASSOCIATIONS = {"OWNER", "MEMBER", "COLLABORATOR", "CONTRIBUTOR", "FIRST_TIME_CONTRIBUTOR",
+                       "FIRST_TIMER", "MANNEQUIN", "NONE"}
+GITHUB_ACTIONS = {"created", "edited", "deleted"}
 MIN_ADMIN_TOKEN_LENGTH = 16
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -45,6 +49,10 @@ class Settings:
     slack_bot_token: str | None = field(default=None, repr=False)
     slack_api_base_url: str = DEFAULT_SLACK_API_BASE_URL
     admin_token: str | None = field(default=None, repr=False)
+    github_fallback: str | None = None  # route for repositories no route lists
+    github_webhook_secret: bytes | None = field(default=None, repr=False)
+    github_token: str | None = field(default=None, repr=False)
+    github_api_url: str = DEFAULT_GITHUB_API_URL
     key_prefix: str = "relay"
     max_body_bytes: int = 1024 * 1024
     dedup_window: float = 96 * 3600.0
@@ -65,6 +73,10 @@ class Settings:
     @property
     def uses_slack(self) -> bool:
         return any(route.slack for route in self.routes) or self.slack_fallback is not None
+
+    @property
+    def uses_github(self) -> bool:
+        return any(route.github for route in self.routes) or self.github_fallback is not None
 
 
 def parse_duration(name: str, value: str) -> float:
@@ -141,6 +153,7 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
         except ValueError as exc:
             raise ConfigError(f"RELAY_HOOK_SECRET {exc}") from None
     values.update(_slack_settings(env))
+    values.update(_github_settings(env))
     if "RELAY_ADMIN_TOKEN" in env:
         token = env["RELAY_ADMIN_TOKEN"].strip()
         if len(token) < MIN_ADMIN_TOKEN_LENGTH:
@@ -161,9 +174,10 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
             )
         routes[DEFAULT_ROUTE] = Route(DEFAULT_ROUTE, default)
     values["routes"] = tuple(routes.values())
-    values["slack_fallback"] = _slack_fallback(document, routes)
+    values["slack_fallback"] = _fallback(document, "slack", routes)
+    values["github_fallback"] = _fallback(document, "github", routes)
     settings = Settings(**values)
-    _check_slack(settings)
+    _check_sources(settings)
     return settings
 
 
@@ -181,35 +195,53 @@ def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def _slack_fallback(document: Mapping[str, Any], routes: Mapping[str, Route]) -> str | None:
-    table = document.get("slack", {})
+def _github_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if "GITHUB_WEBHOOK_SECRET" in env:
+        values["github_webhook_secret"] = env["GITHUB_WEBHOOK_SECRET"].strip().encode()
+    if "GITHUB_TOKEN" in env:
+        values["github_token"] = env["GITHUB_TOKEN"].strip()
+    if "GITHUB_API_URL" in env:
+        values["github_api_url"] = _parse_http_url("GITHUB_API_URL", env["GITHUB_API_URL"])
+    return values
+
+
+def _fallback(document: Mapping[str, Any], source: str, routes: Mapping[str, Route]) -> str | None:
+    table = document.get(source, {})
     if not isinstance(table, dict):
-        raise ConfigError("routes file: [slack] must be a table")
+        raise ConfigError(f"routes file: [{source}] must be a table")
     extra = sorted(set(table) - {"fallback"})
     if extra:
-        raise ConfigError(f"routes file: [slack] has an unknown key {extra[0]!r} (allowed: fallback)")
+        raise ConfigError(f"routes file: [{source}] has an unknown key {extra[0]!r} (allowed: fallback)")
     fallback = table.get("fallback")
     if fallback is None:
         return None
     if not isinstance(fallback, str) or fallback not in routes:
-        raise ConfigError(f"routes file: [slack] fallback = {fallback!r} names no route "
+        raise ConfigError(f"routes file: [{source}] fallback = {fallback!r} names no route "
                           f"(routes: {', '.join(sorted(routes)) or 'none'})")
     return fallback
 
 
-def _check_slack(settings: Settings) -> None:
-    if settings.uses_slack and settings.slack_signing_secret is None:
-        raise ConfigError("routes accept Slack but SLACK_SIGNING_SECRET is not set")
-    if settings.slack_signing_secret is not None and not settings.uses_slack:
-        raise ConfigError("SLACK_SIGNING_SECRET is set but no route accepts Slack: add "
-                          "[routes.NAME.slack] teams = [\"T…\"] to the routes file (RELAY_ROUTES)")
+def _check_sources(settings: Settings) -> None:
+    """A source's routes need its secret, and a secret needs routes: never fail open or idle."""
+    checks = (("Slack", "slack", "SLACK_SIGNING_SECRET", settings.uses_slack, settings.slack_signing_secret,
+               'teams = [\"T…\"]'),
+              ("GitHub", "github", "GITHUB_WEBHOOK_SECRET", settings.uses_github, settings.github_webhook_secret,
+               'repositories = [\"owner/name\"]'))
+    for name, table, variable, used, secret, example in checks:
+        if used and secret is None:
+            raise ConfigError(f"routes accept {name} but {variable} is not set")
+        if secret is not None and not used:
+            raise ConfigError(f"{variable} is set but no route accepts {name}: add "
+                              f"[routes.NAME.{table}] {example} to the routes file (RELAY_ROUTES)")
 
 
 def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> dict[str, Route]:
     """The parsed TOML routes document → routes by name."""
-    unknown = sorted(set(document) - {"routes", "slack"})
+    unknown = sorted(set(document) - {"routes", "slack", "github"})
     if unknown:
-        raise ConfigError(f"{origin}: unknown top-level key {unknown[0]!r} (expected [routes.NAME] or [slack])")
+        raise ConfigError(f"{origin}: unknown top-level key {unknown[0]!r} "
+                          "(expected [routes.NAME], [slack] or [github])")
     table = document.get("routes", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{origin}: 'routes' must be a table of [routes.NAME] sections")
@@ -220,13 +252,14 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> di
             raise ConfigError(f"{where}: a route name may use only letters, digits, '_', '.', '-'")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a table")
-        extra = sorted(set(spec) - set(DESTINATION_KEYS) - {"slack"})
+        extra = sorted(set(spec) - set(DESTINATION_KEYS) - {"slack", "github"})
         if extra:
             raise ConfigError(f"{where}: unknown key {extra[0]!r} "
-                              f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, slack)")
-        destination = destination_from({k: v for k, v in spec.items() if k != "slack"}, where)
+                              f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, slack, github)")
+        destination = destination_from({k: v for k, v in spec.items() if k not in ("slack", "github")}, where)
         slack = _slack_rule(spec["slack"], f"{origin}: [routes.{name}.slack]") if "slack" in spec else None
-        routes[name] = Route(name, destination, slack=slack)
+        github = _github_rule(spec["github"], f"{origin}: [routes.{name}.github]") if "github" in spec else None
+        routes[name] = Route(name, destination, slack=slack, github=github)
     return routes
 
 
@@ -256,6 +289,41 @@ def _slack_rule(spec: Any, where: str) -> SlackRule:
         raise ConfigError(f"{where}: teams must list at least one workspace id (T…)")
     return SlackRule(teams=lists["teams"], channels=lists["channels"],
                      approvers=lists["approvers"], approver_groups=lists["approver_groups"])
+
+
+def _github_rule(spec: Any, where: str) -> GitHubRule:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a table")
+    allowed = {"repositories", "trigger", "associations", "approvers", "actions"}
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    repositories = _strings(spec.get("repositories", []), f"{where} repositories",
+                            r"[A-Za-z0-9_.-]+/([A-Za-z0-9_.-]+|\*)", "owner/name or owner/*")
+    if not repositories:
+        raise ConfigError(f"{where}: repositories must list at least one owner/name or owner/*")
+    trigger = spec.get("trigger", "@agent")
+    if not isinstance(trigger, str) or not re.fullmatch(r"\S{2,64}", trigger):
+        raise ConfigError(f"{where}: trigger must be one word such as \"@agent\"")
+    associations = tuple(a.upper() for a in _strings(spec.get("associations", list(DEFAULT_ASSOCIATIONS)),
+                                                      f"{where} associations", r"[A-Za-z_]+", "OWNER, MEMBER, …"))
+    unknown = sorted(set(associations) - GITHUB_ASSOCIATIONS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown association {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(GITHUB_ASSOCIATIONS))})")
+    actions = _strings(spec.get("actions", ["created"]), f"{where} actions", r"[a-z]+", "created, edited, deleted")
+    if set(actions) - GITHUB_ACTIONS or not actions:
+        raise ConfigError(f"{where}: actions must be some of created, edited, deleted")
+    approvers = _strings(spec.get("approvers", []), f"{where} approvers", r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})",
+                         "GitHub logins")
+    return GitHubRule(repositories=repositories, trigger=trigger, associations=associations,
+                      approvers=approvers, actions=actions)
+
+
+def _strings(value: Any, where: str, pattern: str, example: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value):
+        raise ConfigError(f"{where} must be a list of {example}")
+    return tuple(value)
 
 
 def _id_list(value: Any, where: str) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
     POST /hooks/generic                    Standard Webhooks (web/generic.py)
     POST /slack/commands|events|interactions   Slack (web/slack.py)
+    POST /github/webhook                   GitHub issue and pull-request comments (web/github.py)
     POST /approvals                        post an approval card in Slack (web/approvals.py)
     GET  /healthz, /readyz                 liveness, and readiness (Redis answers)
 
@@ -23,13 +24,14 @@ from starlette.routing import Route
 
 from relay.cards import Cards
 from relay.errors import QueueUnavailable
+from relay.github_api import GitHubApi
 from relay.intake import Intake
 from relay.logs import fields
 from relay.queue import Queue
 from relay.routing import Router
 from relay.settings import Settings
 from relay.slack_api import SlackApi
-from relay.web import approvals, generic, slack
+from relay.web import approvals, generic, github, slack
 from relay.web.common import read_body
 
 __all__ = ["create_app", "read_body"]
@@ -38,8 +40,8 @@ log = logging.getLogger("relay.web")
 
 
 def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None = None,
-               clock: Callable[[], float] = time.time) -> Starlette:
-    router = Router(settings.routes, settings.slack_fallback)
+               github_api: GitHubApi | None = None, clock: Callable[[], float] = time.time) -> Starlette:
+    router = Router(settings.routes, settings.slack_fallback, settings.github_fallback)
     intake = Intake(queue)
     if slack_api is None and settings.slack_signing_secret is not None:
         slack_api = SlackApi(settings.slack_bot_token, base_url=settings.slack_api_base_url)
@@ -60,6 +62,7 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
         Route("/readyz", readyz),
         *generic.routes(settings, intake, router, clock),
         *slack.routes(settings, intake, router, slack_api, cards, clock),
+        *github.routes(settings, intake, router, github_api, clock),
         *approvals.routes(settings, router, cards, clock),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error})

@@ -1,0 +1,47 @@
+"""The GitHub REST client: the only module that talks to GitHub (reactions on comments).
+
+The base URL is a setting (GitHub Enterprise: https://HOST/api/v3). Failures become
+UpstreamError with the HTTP status.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import quote
+
+import httpx
+
+from relay import __version__
+from relay.errors import UpstreamError
+from relay.settings import Settings
+
+Reaction = Literal["eyes", "rocket", "confused", "+1", "-1", "laugh", "heart", "hooray"]
+
+
+class GitHubApi:
+    def __init__(self, token: str, *, base_url: str = "https://api.github.com", timeout: float = 10.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                     "X-GitHub-Api-Version": "2022-11-28", "User-Agent": f"relay/{__version__}"})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GitHubApi | None:
+        if not settings.github_token:
+            return None
+        return cls(settings.github_token, base_url=settings.github_api_url)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def react(self, repository: str, comment_id: int, api: str, content: Reaction) -> None:
+        """React to an issue comment (api="issues") or a pull-request review comment ("pulls")."""
+        owner, _, name = repository.partition("/")
+        path = f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}/{api}/comments/{int(comment_id)}/reactions"
+        try:
+            response = await self._http.post(path, json={"content": content})
+        except httpx.TransportError as exc:
+            raise UpstreamError("github", "reactions", type(exc).__name__) from exc
+        if response.status_code >= 300:
+            raise UpstreamError("github", "reactions", f"HTTP {response.status_code}")
