@@ -21,6 +21,7 @@ from relay.queue import Queue
 from relay.settings import Settings
 from relay.standin import Device, LettaStandIn
 from relay.sources.generic import decode_secret
+from tests.github_standin import GitHubStandIn
 from tests.slack_standin import SlackStandIn
 from tests.support import SPEC_SECRET, RedisServer, ServerThread, delete_prefix, redis_answers, unique_prefix
 
@@ -143,3 +144,31 @@ def slack_settings(settings: Settings, slack_stand_in: SlackStandIn) -> Settings
     return replace(settings, routes=(*settings.routes, incidents, everywhere), slack_signing_secret=SLACK_SECRET,
                    slack_bot_token="xoxb-test-token", slack_api_base_url=slack_stand_in.api_url,
                    admin_token=ADMIN_TOKEN)
+
+
+GITHUB_SECRET = b"It's a Secret to Everybody"
+REPOSITORY = "Codertocat/Hello-World"
+
+
+@pytest.fixture
+def github_stand_in() -> Iterator[GitHubStandIn]:
+    standin = GitHubStandIn()
+    with ServerThread(standin.app) as server:
+        standin.base_url = server.url
+        yield standin
+
+
+@pytest.fixture
+def github_settings(settings: Settings, github_stand_in: GitHubStandIn) -> Settings:
+    """`settings` plus GitHub: Codertocat/Hello-World to a route with an approver, and the rest
+    of Codertocat's repositories to a wildcard route."""
+    from dataclasses import replace
+
+    from relay.routing import Destination, GitHubRule, Route
+
+    repo = Route("hello", Destination(agent_id="agent-hello", device_id=DEVICE),
+                 github=GitHubRule(repositories=(REPOSITORY,), approvers=("Codertocat",)))
+    owner = Route("codertocat", Destination(agent_id="agent-codertocat", device_id=DEVICE),
+                  github=GitHubRule(repositories=("codertocat/*",), trigger="@relay-bot"))
+    return replace(settings, routes=(*settings.routes, repo, owner), github_webhook_secret=GITHUB_SECRET,
+                   github_token="ghp_test_token", github_api_url=github_stand_in.base_url)

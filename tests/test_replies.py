@@ -83,3 +83,18 @@ async def test_messages_without_a_reply_target_tell_nobody(replier: Replier, sla
     await replier.delivered(envelope(None))
     await replier.failed(envelope(None), "x")
     assert slack_stand_in.calls == []
+
+
+async def test_github_comment_gets_a_rocket_when_delivered_and_confused_when_not(
+        github_stand_in) -> None:  # type: ignore[no-untyped-def]
+    from relay.github_api import GitHubApi
+
+    github = GitHubApi("ghp_t", base_url=github_stand_in.base_url)
+    replier = Replier(None, github)
+    reply = {"via": "github", "repository": "octo/hello", "comment_id": 7, "api": "pulls"}
+    await replier.delivered(envelope(reply))
+    await replier.failed(envelope(reply), "gave up")
+    await github.aclose()
+    assert github_stand_in.contents() == ["rocket", "confused"]
+    assert {(r.repository, r.api, r.comment_id) for r in github_stand_in.reactions} == {("octo/hello", "pulls", 7)}
+    assert github_stand_in.reactions[0].authorization == "Bearer ghp_t"

@@ -32,7 +32,8 @@ SOURCE = "github"
 COMMENT_EVENTS = ("issue_comment", "pull_request_review_comment")
 #: relay writes this into its own comments (agent replies), so it never answers itself.
 OWN_MARKER = "<!-- relay -->"
-_APPROVAL_LINE = re.compile(r"^\s*/(approve|deny)\s+(\S+)(?:\s+(.*\S))?\s*$", re.MULTILINE)
+# Within one line only: [ \t], never \s, which would let a line's reason swallow the next line.
+_APPROVAL_LINE = re.compile(r"^[ \t]*/(approve|deny)[ \t]+(\S+)(?:[ \t]+([^\n]*\S))?[ \t]*\r?$", re.MULTILINE)
 
 
 def sign(secret: bytes, body: bytes) -> str:

@@ -1,0 +1,59 @@
+"""A loopback stand-in for the parts of GitHub's REST API relay calls (comment reactions)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class Reaction:
+    repository: str
+    api: str  # "issues" or "pulls"
+    comment_id: int
+    content: str
+    authorization: str
+
+
+@dataclass
+class GitHubStandIn:
+    reactions: list[Reaction] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)  # statuses to answer next, in order
+
+    def __post_init__(self) -> None:
+        self.base_url = ""
+        self._changed = threading.Condition()
+        self.app = Starlette(routes=[
+            Route("/repos/{owner}/{repo}/{api}/comments/{comment_id:int}/reactions", self._react, methods=["POST"]),
+        ])
+
+    def contents(self) -> list[str]:
+        with self._changed:
+            return [r.content for r in self.reactions]
+
+    def wait_for(self, predicate: Callable[[GitHubStandIn], bool], timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    async def _react(self, request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        p = request.path_params
+        with self._changed:
+            self.reactions.append(Reaction(f"{p['owner']}/{p['repo']}", p["api"], p["comment_id"],
+                                           body.get("content", ""), request.headers.get("authorization", "")))
+            status = self.failures.pop(0) if self.failures else 201
+            self._changed.notify_all()
+        return JSONResponse({"id": len(self.reactions), "content": body.get("content")}, status_code=status)

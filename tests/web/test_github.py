@@ -1,0 +1,227 @@
+"""POST /github/webhook: what is queued, what is ignored, and what GitHub is told."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from relay.github_api import GitHubApi
+from relay.messages import Envelope
+from relay.queue import PARTITIONS, Queue
+from relay.settings import Settings
+from relay.sources import github as source
+from relay.web import create_app
+from tests.conftest import GITHUB_SECRET, REPOSITORY
+from tests.github_standin import GitHubStandIn
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def http(queue: Queue, github_settings: Settings,
+               github_stand_in: GitHubStandIn) -> AsyncIterator[httpx.AsyncClient]:
+    github = GitHubApi("ghp_test_token", base_url=github_stand_in.base_url)
+    app = create_app(github_settings, queue, github_api=github)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as client:
+        yield client
+    await github.aclose()
+
+
+def comment_payload(body: str = "@agent please triage", *, action: str = "created", repository: str = REPOSITORY,
+                    login: str = "Codertocat", user_type: str = "User", association: str = "OWNER",
+                    pull_request: bool = False, **comment_extra: Any) -> dict[str, Any]:
+    issue: dict[str, Any] = {"number": 1, "title": "Spelling error in the README file",
+                             "html_url": f"https://github.com/{repository}/issues/1"}
+    if pull_request:
+        issue["pull_request"] = {"url": f"https://api.github.com/repos/{repository}/pulls/1"}
+    return {"action": action, "issue": issue,
+            "comment": {"id": 492700400, "html_url": f"https://github.com/{repository}/issues/1#issuecomment-492700400",
+                        "user": {"login": login, "type": user_type}, "author_association": association,
+                        "body": body, **comment_extra},
+            "repository": {"full_name": repository}, "sender": {"login": login, "type": user_type}}
+
+
+async def deliver(http: httpx.AsyncClient, payload: dict[str, Any] | bytes, *, event: str = "issue_comment",
+                  delivery: str | None = None, hook: str = "1234", form: bool = False,
+                  secret: bytes = GITHUB_SECRET, **headers: str) -> httpx.Response:
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    if form:
+        raw = urlencode({"payload": raw.decode()}).encode()
+    sent = {"x-github-event": event, "x-github-delivery": delivery or str(uuid.uuid4()), "x-github-hook-id": hook,
+            "x-hub-signature-256": source.sign(secret, raw),
+            "content-type": "application/x-www-form-urlencoded" if form else "application/json", **headers}
+    return await http.post("/github/webhook", content=raw, headers={k: v for k, v in sent.items() if v is not None})
+
+
+async def queued(queue: Queue) -> list[Envelope]:
+    """Every queued message (each conversation's mailbox), without delivering any."""
+    envelopes = []
+    for p in range(PARTITIONS):
+        for key in [k async for k in queue.redis.scan_iter(match=f"{queue.keys.prefix}:{{p{p:02d}}}:mbox:*")]:
+            for message_id in await queue.redis.lrange(key, 0, -1):
+                from relay.messages import decode
+                envelopes.append(decode(await queue.redis.hget(queue.keys.body(p), message_id)))
+    return envelopes
+
+
+async def test_mention_in_a_comment_reaches_the_routed_agent_with_context(
+        http: httpx.AsyncClient, queue: Queue, github_stand_in: GitHubStandIn) -> None:
+    response = await deliver(http, comment_payload("@agent please triage this"))
+    assert response.status_code == 202
+    [envelope] = await queued(queue)
+    assert envelope.route == "hello" and envelope.destination.agent_id == "agent-hello"
+    content = envelope.message["content"]
+    for needed in (REPOSITORY, "issue #1", "Spelling error in the README file", "@Codertocat",
+                   "https://github.com/Codertocat/Hello-World/issues/1#issuecomment-492700400",
+                   "@agent please triage this"):
+        assert needed in content
+    assert envelope.reply == {"via": "github", "repository": REPOSITORY, "comment_id": 492700400, "api": "issues"}
+    assert github_stand_in.contents() == ["eyes"]
+
+
+async def test_pull_request_review_comment_names_the_file_and_reacts_on_the_pulls_api(
+        http: httpx.AsyncClient, queue: Queue, github_stand_in: GitHubStandIn) -> None:
+    payload = comment_payload("@agent is this line right?", path="src/app.py", line=42)
+    payload["pull_request"] = payload.pop("issue")
+    await deliver(http, payload, event="pull_request_review_comment")
+    [envelope] = await queued(queue)
+    assert "pull request #1" in envelope.message["content"] and "src/app.py line 42" in envelope.message["content"]
+    assert github_stand_in.reactions[0].api == "pulls"
+
+
+async def test_manual_redelivery_sends_nothing_new(http: httpx.AsyncClient, queue: Queue,
+                                                   github_stand_in: GitHubStandIn) -> None:
+    first = await deliver(http, comment_payload(), delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    again = await deliver(http, comment_payload(), delivery="72d3162e-cc78-11e3-81ab-4c9367dc0958")
+    assert first.json()["duplicate"] is False and again.json()["duplicate"] is True
+    assert len(await queued(queue)) == 1
+    assert github_stand_in.contents() == ["eyes"]
+
+
+async def test_the_same_delivery_to_two_hooks_is_two_deliveries(http: httpx.AsyncClient, queue: Queue) -> None:
+    await deliver(http, comment_payload(), delivery="same-guid", hook="1")
+    await deliver(http, comment_payload(), delivery="same-guid", hook="2")
+    assert len({e.client_message_id for e in await queued(queue)}) == 2
+
+
+async def test_form_encoded_payloads_work(http: httpx.AsyncClient, queue: Queue) -> None:
+    assert (await deliver(http, comment_payload(), form=True)).status_code == 202
+    assert len(await queued(queue)) == 1
+
+
+async def test_ping_is_answered_and_queues_nothing(http: httpx.AsyncClient, queue: Queue) -> None:
+    response = await deliver(http, {"zen": "Keep it logically awesome.", "hook_id": 1234}, event="ping")
+    assert response.status_code == 200 and response.json()["zen"] == "Keep it logically awesome."
+    assert await queued(queue) == []
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"action": "edited"}, "not enabled"),
+    ({"action": "deleted"}, "not enabled"),
+    ({"user_type": "Bot", "login": "relay[bot]"}, "bot"),
+    ({"body": "@agent hi\n<!-- relay -->"}, "bot"),
+    ({"association": "NONE"}, "association NONE"),
+    ({"association": "CONTRIBUTOR"}, "association CONTRIBUTOR"),
+    ({"body": "thanks, looks good"}, "no @agent"),
+    ({"repository": "someone/else"}, "not routed"),
+])
+async def test_comments_that_must_not_reach_an_agent_are_acknowledged_and_ignored(
+        change: dict[str, Any], reason: str, http: httpx.AsyncClient, queue: Queue,
+        github_stand_in: GitHubStandIn) -> None:
+    response = await deliver(http, comment_payload(**change))
+    assert response.status_code == 200
+    assert reason in response.json()["ignored"]
+    assert await queued(queue) == []
+    assert github_stand_in.reactions == []
+
+
+async def test_comments_posted_through_a_github_app_are_ignored(http: httpx.AsyncClient, queue: Queue) -> None:
+    response = await deliver(http, comment_payload(performed_via_github_app={"slug": "some-app"}))
+    assert "bot" in response.json()["ignored"]
+    assert await queued(queue) == []
+
+
+async def test_other_events_are_acknowledged_and_ignored(http: httpx.AsyncClient, queue: Queue) -> None:
+    response = await deliver(http, {"action": "opened"}, event="issues")
+    assert response.status_code == 200 and "issues" in response.json()["ignored"]
+    assert await queued(queue) == []
+
+
+async def test_owner_wildcard_routes_with_its_own_trigger(http: httpx.AsyncClient, queue: Queue) -> None:
+    ignored = await deliver(http, comment_payload("@agent hi", repository="Codertocat/Other"))
+    taken = await deliver(http, comment_payload("@relay-bot hi", repository="Codertocat/Other"))
+    assert "no @relay-bot" in ignored.json()["ignored"] and taken.status_code == 202
+    [envelope] = await queued(queue)
+    assert envelope.route == "codertocat"
+
+
+async def test_approval_lines_from_an_approver_become_decisions(http: httpx.AsyncClient, queue: Queue) -> None:
+    body = "/approve toolu_01\n/deny toolu_02 not on a Friday\n@agent and carry on"
+    response = await deliver(http, comment_payload(body))
+    assert len(response.json()["client_message_ids"]) == 3
+    messages = [e.message for e in await queued(queue)]
+    assert messages[:2] == [
+        {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": "toolu_01", "approve": True}]},
+        {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": "toolu_02", "approve": False,
+                                            "reason": "not on a Friday"}]},
+    ]
+    assert messages[2]["role"] == "user"
+
+
+async def test_approval_lines_from_others_are_not_decisions(http: httpx.AsyncClient, queue: Queue) -> None:
+    response = await deliver(http, comment_payload("/approve toolu_01", login="mallory", association="MEMBER"))
+    assert "no @agent and no decision" in response.json()["ignored"]
+    assert await queued(queue) == []
+
+
+@pytest.mark.parametrize("problem, status", [
+    ("no signature", 401), ("sha1 only", 401), ("wrong secret", 401), ("malformed signature", 401),
+    ("no event header", 400), ("no delivery header", 400), ("not json", 400), ("wrong content type", 400),
+])
+async def test_bad_deliveries_are_refused_and_queue_nothing(problem: str, status: int, http: httpx.AsyncClient,
+                                                            queue: Queue) -> None:
+    payload: dict[str, Any] | bytes = comment_payload()
+    headers: dict[str, Any] = {}
+    if problem == "no signature":
+        headers["x-hub-signature-256"] = None
+    elif problem == "sha1 only":
+        headers.update({"x-hub-signature-256": None, "x-hub-signature": "sha1=" + "0" * 40})
+    elif problem == "wrong secret":
+        response = await deliver(http, payload, secret=b"not the secret")
+        assert response.status_code == status
+        assert await queued(queue) == []
+        return
+    elif problem == "malformed signature":
+        headers["x-hub-signature-256"] = "sha256=xyz"
+    elif problem == "no event header":
+        headers["x-github-event"] = None
+    elif problem == "no delivery header":
+        headers["x-github-delivery"] = None
+    elif problem == "not json":
+        payload = b"{not json"
+    elif problem == "wrong content type":
+        headers["content-type"] = "text/plain"
+    response = await deliver(http, payload, **headers)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]
+    assert await queued(queue) == []
+
+
+async def test_sha1_only_request_names_the_problem(http: httpx.AsyncClient) -> None:
+    response = await deliver(http, comment_payload(), **{"x-hub-signature-256": None,
+                                                         "x-hub-signature": "sha1=" + "0" * 40})
+    assert "SHA-1" in response.json()["error"]
+
+
+async def test_reaction_failure_does_not_change_the_answer(http: httpx.AsyncClient, queue: Queue,
+                                                           github_stand_in: GitHubStandIn) -> None:
+    github_stand_in.failures.append(403)
+    response = await deliver(http, comment_payload())
+    assert response.status_code == 202
+    assert len(await queued(queue)) == 1
