@@ -81,7 +81,7 @@ class Settings:
 
 def parse_duration(name: str, value: str) -> float:
     """'60', '0.5', '500ms', '90s', '5m', '24h', '4d' → seconds (> 0)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*", value)
     if not match:
         raise ConfigError(f"{name}={value!r} is not a duration (examples: 60, 500ms, 90s, 5m, 24h)")
     seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
@@ -234,6 +234,9 @@ def _check_sources(settings: Settings) -> None:
         if secret is not None and not used:
             raise ConfigError(f"{variable} is set but no route accepts {name}: add "
                               f"[routes.NAME.{table}] {example} to the routes file (RELAY_ROUTES)")
+    if settings.slack_fallback is not None and not any(route.slack for route in settings.routes):
+        raise ConfigError("[slack] fallback only serves workspaces some route names: add "
+                          "[routes.NAME.slack] teams = [\"T…\"] to the routes file")
 
 
 def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> dict[str, Route]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from relay.errors import BadRequest
-from relay.routing import Destination, Route, Router, choose_connection
+from relay.errors import BadRequest, NoRoute
+from relay.routing import Destination, Route, Router, SlackRule, choose_connection
 
 NOW_MS = 1_700_000_000_000
 BY_DEVICE = Destination(agent_id="agent-1", device_id="dev-1")
@@ -54,6 +54,101 @@ def test_router_lists_its_names_sorted_and_answers_membership() -> None:
     router = Router([OPS, DEFAULT])
     assert router.names == ["default", "ops"]
     assert "ops" in router and "dev" not in router
+
+
+# --- Router: Slack ----------------------------------------------------------------------
+
+
+def slack_route(name: str, teams: tuple[str, ...] = ("T0001",), channels: tuple[str, ...] = (),
+                **rule: tuple[str, ...]) -> Route:
+    return Route(name, Destination(agent_id=f"agent-{name}", device_id=f"dev-{name}"),
+                 slack=SlackRule(teams=teams, channels=channels, **rule))
+
+
+@pytest.mark.parametrize(("listed", "wide"), [("a-listed", "z-wide"), ("z-listed", "a-wide")])
+def test_for_slack_prefers_the_route_listing_the_channel_over_a_workspace_wide_one(listed: str, wide: str) -> None:
+    listing = slack_route(listed, channels=("C0001", "C0002"))
+    workspace = slack_route(wide)
+    for order in ([listing, workspace], [workspace, listing]):
+        assert Router(order).for_slack("T0001", "C0002") is listing
+
+
+def test_for_slack_uses_the_workspace_wide_route_for_an_unlisted_channel() -> None:
+    listing = slack_route("incidents", channels=("C0001",))
+    workspace = slack_route("general")
+    assert Router([listing, workspace], slack_fallback="incidents").for_slack("T0001", "C0009") is workspace
+
+
+def test_for_slack_workspace_wide_route_takes_dms_too() -> None:
+    workspace = slack_route("general")
+    assert Router([slack_route("incidents", channels=("C0001",)), workspace]).for_slack("T0001", "D0001") is workspace
+
+
+def test_for_slack_uses_the_fallback_when_no_route_lists_the_channel_or_the_whole_workspace() -> None:
+    listing = slack_route("incidents", channels=("C0001",))
+    router = Router([listing, DEFAULT], slack_fallback="default")
+    assert router.for_slack("T0001", "C0009") is DEFAULT
+    assert router.for_slack("T0001", "C0001") is listing
+
+
+def test_for_slack_refuses_an_unknown_workspace_even_with_a_fallback() -> None:
+    router = Router([slack_route("incidents", channels=("C0001",)), DEFAULT], slack_fallback="default")
+    with pytest.raises(NoRoute, match="T0002"):
+        router.for_slack("T0002", "C0001")
+
+
+def test_for_slack_refuses_an_unlisted_channel_without_a_fallback() -> None:
+    router = Router([slack_route("incidents", channels=("C0001",)), DEFAULT])
+    with pytest.raises(NoRoute, match="C0009"):
+        router.for_slack("T0001", "C0009")
+
+
+def test_for_slack_refuses_when_no_route_accepts_slack() -> None:
+    with pytest.raises(NoRoute):
+        Router([DEFAULT, OPS]).for_slack("T0001", "C0001")
+
+
+def test_for_slack_ignores_a_channel_listed_for_another_workspace() -> None:
+    elsewhere = slack_route("elsewhere", teams=("T0002",), channels=("C0001",))
+    workspace = slack_route("general")
+    assert Router([elsewhere, workspace]).for_slack("T0001", "C0001") is workspace
+    assert Router([elsewhere, workspace]).for_slack("T0002", "C0001") is elsewhere
+
+
+def test_for_slack_matches_any_of_a_routes_workspaces() -> None:
+    shared = slack_route("shared", teams=("T0001", "T0002"))
+    assert Router([shared]).for_slack("T0002", "C0001") is shared
+
+
+def test_for_slack_picks_the_first_route_by_name_among_equals() -> None:
+    b, a = slack_route("b", channels=("C0001",)), slack_route("a", channels=("C0001",))
+    assert Router([b, a]).for_slack("T0001", "C0001") is a
+    wide_b, wide_a = slack_route("b"), slack_route("a")
+    assert Router([wide_b, wide_a]).for_slack("T0001", "C0001") is wide_a
+
+
+def test_listing_slack_channel_finds_the_route_that_lists_it() -> None:
+    listing = slack_route("incidents", channels=("C0001", "C0002"))
+    router = Router([slack_route("general"), listing, DEFAULT])
+    assert router.listing_slack_channel("C0002") is listing
+
+
+def test_listing_slack_channel_of_an_unlisted_channel_is_a_bad_request_naming_it() -> None:
+    router = Router([slack_route("general"), slack_route("incidents", channels=("C0001",)), DEFAULT])
+    with pytest.raises(BadRequest, match="C0009") as caught:
+        router.listing_slack_channel("C0009")
+    assert caught.value.status == 400
+
+
+@pytest.mark.parametrize(("rule", "expected"), [
+    (SlackRule(teams=("T0001",)), False),
+    (SlackRule(teams=("T0001",), channels=("C0001",)), False),
+    (SlackRule(teams=("T0001",), approvers=("U0002",)), True),
+    (SlackRule(teams=("T0001",), approver_groups=("S0001",)), True),
+    (SlackRule(teams=("T0001",), approvers=("U0002",), approver_groups=("S0001",)), True),
+], ids=["none", "channels-only", "approvers", "groups", "both"])
+def test_slack_rule_has_approvers_when_it_names_people_or_groups(rule: SlackRule, expected: bool) -> None:
+    assert rule.has_approvers is expected
 
 
 # --- choose_connection ------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Callable
 import pytest
 
 from relay.errors import ConfigError
-from relay.routing import Destination, Route
+from relay.routing import Destination, Route, SlackRule
 from relay.settings import Settings, load
 from tests.support import SPEC_SECRET
 
@@ -416,3 +416,195 @@ def test_shipped_example_routes_file_is_valid() -> None:
     settings = load({"RELAY_ROUTES": str(example)})
     assert sorted(route.name for route in settings.routes) == ["ci", "incidents"]
     assert {route.destination.selector[0] for route in settings.routes} == {"device_id", "connection_name"}
+
+
+# --- Slack ------------------------------------------------------------------------------
+
+SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+BOT_TOKEN = "xoxb-0000000001-0000000002-NotARealBotTokenAtAll"
+ADMIN_TOKEN = "adm-NOT-A-REAL-admin-token-7c1e"
+
+SLACK_ROUTES = """
+[routes.incidents]
+agent_id = "agent-incidents"
+device_id = "ops-laptop"
+
+[routes.incidents.slack]
+teams = ["T0001"]
+channels = ["C0001", "G0002"]
+approvers = ["U0002", "W0003"]
+approver_groups = ["S0001"]
+
+[routes.general]
+agent_id = "agent-general"
+connection_name = "build-box"
+
+[routes.general.slack]
+teams = ["T0001", "T0002"]
+"""
+
+
+def slack_env(**extra: str) -> dict[str, str]:
+    return {"RELAY_ROUTES": ROUTES_PATH, "SLACK_SIGNING_SECRET": SLACK_SECRET, **extra}
+
+
+def slack_error(text: str, **extra: str) -> str:
+    return config_error(slack_env(**extra), routes_file(text))
+
+
+def slack_route(body: str) -> str:
+    return '[routes.ops]\nagent_id = "a"\ndevice_id = "d"\n\n[routes.ops.slack]\n' + body
+
+
+def test_slack_tables_parse_into_slack_rules() -> None:
+    settings = load(slack_env(), routes_file(SLACK_ROUTES))
+    routes = {route.name: route for route in settings.routes}
+    assert routes["incidents"].slack == SlackRule(teams=("T0001",), channels=("C0001", "G0002"),
+                                                  approvers=("U0002", "W0003"), approver_groups=("S0001",))
+    assert routes["general"].slack == SlackRule(teams=("T0001", "T0002"))
+    assert routes["incidents"].destination == Destination(agent_id="agent-incidents", device_id="ops-laptop")
+    assert settings.slack_signing_secret == SLACK_SECRET.encode()
+    assert settings.slack_fallback is None
+    assert settings.uses_slack
+
+
+def test_a_route_without_a_slack_table_has_no_slack_rule() -> None:
+    settings = load(slack_env(), routes_file(SLACK_ROUTES + '\n[routes.quiet]\nagent_id = "q"\ndevice_id = "d"\n'))
+    assert {route.name: route.slack for route in settings.routes}["quiet"] is None
+
+
+def test_slack_signing_secret_is_stripped_and_kept_as_bytes() -> None:
+    settings = load(slack_env(SLACK_SIGNING_SECRET=f"  {SLACK_SECRET}\n"), routes_file(SLACK_ROUTES))
+    assert settings.slack_signing_secret == SLACK_SECRET.encode()
+
+
+def test_slack_fallback_naming_a_route_is_kept() -> None:
+    settings = load(slack_env(), routes_file(SLACK_ROUTES + '\n[slack]\nfallback = "general"\n'))
+    assert settings.slack_fallback == "general"
+
+
+def test_slack_fallback_may_name_the_default_route_from_letta_variables() -> None:
+    env = slack_env(LETTA_AGENT_ID="agent-1", LETTA_DEVICE_ID="dev-1")
+    settings = load(env, routes_file(SLACK_ROUTES + '\n[slack]\nfallback = "default"\n'))
+    assert settings.slack_fallback == "default"
+    assert "default" in {route.name for route in settings.routes}
+
+
+@pytest.mark.parametrize("fallback", ['"nope"', '"default"', '""', "5", '["general"]'])
+def test_slack_fallback_naming_no_route_is_an_error(fallback: str) -> None:
+    message = slack_error(SLACK_ROUTES + f"\n[slack]\nfallback = {fallback}\n")
+    assert "fallback" in message and "[slack]" in message
+
+
+def test_slack_table_that_is_not_a_table_is_an_error() -> None:
+    assert "[slack]" in slack_error('slack = "general"\n' + SLACK_ROUTES)
+
+
+def test_unknown_key_in_the_slack_table_names_it() -> None:
+    message = slack_error(SLACK_ROUTES + '\n[slack]\nfallback = "general"\nfalback = "general"\n')
+    assert "'falback'" in message and "[slack]" in message
+
+
+@pytest.mark.parametrize("key", ["team", "channel", "approver", "admins", "fallback"])
+def test_unknown_key_in_a_routes_slack_table_names_the_route_and_the_key(key: str) -> None:
+    message = slack_error(slack_route(f'teams = ["T0001"]\n{key} = ["X0001"]\n'))
+    assert "routes.ops.slack" in message and repr(key) in message
+
+
+@pytest.mark.parametrize("body", ['channels = ["C0001"]\n', 'teams = []\napprovers = ["U0002"]\n'],
+                         ids=["missing", "empty"])
+def test_slack_rule_without_teams_is_an_error(body: str) -> None:
+    message = slack_error(slack_route(body))
+    assert "routes.ops.slack" in message and "teams" in message
+
+
+def test_routes_slack_that_is_not_a_table_is_an_error() -> None:
+    text = '[routes.ops]\nagent_id = "a"\ndevice_id = "d"\nslack = "T0001"\n'
+    assert "routes.ops.slack" in slack_error(text)
+
+
+@pytest.mark.parametrize("value", ['["t123"]', "[5]", '[""]', '["T"]', '["T0001 "]', '["T-0001"]',
+                                   '"T0001"', '["T' + "0" * 32 + '"]', '["T\u00c90001"]'])
+@pytest.mark.parametrize("key", ["teams", "channels", "approvers", "approver_groups"])
+def test_ids_that_are_not_slack_ids_are_an_error_naming_the_key(key: str, value: str) -> None:
+    fields = {"teams": '["T0001"]', key: value}
+    message = slack_error(slack_route("".join(f"{k} = {v}\n" for k, v in fields.items())))
+    assert "routes.ops.slack" in message and key in message
+
+
+def test_slack_routes_without_a_signing_secret_are_an_error() -> None:
+    message = config_error({"RELAY_ROUTES": ROUTES_PATH}, routes_file(SLACK_ROUTES))
+    assert "SLACK_SIGNING_SECRET" in message
+
+
+def test_slack_fallback_without_a_signing_secret_is_an_error() -> None:
+    env = {"RELAY_ROUTES": ROUTES_PATH, "LETTA_AGENT_ID": "agent-1", "LETTA_DEVICE_ID": "dev-1"}
+    assert "SLACK_SIGNING_SECRET" in config_error(env, routes_file('[slack]\nfallback = "default"\n'))
+
+
+@pytest.mark.parametrize("env", [
+    {"SLACK_SIGNING_SECRET": SLACK_SECRET},
+    {"SLACK_SIGNING_SECRET": SLACK_SECRET, "LETTA_AGENT_ID": "agent-1", "LETTA_DEVICE_ID": "dev-1"},
+], ids=["alone", "with-a-default-route"])
+def test_slack_signing_secret_without_any_slack_route_is_an_error(env: dict[str, str]) -> None:
+    message = config_error(env)
+    assert "SLACK_SIGNING_SECRET" in message and "[routes.NAME.slack]" in message
+
+
+def test_slack_signing_secret_with_routes_none_of_which_use_slack_is_an_error() -> None:
+    assert "SLACK_SIGNING_SECRET" in config_error(slack_env(), routes_file(TWO_ROUTES))
+
+
+def test_slack_fallback_without_any_route_naming_a_workspace_is_an_error() -> None:
+    text = '[routes.ops]\nagent_id = "a"\ndevice_id = "d"\n\n[slack]\nfallback = "ops"\n'
+    assert "teams" in slack_error(text)
+
+
+def test_slack_bot_token_is_kept_stripped() -> None:
+    settings = load(slack_env(SLACK_BOT_TOKEN=f" {BOT_TOKEN}\n"), routes_file(SLACK_ROUTES))
+    assert settings.slack_bot_token == BOT_TOKEN
+
+
+@pytest.mark.parametrize("token", ["xoxp-0000-0000-user-token", "xapp-1-A0001-app-level", "XOXB-0000-0000-x",
+                                   "bot-token", "xoxb_0000-0000-underscore"])
+def test_slack_bot_token_that_is_not_a_bot_token_is_an_error(token: str) -> None:
+    message = slack_error(SLACK_ROUTES, SLACK_BOT_TOKEN=token)
+    assert "SLACK_BOT_TOKEN" in message and "xoxb-" in message
+    assert token not in message
+
+
+@pytest.mark.parametrize(("url", "stored"), [("https://slack.example.com/api/", "https://slack.example.com/api"),
+                                             ("http://127.0.0.1:9000", "http://127.0.0.1:9000")])
+def test_slack_api_base_url_is_read_and_trimmed(url: str, stored: str) -> None:
+    assert load(slack_env(SLACK_API_BASE_URL=url), routes_file(SLACK_ROUTES)).slack_api_base_url == stored
+
+
+def test_slack_api_base_url_defaults_to_slack() -> None:
+    assert load(slack_env(), routes_file(SLACK_ROUTES)).slack_api_base_url == "https://slack.com/api"
+
+
+@pytest.mark.parametrize("url", ["slack.com/api", "ftp://slack.com/api", "https://"])
+def test_slack_api_base_url_must_be_http(url: str) -> None:
+    assert "SLACK_API_BASE_URL" in slack_error(SLACK_ROUTES, SLACK_API_BASE_URL=url)
+
+
+def test_admin_token_of_sixteen_characters_is_kept_stripped() -> None:
+    assert load({"RELAY_ADMIN_TOKEN": "  0123456789abcdef\n"}).admin_token == "0123456789abcdef"
+
+
+@pytest.mark.parametrize("token", ["x", "0123456789abcde", "  0123456789abcde  "])
+def test_admin_token_shorter_than_sixteen_characters_is_an_error(token: str) -> None:
+    message = config_error({"RELAY_ADMIN_TOKEN": token})
+    assert "RELAY_ADMIN_TOKEN" in message and "16" in message
+    assert "0123456789abcde" not in message
+
+
+def test_repr_of_settings_never_shows_slack_secrets_or_the_admin_token() -> None:
+    settings = load(slack_env(SLACK_BOT_TOKEN=BOT_TOKEN, RELAY_ADMIN_TOKEN=ADMIN_TOKEN), routes_file(SLACK_ROUTES))
+    assert settings.slack_bot_token == BOT_TOKEN and settings.admin_token == ADMIN_TOKEN
+    text = repr(settings)
+    assert "agent-incidents" in text and "T0001" in text  # the repr is still useful
+    for secret in (SLACK_SECRET, repr(SLACK_SECRET.encode()), SLACK_SECRET.encode().hex(), BOT_TOKEN,
+                   BOT_TOKEN.removeprefix("xoxb-"), ADMIN_TOKEN):
+        assert secret not in text
+    assert text == str(settings)

@@ -161,6 +161,8 @@ def parse_event(body: bytes) -> Challenge | Ignored | Mention:
     if not isinstance(event, dict):
         raise BadRequest("event_callback without an event")
     event_type, subtype = event.get("type"), event.get("subtype")
+    if not isinstance(subtype, (str, type(None))):
+        return Ignored("a malformed message subtype")
     if event_type not in ("app_mention", "message"):
         return Ignored(f"event type {_short(event_type)}")
     if event_type == "message" and event.get("channel_type") != "im":
@@ -177,8 +179,9 @@ def parse_event(body: bytes) -> Challenge | Ignored | Mention:
     if event.get("user") in _bot_users(data):
         return Ignored("the bot's own message")
     text = str(event.get("text") or "")
-    if event_type == "app_mention":
-        text = re.sub(r"^\s*<@[A-Z0-9]+(\|[^>]*)?>\s*", "", text)
+    leading = re.match(r"\s*<@([A-Z0-9]+)(\|[^>]*)?>\s*", text)
+    if leading and leading.group(1) in _bot_users(data):  # "@relay do x" → "do x"; other people stay
+        text = text[leading.end():]
     if not text.strip():
         return Ignored("an empty message")
     return Mention(team=fields["team"], channel=fields["channel"], user=fields["user"], text=text.strip(),
@@ -187,8 +190,11 @@ def parse_event(body: bytes) -> Challenge | Ignored | Mention:
 
 
 def _bot_users(data: Mapping[str, Any]) -> set[str]:
-    authorizations = data.get("authorizations") or []
-    return {a.get("user_id") for a in authorizations if isinstance(a, dict) and a.get("is_bot")}
+    authorizations = data.get("authorizations")
+    if not isinstance(authorizations, list):
+        return set()
+    return {a["user_id"] for a in authorizations
+            if isinstance(a, dict) and a.get("is_bot") and isinstance(a.get("user_id"), str)}
 
 
 # -- approval cards ------------------------------------------------------------------------------
@@ -257,7 +263,7 @@ def card_message(card: Card) -> dict[str, Any]:
         *_tool_blocks(card),
         {"type": "actions", "block_id": "relay_decision", "elements": buttons},
     ]
-    return {"text": f"Approval needed: {card.tool_name}", "blocks": blocks}
+    return {"text": f"Approval needed: {escape(card.tool_name)}", "blocks": blocks}
 
 
 def decided_message(card: Card) -> dict[str, Any]:
@@ -272,10 +278,10 @@ def decided_message(card: Card) -> dict[str, Any]:
         line += f"\n>{escape(decision.reason)}"
     blocks = [
         {"type": "header", "text": {"type": "plain_text", "text": f"Tool call {verdict.lower()}"}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": line}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _fit(line)}},
         *_tool_blocks(card),
     ]
-    return {"text": f"{verdict}: {card.tool_name}", "blocks": blocks}
+    return {"text": f"{verdict}: {escape(card.tool_name)}", "blocks": blocks}
 
 
 def reason_modal(card: Card) -> dict[str, Any]:
@@ -361,15 +367,15 @@ def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
         raise BadRequest("interaction without a payload field")
     data = _json_object(payload.encode())
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
-    team = (data.get("team") or {}).get("id") if isinstance(data.get("team"), dict) else None
+    team = data["team"].get("id") if isinstance(data.get("team"), dict) else None
     team = team or user.get("team_id")
-    if not team or not user.get("id"):
-        raise BadRequest("interaction without a team or user")
+    if not isinstance(team, str) or not team or not isinstance(user.get("id"), str) or not user["id"]:
+        raise BadRequest("interaction without a team or user id")
     user_name = str(user.get("username") or user.get("name") or "")
     if data.get("type") == "block_actions":
         actions = data.get("actions")
         action = actions[0] if isinstance(actions, list) and actions and isinstance(actions[0], dict) else {}
-        if action.get("action_id") not in _ACTIONS:
+        if not isinstance(action.get("action_id"), str) or action["action_id"] not in _ACTIONS:
             return Ignored(f"action {_short(action.get('action_id'))}")
         if not isinstance(action.get("value"), str) or not data.get("response_url"):
             raise BadRequest("card action without a value or response_url")

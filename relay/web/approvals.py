@@ -51,7 +51,7 @@ def parse_card_request(body: bytes, router: Router) -> Card:
     if not isinstance(arguments, dict):
         raise BadRequest("arguments must be an object")
     thread_ts = data.get("thread_ts")
-    if thread_ts is not None and not (isinstance(thread_ts, str) and re.fullmatch(r"\d+\.\d+", thread_ts)):
+    if thread_ts is not None and not (isinstance(thread_ts, str) and re.fullmatch(r"[0-9]+\.[0-9]+", thread_ts)):
         raise BadRequest("thread_ts must be a Slack message ts such as 1700000000.000100")
     if ("route" in data) == ("destination" in data):
         raise BadRequest("give exactly one of route or destination")
