@@ -184,7 +184,7 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
 def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "SLACK_SIGNING_SECRET" in env:
-        values["slack_signing_secret"] = env["SLACK_SIGNING_SECRET"].strip().encode()
+        values["slack_signing_secret"] = _secret("SLACK_SIGNING_SECRET", env["SLACK_SIGNING_SECRET"])
     if "SLACK_BOT_TOKEN" in env:
         token = env["SLACK_BOT_TOKEN"].strip()
         if not token.startswith("xoxb-"):
@@ -195,10 +195,17 @@ def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
+def _secret(name: str, value: str) -> bytes:
+    """A signing secret; a blank one would let anyone sign (fail open), so it is an error."""
+    if not value.strip():
+        raise ConfigError(f"{name} is blank")
+    return value.strip().encode()
+
+
 def _github_settings(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "GITHUB_WEBHOOK_SECRET" in env:
-        values["github_webhook_secret"] = env["GITHUB_WEBHOOK_SECRET"].strip().encode()
+        values["github_webhook_secret"] = _secret("GITHUB_WEBHOOK_SECRET", env["GITHUB_WEBHOOK_SECRET"])
     if "GITHUB_TOKEN" in env:
         values["github_token"] = env["GITHUB_TOKEN"].strip()
     if "GITHUB_API_URL" in env:

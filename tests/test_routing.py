@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from relay.errors import BadRequest, NoRoute
-from relay.routing import Destination, Route, Router, SlackRule, choose_connection
+from relay.routing import DEFAULT_ASSOCIATIONS, Destination, GitHubRule, Route, Router, SlackRule, choose_connection
 
 NOW_MS = 1_700_000_000_000
 BY_DEVICE = Destination(agent_id="agent-1", device_id="dev-1")
@@ -149,6 +149,108 @@ def test_listing_slack_channel_of_an_unlisted_channel_is_a_bad_request_naming_it
 ], ids=["none", "channels-only", "approvers", "groups", "both"])
 def test_slack_rule_has_approvers_when_it_names_people_or_groups(rule: SlackRule, expected: bool) -> None:
     assert rule.has_approvers is expected
+
+
+# --- Router: GitHub ---------------------------------------------------------------------
+
+
+def github_route(name: str, *repositories: str) -> Route:
+    return Route(name, Destination(agent_id=f"agent-{name}", device_id=f"dev-{name}"),
+                 github=GitHubRule(repositories=repositories))
+
+
+@pytest.mark.parametrize(("exact", "wildcard"), [("a-exact", "z-owner"), ("z-exact", "a-owner")])
+def test_for_github_prefers_the_exact_repository_over_the_owner_wildcard(exact: str, wildcard: str) -> None:
+    named = github_route(exact, "acme/widgets")
+    owner = github_route(wildcard, "acme/*")
+    for order in ([named, owner], [owner, named]):
+        assert Router(order).for_github("acme/widgets") is named
+        assert Router(order).for_github("acme/gadgets") is owner
+
+
+def test_for_github_prefers_an_exact_listing_even_inside_a_route_that_also_has_the_wildcard() -> None:
+    both = github_route("a-both", "acme/*", "other/thing")
+    named = github_route("z-named", "acme/widgets")
+    assert Router([both, named]).for_github("acme/widgets") is named
+    assert Router([both, named]).for_github("other/thing") is both
+
+
+@pytest.mark.parametrize("repository", ["acme/widgets", "ACME/WIDGETS", "Acme/Widgets", "aCmE/wIdGeTs"])
+def test_for_github_matches_without_regard_to_case(repository: str) -> None:
+    named = github_route("named", "Acme/Widgets")
+    owner = github_route("owner", "ACME/*")
+    router = Router([named, owner])
+    assert router.for_github(repository) is named
+    assert router.for_github(repository.split("/")[0] + "/Gadgets") is owner
+
+
+@pytest.mark.parametrize("repository", ["acme-corp/widgets", "xacme/widgets", "acm/widgets", "other/acme",
+                                        "widgets/acme"])
+def test_for_github_owner_wildcard_matches_only_that_owner(repository: str) -> None:
+    with pytest.raises(NoRoute):
+        Router([github_route("acme", "acme/*")]).for_github(repository)
+
+
+def test_for_github_does_not_match_a_prefix_of_a_repository_name() -> None:
+    router = Router([github_route("widgets", "acme/widgets")])
+    for repository in ("acme/widgets-2", "acme/widget", "acme/widgets.js"):
+        with pytest.raises(NoRoute):
+            router.for_github(repository)
+
+
+def test_for_github_picks_the_first_route_by_name_among_equals() -> None:
+    b, a = github_route("b", "acme/widgets"), github_route("a", "acme/widgets")
+    assert Router([b, a]).for_github("acme/widgets") is a
+    wide_b, wide_a = github_route("b", "acme/*"), github_route("a", "acme/*")
+    assert Router([wide_b, wide_a]).for_github("acme/widgets") is wide_a
+
+
+def test_for_github_uses_the_fallback_when_nothing_matches() -> None:
+    named = github_route("named", "acme/widgets")
+    router = Router([named, DEFAULT], github_fallback="default")
+    assert router.for_github("someone/else") is DEFAULT
+    assert router.for_github("acme/widgets") is named
+
+
+def test_for_github_fallback_may_be_the_only_route() -> None:
+    assert Router([DEFAULT, OPS], github_fallback="ops").for_github("acme/widgets") is OPS
+
+
+def test_for_github_without_a_match_or_fallback_is_no_route_naming_the_repository() -> None:
+    router = Router([github_route("named", "acme/widgets"), DEFAULT], slack_fallback="default")
+    with pytest.raises(NoRoute, match="someone/else"):
+        router.for_github("someone/else")
+
+
+def test_for_github_ignores_routes_without_github_rules() -> None:
+    slack_only = slack_route("a-slack")
+    with pytest.raises(NoRoute):
+        Router([DEFAULT, OPS, slack_only]).for_github("acme/widgets")
+
+
+@pytest.mark.parametrize(("repositories", "repository", "score"), [
+    (("acme/widgets",), "acme/widgets", 2),
+    (("Acme/Widgets",), "ACME/widgets", 2),
+    (("acme/*",), "acme/widgets", 1),
+    (("ACME/*",), "acme/Widgets", 1),
+    (("acme/*", "acme/widgets"), "acme/widgets", 2),
+    (("acme/*", "acme/widgets"), "acme/gadgets", 1),
+    (("acme/widgets",), "acme/gadgets", 0),
+    (("acme/*",), "acme-corp/widgets", 0),
+    (("acme/widgets",), "other/widgets", 0),
+    ((), "acme/widgets", 0),
+], ids=["exact", "exact-case", "wildcard", "wildcard-case", "exact-beats-wildcard", "wildcard-of-both",
+        "other-name", "other-owner-prefix", "other-owner", "empty"])
+def test_github_rule_matches_scores_exact_two_wildcard_one_else_zero(
+        repositories: tuple[str, ...], repository: str, score: int) -> None:
+    assert GitHubRule(repositories=repositories).matches(repository) == score
+
+
+def test_github_rule_defaults() -> None:
+    rule = GitHubRule(repositories=("acme/*",))
+    assert (rule.trigger, rule.associations, rule.approvers, rule.actions) == (
+        "@agent", DEFAULT_ASSOCIATIONS, (), ("created",))
+    assert DEFAULT_ASSOCIATIONS == ("OWNER", "MEMBER", "COLLABORATOR")
 
 
 # --- choose_connection ------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Callable
 import pytest
 
 from relay.errors import ConfigError
-from relay.routing import Destination, Route, SlackRule
+from relay.routing import Destination, GitHubRule, Route, SlackRule
 from relay.settings import Settings, load
 from tests.support import SPEC_SECRET
 
@@ -608,3 +608,289 @@ def test_repr_of_settings_never_shows_slack_secrets_or_the_admin_token() -> None
                    BOT_TOKEN.removeprefix("xoxb-"), ADMIN_TOKEN):
         assert secret not in text
     assert text == str(settings)
+
+
+# --- GitHub -----------------------------------------------------------------------------
+
+GITHUB_SECRET = "It's a Secret to Everybody"
+GITHUB_TOKEN = "ghp_NotARealGitHubToken0000000000000000"
+
+GITHUB_ROUTES = """
+[routes.hello]
+agent_id = "agent-hello"
+device_id = "ops-laptop"
+
+[routes.hello.github]
+repositories = ["Codertocat/Hello-World", "octo-org/*"]
+trigger = "@relay-bot"
+associations = ["OWNER", "MEMBER", "CONTRIBUTOR"]
+approvers = ["Codertocat", "octo-cat"]
+actions = ["created", "edited"]
+
+[routes.plain]
+agent_id = "agent-plain"
+connection_name = "build-box"
+
+[routes.plain.github]
+repositories = ["acme/widgets"]
+"""
+
+
+def github_env(**extra: str) -> dict[str, str]:
+    return {"RELAY_ROUTES": ROUTES_PATH, "GITHUB_WEBHOOK_SECRET": GITHUB_SECRET, **extra}
+
+
+def github_error(text: str, **extra: str) -> str:
+    return config_error(github_env(**extra), routes_file(text))
+
+
+def github_route(body: str) -> str:
+    return '[routes.ops]\nagent_id = "a"\ndevice_id = "d"\n\n[routes.ops.github]\n' + body
+
+
+def github_rule_of(body: str) -> GitHubRule | None:
+    settings = load(github_env(), routes_file(github_route(body)))
+    return {route.name: route for route in settings.routes}["ops"].github
+
+
+def test_github_tables_parse_into_github_rules() -> None:
+    settings = load(github_env(), routes_file(GITHUB_ROUTES))
+    routes = {route.name: route for route in settings.routes}
+    assert routes["hello"].github == GitHubRule(
+        repositories=("Codertocat/Hello-World", "octo-org/*"), trigger="@relay-bot",
+        associations=("OWNER", "MEMBER", "CONTRIBUTOR"), approvers=("Codertocat", "octo-cat"),
+        actions=("created", "edited"))
+    assert routes["hello"].destination == Destination(agent_id="agent-hello", device_id="ops-laptop")
+    assert routes["hello"].slack is None
+    assert settings.github_webhook_secret == GITHUB_SECRET.encode()
+    assert settings.github_fallback is None
+    assert settings.uses_github and not settings.uses_slack
+
+
+def test_a_github_rule_without_optional_keys_gets_the_defaults() -> None:
+    settings = load(github_env(), routes_file(GITHUB_ROUTES))
+    rule = {route.name: route for route in settings.routes}["plain"].github
+    assert rule == GitHubRule(repositories=("acme/widgets",), trigger="@agent",
+                              associations=("OWNER", "MEMBER", "COLLABORATOR"), approvers=(), actions=("created",))
+
+
+def test_a_route_without_a_github_table_has_no_github_rule() -> None:
+    text = GITHUB_ROUTES + '\n[routes.quiet]\nagent_id = "q"\ndevice_id = "d"\n'
+    settings = load(github_env(), routes_file(text))
+    assert {route.name: route.github for route in settings.routes}["quiet"] is None
+
+
+def test_associations_are_upper_cased() -> None:
+    rule = github_rule_of('repositories = ["o/n"]\nassociations = ["owner", "Member", "first_time_contributor"]\n')
+    assert rule is not None and rule.associations == ("OWNER", "MEMBER", "FIRST_TIME_CONTRIBUTOR")
+
+
+@pytest.mark.parametrize("association", ["ADMIN", "maintainer", "EVERYONE", "OWNERS"])
+def test_an_unknown_association_is_refused_naming_it(association: str) -> None:
+    message = github_error(github_route(f'repositories = ["o/n"]\nassociations = ["OWNER", "{association}"]\n'))
+    assert "routes.ops.github" in message and association.upper() in message
+
+
+@pytest.mark.parametrize("value", ['"OWNER"', "[5]", '["OWN ER"]', '["OWNER-1"]', '[""]'])
+def test_associations_that_are_not_a_list_of_names_are_refused(value: str) -> None:
+    message = github_error(github_route(f'repositories = ["o/n"]\nassociations = {value}\n'))
+    assert "routes.ops.github" in message and "associations" in message
+
+
+@pytest.mark.parametrize("actions", [["created", "edited", "deleted"], ["deleted"], ["edited"]])
+def test_actions_may_be_any_of_created_edited_deleted(actions: list[str]) -> None:
+    rule = github_rule_of(f'repositories = ["o/n"]\nactions = {actions!r}\n'.replace("'", '"'))
+    assert rule is not None and rule.actions == tuple(actions)
+
+
+@pytest.mark.parametrize("value", ['["created", "closed"]', '["opened"]', '["Created"]', "[]", '"created"', "[1]",
+                                  '["submitted"]'])
+def test_actions_outside_created_edited_deleted_are_refused(value: str) -> None:
+    message = github_error(github_route(f'repositories = ["o/n"]\nactions = {value}\n'))
+    assert "routes.ops.github" in message and "actions" in message
+
+
+@pytest.mark.parametrize("repository", ['"owner"', '"owner/"', '"a/b/c"', "5", '"/name"', '"*/*"', '"owner/na me"',
+                                        '"owner/name "', '""', '"owner/*x"', '"https://github.com/o/n"'])
+def test_malformed_repositories_are_refused(repository: str) -> None:
+    message = github_error(github_route(f"repositories = [{repository}]\n"))
+    assert "routes.ops.github" in message and "repositories" in message
+
+
+@pytest.mark.parametrize("body", ["", "repositories = []\n", 'repositories = "owner/name"\n',
+                                  'trigger = "@agent"\n'],
+                         ids=["empty-table", "empty-list", "not-a-list", "only-a-trigger"])
+def test_a_github_rule_needs_a_list_of_repositories(body: str) -> None:
+    message = github_error(github_route(body))
+    assert "routes.ops.github" in message and "repositories" in message
+
+
+@pytest.mark.parametrize("repositories", [["Codertocat/Hello-World"], ["octo-org/*"], ["a_b.c-d/e.f_g-h"],
+                                          ["o/n", "O/N", "o/*"]])
+def test_well_formed_repositories_are_kept_as_written(repositories: list[str]) -> None:
+    rule = github_rule_of(f"repositories = {repositories!r}\n".replace("'", '"'))
+    assert rule is not None and rule.repositories == tuple(repositories)
+
+
+@pytest.mark.parametrize("trigger", ['"@relay bot"', '"@agent please"', '" @agent"', '"@agent\\t"', '"@agent\\n"',
+                                     '""', '"@"', "5", '["@agent"]'])
+def test_a_trigger_that_is_not_one_word_is_refused(trigger: str) -> None:
+    message = github_error(github_route(f'repositories = ["o/n"]\ntrigger = {trigger}\n'))
+    assert "routes.ops.github" in message and "trigger" in message
+
+
+@pytest.mark.parametrize("trigger", ["@relay-bot", "/agent", "@a"])
+def test_a_one_word_trigger_is_kept(trigger: str) -> None:
+    rule = github_rule_of(f'repositories = ["o/n"]\ntrigger = "{trigger}"\n')
+    assert rule is not None and rule.trigger == trigger
+
+
+@pytest.mark.parametrize("approvers", ['"-octocat"', '"octo cat"', '"octo_cat"', '"octocat@example.com"',
+                                       '"@octocat"', '""', "5", '"' + "a" * 40 + '"',
+                                       '"Codertocat", "not a login"'])
+def test_approvers_that_are_not_github_logins_are_refused(approvers: str) -> None:
+    message = github_error(github_route(f'repositories = ["o/n"]\napprovers = [{approvers}]\n'))
+    assert "routes.ops.github" in message and "approvers" in message
+
+
+def test_approvers_that_are_not_a_list_are_refused() -> None:
+    message = github_error(github_route('repositories = ["o/n"]\napprovers = "Codertocat"\n'))
+    assert "routes.ops.github" in message and "approvers" in message
+
+
+@pytest.mark.parametrize("login", ["Codertocat", "octo-cat", "a", "x" * 39, "0x1"])
+def test_github_logins_are_accepted_as_approvers(login: str) -> None:
+    rule = github_rule_of(f'repositories = ["o/n"]\napprovers = ["{login}"]\n')
+    assert rule is not None and rule.approvers == (login,)
+
+
+@pytest.mark.parametrize("key", ["repository", "triggers", "approver", "association", "action", "fallback",
+                                 "teams"])
+def test_unknown_key_in_a_routes_github_table_names_the_route_and_the_key(key: str) -> None:
+    message = github_error(github_route(f'repositories = ["o/n"]\n{key} = ["x"]\n'))
+    assert "routes.ops.github" in message and repr(key) in message
+
+
+def test_routes_github_that_is_not_a_table_is_an_error() -> None:
+    text = '[routes.ops]\nagent_id = "a"\ndevice_id = "d"\ngithub = "o/n"\n'
+    assert "routes.ops.github" in github_error(text)
+
+
+def test_github_fallback_naming_a_route_is_kept() -> None:
+    settings = load(github_env(), routes_file(GITHUB_ROUTES + '\n[github]\nfallback = "plain"\n'))
+    assert settings.github_fallback == "plain"
+
+
+def test_github_fallback_may_name_a_route_without_a_github_table() -> None:
+    text = GITHUB_ROUTES + '\n[routes.quiet]\nagent_id = "q"\ndevice_id = "d"\n\n[github]\nfallback = "quiet"\n'
+    assert load(github_env(), routes_file(text)).github_fallback == "quiet"
+
+
+def test_github_fallback_may_name_the_default_route_from_letta_variables() -> None:
+    env = github_env(LETTA_AGENT_ID="agent-1", LETTA_DEVICE_ID="dev-1")
+    settings = load(env, routes_file(GITHUB_ROUTES + '\n[github]\nfallback = "default"\n'))
+    assert settings.github_fallback == "default"
+
+
+@pytest.mark.parametrize("fallback", ['"nope"', '"default"', '""', "5", '["plain"]', '"Plain"'])
+def test_github_fallback_naming_no_route_is_an_error(fallback: str) -> None:
+    message = github_error(GITHUB_ROUTES + f"\n[github]\nfallback = {fallback}\n")
+    assert "fallback" in message and "[github]" in message
+
+
+def test_github_table_that_is_not_a_table_is_an_error() -> None:
+    assert "[github]" in github_error('github = "plain"\n' + GITHUB_ROUTES)
+
+
+def test_unknown_key_in_the_github_table_names_it() -> None:
+    message = github_error(GITHUB_ROUTES + '\n[github]\nfallback = "plain"\nrepositories = ["o/n"]\n')
+    assert "'repositories'" in message and "[github]" in message
+
+
+def test_github_routes_without_a_webhook_secret_are_an_error() -> None:
+    message = config_error({"RELAY_ROUTES": ROUTES_PATH}, routes_file(GITHUB_ROUTES))
+    assert "GITHUB_WEBHOOK_SECRET" in message
+
+
+def test_a_github_fallback_without_a_webhook_secret_is_an_error() -> None:
+    env = {"RELAY_ROUTES": ROUTES_PATH, "LETTA_AGENT_ID": "agent-1", "LETTA_DEVICE_ID": "dev-1"}
+    assert "GITHUB_WEBHOOK_SECRET" in config_error(env, routes_file('[github]\nfallback = "default"\n'))
+
+
+@pytest.mark.parametrize("secret", ["   ", "\n", " \t "])
+def test_a_blank_github_webhook_secret_is_an_error(secret: str) -> None:
+    message = config_error(github_env(GITHUB_WEBHOOK_SECRET=secret), routes_file(GITHUB_ROUTES))
+    assert "GITHUB_WEBHOOK_SECRET" in message
+
+
+@pytest.mark.parametrize("env", [
+    {"GITHUB_WEBHOOK_SECRET": GITHUB_SECRET},
+    {"GITHUB_WEBHOOK_SECRET": GITHUB_SECRET, "LETTA_AGENT_ID": "agent-1", "LETTA_DEVICE_ID": "dev-1"},
+], ids=["alone", "with-a-default-route"])
+def test_github_webhook_secret_without_any_github_route_is_an_error(env: dict[str, str]) -> None:
+    message = config_error(env)
+    assert "GITHUB_WEBHOOK_SECRET" in message and "[routes.NAME.github]" in message
+
+
+def test_github_webhook_secret_with_routes_none_of_which_use_github_is_an_error() -> None:
+    assert "GITHUB_WEBHOOK_SECRET" in config_error(github_env(), routes_file(TWO_ROUTES))
+
+
+def test_github_webhook_secret_with_only_slack_routes_is_an_error() -> None:
+    env = {**github_env(), "SLACK_SIGNING_SECRET": SLACK_SECRET}
+    assert "GITHUB_WEBHOOK_SECRET" in config_error(env, routes_file(SLACK_ROUTES))
+
+
+def test_github_and_slack_routes_live_side_by_side() -> None:
+    env = {**github_env(), "SLACK_SIGNING_SECRET": SLACK_SECRET}
+    settings = load(env, routes_file(GITHUB_ROUTES + SLACK_ROUTES))
+    assert settings.uses_github and settings.uses_slack
+    assert sorted(route.name for route in settings.routes) == ["general", "hello", "incidents", "plain"]
+
+
+def test_github_webhook_secret_and_token_are_stripped() -> None:
+    settings = load(github_env(GITHUB_WEBHOOK_SECRET=f"  {GITHUB_SECRET}\n", GITHUB_TOKEN=f" {GITHUB_TOKEN}\n"),
+                    routes_file(GITHUB_ROUTES))
+    assert settings.github_webhook_secret == GITHUB_SECRET.encode()
+    assert settings.github_token == GITHUB_TOKEN
+
+
+def test_github_token_is_optional() -> None:
+    assert load(github_env(), routes_file(GITHUB_ROUTES)).github_token is None
+
+
+@pytest.mark.parametrize(("url", "stored"), [
+    ("https://github.example.com/api/v3/", "https://github.example.com/api/v3"),
+    ("http://127.0.0.1:9000//", "http://127.0.0.1:9000"),
+    (" https://api.github.com ", "https://api.github.com"),
+])
+def test_github_api_url_is_read_and_trimmed(url: str, stored: str) -> None:
+    assert load(github_env(GITHUB_API_URL=url), routes_file(GITHUB_ROUTES)).github_api_url == stored
+
+
+def test_github_api_url_defaults_to_github() -> None:
+    assert load(github_env(), routes_file(GITHUB_ROUTES)).github_api_url == "https://api.github.com"
+
+
+@pytest.mark.parametrize("url", ["api.github.com", "ftp://api.github.com", "https://", "https:///x", "github"])
+def test_github_api_url_must_be_http(url: str) -> None:
+    assert "GITHUB_API_URL" in github_error(GITHUB_ROUTES, GITHUB_API_URL=url)
+
+
+def test_repr_of_settings_never_shows_the_github_secret_or_token() -> None:
+    settings = load(github_env(GITHUB_TOKEN=GITHUB_TOKEN), routes_file(GITHUB_ROUTES))
+    assert settings.github_token == GITHUB_TOKEN
+    text = repr(settings)
+    assert "agent-hello" in text and "Codertocat/Hello-World" in text  # the repr is still useful
+    for secret in (GITHUB_SECRET, repr(GITHUB_SECRET.encode()), GITHUB_SECRET.encode().hex(), "Secret to Everybody",
+                   GITHUB_TOKEN, GITHUB_TOKEN.removeprefix("ghp_")):
+        assert secret not in text
+    assert text == str(settings)
+
+
+@pytest.mark.parametrize("name", ["SLACK_SIGNING_SECRET", "GITHUB_WEBHOOK_SECRET"])
+@pytest.mark.parametrize("blank", ["   ", "\t", " \n "])
+def test_a_blank_signing_secret_is_refused_not_used_as_an_empty_key(name: str, blank: str) -> None:
+    # An empty HMAC key is one anyone can sign with: loading it would fail open.
+    with pytest.raises(ConfigError, match=f"{name} is blank"):
+        load({name: blank})

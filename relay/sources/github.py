@@ -147,7 +147,7 @@ def parse(headers: Mapping[str, str], body: bytes, delivery: Delivery) -> Ping |
         return Ignored(f"event {_short(delivery.event)}")
     try:
         return _comment(delivery.event, data)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise BadRequest(f"{delivery.event} payload is missing fields relay needs") from None
 
 
@@ -159,6 +159,9 @@ def _comment(event: str, data: Mapping[str, Any]) -> Comment:
     else:
         thread, kind = data["pull_request"], "pull request"
     user = comment["user"]
+    for required in (repository["full_name"], user["login"], data["action"]):
+        if not isinstance(required, str) or not required:
+            raise ValueError("a required field is not a string")
     return Comment(
         event=event, action=str(data["action"]), repository=str(repository["full_name"]),
         number=int(thread["number"]), title=str(thread.get("title") or ""), kind=kind,
