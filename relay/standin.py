@@ -65,7 +65,25 @@ class Device:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class LettaStandIn:
+class Watched:
+    """State a server thread writes and a test thread reads: change it under `_changed` (and
+    notify); wait for a condition on it with `wait_for`."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+
+    def wait_for(self, predicate: Callable[[Any], bool], timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+
+class LettaStandIn(Watched):
     def __init__(
         self,
         devices: list[Device] | None = None,
@@ -73,6 +91,7 @@ class LettaStandIn:
         echo: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.devices = devices if devices is not None else [
             Device(DEV_DEVICE_ID, DEV_CONNECTION_NAME, "conn-" + uuid.uuid4().hex[:12])
         ]
@@ -81,7 +100,6 @@ class LettaStandIn:
         self._faults: list[Fault] = []
         self._echo = echo
         self._clock = clock
-        self._changed = threading.Condition()
         self.app = Starlette(routes=[
             Route("/v1/environments", self._list, methods=["GET"]),
             Route("/v1/environments/{device_id}", self._get, methods=["GET"]),
@@ -116,16 +134,6 @@ class LettaStandIn:
 
     def delivered_ids(self) -> list[str]:
         return [i for a in self.delivered() for i in a.message_ids]
-
-    def wait_for(self, predicate: Callable[[LettaStandIn], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return True
 
     def wait_for_delivered(self, count: int, timeout: float = 10.0) -> list[Attempt]:
         self.wait_for(lambda s: len([a for a in s.attempts if 200 <= a.status < 300]) >= count, timeout)

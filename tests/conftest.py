@@ -23,7 +23,7 @@ from relay.standin import Device, LettaStandIn
 from relay.sources.generic import decode_secret
 from tests.github_standin import GitHubStandIn
 from tests.slack_standin import SlackStandIn
-from tests.support import SPEC_SECRET, RedisServer, ServerThread, delete_prefix, redis_answers, unique_prefix
+from tests.support import SPEC_SECRET, RedisServer, ServerThread, owned, redis_answers, unique_prefix
 
 AGENT = "agent-test"
 DEVICE = "device-test"
@@ -67,13 +67,16 @@ async def redis_client(request: pytest.FixtureRequest, prefix: str) -> AsyncIter
     if request.param == "fakeredis":
         client = fakeredis.FakeAsyncRedis(decode_responses=True)
     else:
-        url = request.getfixturevalue("real_redis_url")
-        client = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
+        client = aioredis.Redis.from_url(request.getfixturevalue("real_redis_url"), decode_responses=True)
+    async with owned(client, prefix):
         yield client
-    finally:
-        await delete_prefix(client, prefix)
-        await client.aclose()
+
+
+@pytest.fixture
+async def real_redis(real_redis_url: str, prefix: str) -> AsyncIterator[Any]:
+    """A client of the real Redis server; the test's keys are deleted afterwards."""
+    async with owned(aioredis.Redis.from_url(real_redis_url, decode_responses=True), prefix) as client:
+        yield client
 
 
 @pytest.fixture

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from relay.standin import Watched
 
 
 @dataclass
@@ -23,13 +23,13 @@ class Reaction:
 
 
 @dataclass
-class GitHubStandIn:
+class GitHubStandIn(Watched):
     reactions: list[Reaction] = field(default_factory=list)
     failures: list[int] = field(default_factory=list)  # statuses to answer next, in order
 
     def __post_init__(self) -> None:
         self.base_url = ""
-        self._changed = threading.Condition()
+        Watched.__init__(self)
         self.app = Starlette(routes=[
             Route("/repos/{owner}/{repo}/{api}/comments/{comment_id:int}/reactions", self._react, methods=["POST"]),
         ])
@@ -37,16 +37,6 @@ class GitHubStandIn:
     def contents(self) -> list[str]:
         with self._changed:
             return [r.content for r in self.reactions]
-
-    def wait_for(self, predicate: Callable[[GitHubStandIn], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return True
 
     async def _react(self, request: Request) -> Response:
         body: dict[str, Any] = await request.json()

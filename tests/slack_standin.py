@@ -10,15 +10,15 @@ Tests script failures with `fail(method, error)` and group membership with `grou
 from __future__ import annotations
 
 import itertools
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+
+from relay.standin import Watched
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Call:
 
 
 @dataclass
-class SlackStandIn:
+class SlackStandIn(Watched):
     groups: dict[str, list[str]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
 
@@ -37,7 +37,7 @@ class SlackStandIn:
         self.base_url = ""  # set by the fixture once the server listens
         self._failures: dict[str, list[str]] = {}
         self._ts = itertools.count(1)
-        self._changed = threading.Condition()
+        Watched.__init__(self)
         self.app = Starlette(routes=[
             Route("/api/{method}", self._api, methods=["POST"]),
             Route("/response/{key}", self._response, methods=["POST"]),
@@ -60,16 +60,6 @@ class SlackStandIn:
 
     def responses(self, key: str) -> list[dict[str, Any]]:
         return [c.body for c in self.of(f"response:{key}")]
-
-    def wait_for(self, predicate: Callable[[SlackStandIn], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate(self):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            return True
 
     def _record(self, call: Call) -> str | None:
         with self._changed:

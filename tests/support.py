@@ -4,6 +4,7 @@ signed requests, and key clean-up that touches only what a test wrote."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -13,12 +14,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import redis
+from tenacity import wait_none
 
+from relay.letta import LettaClient
+from relay.queue import Queue
+from relay.replies import Replier
 from relay.serving import EmbeddedServer, bound_socket, server_config
+from relay.settings import Settings
 from relay.sources.generic import signed_headers
+from relay.worker import Worker
 
 #: The Standard Webhooks spec's own example secret (24 bytes).
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -103,6 +110,16 @@ def unique_prefix() -> str:
     return f"relaytest-{uuid.uuid4().hex[:10]}"
 
 
+@contextlib.asynccontextmanager
+async def owned(client: Any, prefix: str) -> AsyncIterator[Any]:
+    """Use a Redis client for one test: afterwards delete that test's keys and close it."""
+    try:
+        yield client
+    finally:
+        await delete_prefix(client, prefix)
+        await client.aclose()
+
+
 async def delete_prefix(client: Any, prefix: str) -> None:
     """Remove the keys under one test's prefix, and nothing else."""
     keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
@@ -123,3 +140,20 @@ def relay_env(**overrides: str) -> dict[str, str]:
            if not k.startswith(("RELAY_", "LETTA_")) and k != "REDIS_URL"}
     env.update(overrides)
     return env
+
+
+@contextlib.asynccontextmanager
+async def running_worker(redis_client: Any, prefix: str, settings: Settings, letta_url: str, *,
+                         consumer: str = "worker-1", replier: Replier | None = None) -> AsyncIterator[Worker]:
+    """A worker delivering to `letta_url` for the duration of the block; stopped like SIGTERM."""
+    queue = Queue(redis_client, prefix=prefix, consumer=consumer)
+    letta = LettaClient(letta_url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none())
+    worker = Worker(queue, letta, settings, poll_interval=0.01, replier=replier)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=30)
+        await letta.aclose()

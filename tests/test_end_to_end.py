@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
-from typing import AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
-from tenacity import wait_none
-
-from relay.letta import LettaClient
 from relay.queue import Queue, connect
 from relay.settings import Settings
 from relay.standin import LettaStandIn
 from relay.web import create_app
-from relay.worker import Worker
-from tests.support import SPEC_SECRET, ServerThread, delete_prefix, signed
+from tests.support import SPEC_SECRET, ServerThread, running_worker, signed
 
 pytestmark = pytest.mark.anyio
 
@@ -32,30 +27,14 @@ def relay_web(real_redis_url: str, prefix: str, settings: Settings) -> Iterator[
         yield server.url
 
 
-@contextlib.asynccontextmanager
-async def pipeline(real_redis_url: str, prefix: str, settings: Settings, letta_url: str) -> AsyncIterator[None]:
-    redis = connect(real_redis_url)
-    letta = LettaClient(letta_url, "test-key", retry_wait=wait_none())
-    stop = asyncio.Event()
-    task = asyncio.create_task(Worker(Queue(redis, prefix=prefix, consumer="e2e"), letta, settings).run(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
-        await letta.aclose()
-        await delete_prefix(redis, prefix)
-        await redis.aclose()
-
-
 async def wait_delivered(standin: LettaStandIn, count: int) -> None:
     assert await asyncio.to_thread(standin.wait_for, lambda s: len(s.delivered()) >= count, 15.0)
 
 
-async def test_signed_text_arrives_as_the_contract_says(relay_web: str, real_redis_url: str, prefix: str,
+async def test_signed_text_arrives_as_the_contract_says(relay_web: str, real_redis: Any, prefix: str,
                                                         settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, letta_url = stand_in
-    async with pipeline(real_redis_url, prefix, settings, letta_url):
+    async with running_worker(real_redis, prefix, settings, letta_url):
         raw, headers = signed({"text": "deploy finished, please summarize"}, SECRET)
         async with httpx.AsyncClient() as http:
             response = await http.post(f"{relay_web}/hooks/generic", content=raw, headers=headers)
@@ -71,10 +50,10 @@ async def test_signed_text_arrives_as_the_contract_says(relay_web: str, real_red
     }
 
 
-async def test_signed_approval_arrives_on_its_routes_connection(relay_web: str, real_redis_url: str, prefix: str,
+async def test_signed_approval_arrives_on_its_routes_connection(relay_web: str, real_redis: Any, prefix: str,
                                                                 settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, letta_url = stand_in
-    async with pipeline(real_redis_url, prefix, settings, letta_url):
+    async with running_worker(real_redis, prefix, settings, letta_url):
         raw, headers = signed({"route": "ops", "approval": {"tool_call_id": "toolu_01", "approve": True}}, SECRET)
         async with httpx.AsyncClient() as http:
             assert (await http.post(f"{relay_web}/hooks/generic", content=raw, headers=headers)).status_code == 202
@@ -89,10 +68,10 @@ async def test_signed_approval_arrives_on_its_routes_connection(relay_web: str, 
     }
 
 
-async def test_redelivered_webhook_reaches_the_agent_once(relay_web: str, real_redis_url: str, prefix: str,
+async def test_redelivered_webhook_reaches_the_agent_once(relay_web: str, real_redis: Any, prefix: str,
                                                           settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, letta_url = stand_in
-    async with pipeline(real_redis_url, prefix, settings, letta_url):
+    async with running_worker(real_redis, prefix, settings, letta_url):
         async with httpx.AsyncClient() as http:
             statuses = []
             for attempt in range(3):  # the sender retries, re-signing each attempt

@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
-from tenacity import wait_none
-
 from relay.github_api import GitHubApi
-from relay.letta import LettaClient
 from relay.queue import Queue, connect
 from relay.replies import Replier
 from relay.settings import Settings
 from relay.sources import github as source
 from relay.standin import LettaStandIn
 from relay.web import create_app
-from relay.worker import Worker
 from tests.conftest import GITHUB_SECRET, REPOSITORY
 from tests.github_standin import GitHubStandIn
-from tests.support import ServerThread, delete_prefix
+from tests.support import ServerThread, running_worker
 from tests.web.test_github import comment_payload
 
 pytestmark = pytest.mark.anyio
@@ -38,16 +34,11 @@ def relay_web(real_redis_url: str, prefix: str, github_settings: Settings,
 
 
 async def test_mention_in_a_comment_reaches_the_agent_and_the_comment_gets_reactions(
-        relay_web: str, real_redis_url: str, prefix: str, github_settings: Settings,
+        relay_web: str, real_redis: Any, prefix: str, github_settings: Settings,
         stand_in: tuple[LettaStandIn, str], github_stand_in: GitHubStandIn) -> None:
     letta, letta_url = stand_in
-    redis = connect(real_redis_url)
-    client = LettaClient(letta_url, "test-key", retry_wait=wait_none())
     github = GitHubApi("ghp_test_token", base_url=github_stand_in.base_url)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(Queue(redis, prefix=prefix, consumer="e2e"), client, github_settings,
-                                        replier=Replier(None, github)).run(stop))
-    try:
+    async with running_worker(real_redis, prefix, github_settings, letta_url, replier=Replier(None, github)):
         raw = json.dumps(comment_payload("@agent please triage\n/approve toolu_09")).encode()
         headers = {"x-github-event": "issue_comment", "x-github-delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
                    "x-github-hook-id": "292430182", "content-type": "application/json",
@@ -59,13 +50,7 @@ async def test_mention_in_a_comment_reaches_the_agent_and_the_comment_gets_react
         assert await asyncio.to_thread(letta.wait_for, lambda s: len(s.delivered()) == 2, 15)
         assert await asyncio.to_thread(github_stand_in.wait_for,
                                        lambda s: s.contents().count("rocket") == 2, 15)
-    finally:
-        stop.set()
-        await worker
-        for closable in (client, github):
-            await closable.aclose()
-        await delete_prefix(redis, prefix)
-        await redis.aclose()
+    await github.aclose()
     approval, comment = (a.body["messages"][0] for a in letta.delivered())
     assert approval == {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": "toolu_09",
                                                            "approve": True}]}

@@ -7,14 +7,11 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 from urllib.parse import urlencode
 
 import httpx
 import pytest
-from tenacity import wait_none
-
-from relay.letta import LettaClient
 from relay.queue import Queue, connect
 from relay.replies import Replier
 from relay.settings import Settings
@@ -22,10 +19,9 @@ from relay.slack_api import SlackApi
 from relay.sources import slack as source
 from relay.standin import LettaStandIn
 from relay.web import create_app
-from relay.worker import Worker
 from tests.conftest import ADMIN_TOKEN, APPROVER, SLACK_CHANNEL, SLACK_SECRET, SLACK_TEAM
 from tests.slack_standin import SlackStandIn
-from tests.support import ServerThread, delete_prefix
+from tests.support import ServerThread, running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -39,23 +35,12 @@ def relay_web(real_redis_url: str, prefix: str, slack_settings: Settings, slack_
 
 
 @contextlib.asynccontextmanager
-async def worker(real_redis_url: str, prefix: str, settings: Settings, letta_url: str,
+async def worker(real_redis: Any, prefix: str, settings: Settings, letta_url: str,
                  slack_stand_in: SlackStandIn) -> AsyncIterator[None]:
-    redis = connect(real_redis_url)
-    letta = LettaClient(letta_url, "test-key", retry_wait=wait_none())
     slack = SlackApi(settings.slack_bot_token, base_url=slack_stand_in.api_url)
-    stop = asyncio.Event()
-    task = asyncio.create_task(Worker(Queue(redis, prefix=prefix, consumer="e2e"), letta, settings,
-                                      replier=Replier(slack)).run(stop))
-    try:
+    async with running_worker(real_redis, prefix, settings, letta_url, replier=Replier(slack)):
         yield
-    finally:
-        stop.set()
-        await task
-        await letta.aclose()
-        await slack.aclose()
-        await delete_prefix(redis, prefix)
-        await redis.aclose()
+    await slack.aclose()
 
 
 def slack_post(url: str, path: str, body: bytes, content_type: str) -> httpx.Response:
@@ -68,13 +53,13 @@ async def wait(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-unt
 
 
 async def test_slash_command_reaches_the_agent_and_slack_hears_it_was_delivered(
-        relay_web: str, real_redis_url: str, prefix: str, slack_settings: Settings,
+        relay_web: str, real_redis: Any, prefix: str, slack_settings: Settings,
         stand_in: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
     letta, letta_url = stand_in
     body = urlencode({"team_id": SLACK_TEAM, "channel_id": SLACK_CHANNEL, "user_id": "U0ALICE",
                       "user_name": "alice", "command": "/agent", "text": "summarize the incident",
                       "response_url": slack_stand_in.response_url("cmd"), "trigger_id": "1.2.3"}).encode()
-    async with worker(real_redis_url, prefix, slack_settings, letta_url, slack_stand_in):
+    async with worker(real_redis, prefix, slack_settings, letta_url, slack_stand_in):
         answer = await asyncio.to_thread(slack_post, relay_web, "/slack/commands", body,
                                          "application/x-www-form-urlencoded")
         assert answer.status_code == 200 and "Sent to agent `agent-incidents`" in answer.json()["text"]
@@ -89,10 +74,10 @@ async def test_slash_command_reaches_the_agent_and_slack_hears_it_was_delivered(
 
 
 async def test_approval_card_click_reaches_the_agent_as_an_approval(
-        relay_web: str, real_redis_url: str, prefix: str, slack_settings: Settings,
+        relay_web: str, real_redis: Any, prefix: str, slack_settings: Settings,
         stand_in: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
     letta, letta_url = stand_in
-    async with worker(real_redis_url, prefix, slack_settings, letta_url, slack_stand_in):
+    async with worker(real_redis, prefix, slack_settings, letta_url, slack_stand_in):
         async with httpx.AsyncClient() as http:
             card = await http.post(f"{relay_web}/approvals", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
                                    json={"tool_call_id": "toolu_42", "tool_name": "deploy",
@@ -118,13 +103,13 @@ async def test_approval_card_click_reaches_the_agent_as_an_approval(
 
 
 async def test_mention_reaches_the_agent_and_gets_a_check_mark(
-        relay_web: str, real_redis_url: str, prefix: str, slack_settings: Settings,
+        relay_web: str, real_redis: Any, prefix: str, slack_settings: Settings,
         stand_in: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
     letta, letta_url = stand_in
     body = json.dumps({"type": "event_callback", "team_id": SLACK_TEAM, "event_id": "Ev1",
                        "event": {"type": "app_mention", "user": "U0ALICE", "text": "<@U0BOT> please triage",
                                  "ts": "1700000005.000200", "channel": SLACK_CHANNEL}}).encode()
-    async with worker(real_redis_url, prefix, slack_settings, letta_url, slack_stand_in):
+    async with worker(real_redis, prefix, slack_settings, letta_url, slack_stand_in):
         for _ in range(2):  # Slack's retry of the same event changes nothing
             answer = await asyncio.to_thread(slack_post, relay_web, "/slack/events", body, "application/json")
             assert answer.status_code == 200

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 
 import pytest
-from tenacity import wait_none
-
-from relay.letta import LettaClient
 from relay.messages import Envelope, Inbound, approval_decision, approval_message, client_message_id
 from relay.messages import envelope_for, user_message
 from relay.queue import Queue
 from relay.routing import Destination, Route
 from relay.settings import Settings
 from relay.standin import LettaStandIn
-from relay.worker import Worker
+from tests.support import running_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -44,20 +40,9 @@ async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         await asyncio.sleep(0.02)
 
 
-@contextlib.asynccontextmanager
-async def running(redis_client: Any, prefix: str, settings: Settings, url: str,
-                  consumer: str = "worker-1") -> AsyncIterator[Worker]:
-    queue = Queue(redis_client, prefix=prefix, consumer=consumer)
-    letta = LettaClient(url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none())
-    worker = Worker(queue, letta, settings, poll_interval=0.01)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
-        await letta.aclose()
+def running(redis_client: Any, prefix: str, settings: Settings, url: str,
+            consumer: str = "worker-1"):  # type: ignore[no-untyped-def]
+    return running_worker(redis_client, prefix, settings, url, consumer=consumer)
 
 
 def contents(standin: LettaStandIn) -> list[str]:

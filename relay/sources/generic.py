@@ -17,11 +17,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from relay.errors import BadRequest, BadSignature, UnsupportedMedia, quoted
+from relay.sources.payloads import json_object
 from relay.messages import (
     Inbound,
     approval_decision,
@@ -114,7 +114,7 @@ class GenericRequest:
 
 def parse(body: bytes) -> GenericRequest:
     """The JSON body → a GenericRequest. Raises BadRequest naming the problem."""
-    data = _load_json_object(body)
+    data = json_object(body, strict=True)
     unknown = sorted(set(data) - {"text", "approval", "route"})
     if unknown:
         raise BadRequest(f"unknown field {quoted(unknown[0])}; expected text or approval, and route")
@@ -174,34 +174,3 @@ def _parse_approval(value: Any) -> dict[str, Any]:
     if reason is not None and not isinstance(reason, str):
         raise BadRequest("approval.reason must be a string")
     return {"tool_call_id": tool_call_id, "approve": value["approve"], "reason": reason}
-
-
-def _load_json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_no_duplicate_keys,
-            parse_constant=_no_constants,
-        )
-    except UnicodeDecodeError:
-        raise BadRequest("body is not valid UTF-8") from None
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, and the hooks below
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    return data
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {quoted(key)}")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")

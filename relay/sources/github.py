@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
-from urllib.parse import parse_qs
 
-from relay.errors import BadRequest, BadSignature
+from relay.errors import BadRequest, BadSignature, quoted
 from relay.messages import Inbound, approval_decision, approval_message, client_message_id, user_message
+from relay.sources.payloads import form_fields, json_object
 
 SOURCE = "github"
 COMMENT_EVENTS = ("issue_comment", "pull_request_review_comment")
@@ -144,7 +143,7 @@ def parse(headers: Mapping[str, str], body: bytes, delivery: Delivery) -> Ping |
     if delivery.event == "ping":
         return Ping(str(data.get("zen", "")))
     if delivery.event not in COMMENT_EVENTS:
-        return Ignored(f"event {_short(delivery.event)}")
+        return Ignored(f"event {quoted(delivery.event)}")
     try:
         return _comment(delivery.event, data)
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -178,24 +177,8 @@ def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     """JSON, or a form whose `payload` field is JSON (both are GitHub webhook content types)."""
     lowered = {k.lower(): v for k, v in headers.items()}
     media = lowered.get("content-type", "application/json").split(";")[0].strip().lower()
-    try:
-        text = body.decode("utf-8")
-        if media == "application/x-www-form-urlencoded":
-            text = parse_qs(text, strict_parsing=True, max_num_fields=10).get("payload", [""])[-1]
-        elif media != "application/json":
-            raise BadRequest("content-type must be application/json or application/x-www-form-urlencoded")
-        data = json.loads(text)
-    except UnicodeDecodeError:
-        raise BadRequest("body is not valid UTF-8") from None
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
-    except ValueError:
-        raise BadRequest("body is not valid JSON (or a form with a JSON payload field)") from None
-    if not isinstance(data, dict):
-        raise BadRequest("payload must be a JSON object")
-    return data
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:36] + "…"
+    if media == "application/x-www-form-urlencoded":
+        return json_object(form_fields(body, max_fields=10).get("payload", ""))
+    if media != "application/json":
+        raise BadRequest("content-type must be application/json or application/x-www-form-urlencoded")
+    return json_object(body)

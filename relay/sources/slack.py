@@ -21,11 +21,11 @@ import json
 import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Mapping
-from urllib.parse import parse_qs
 
-from relay.errors import BadRequest, BadSignature
+from relay.errors import BadRequest, BadSignature, quoted
 from relay.messages import Inbound, approval_decision, approval_message, client_message_id, user_message
 from relay.routing import Destination
+from relay.sources.payloads import form_fields, json_object
 
 SOURCE = "slack"
 TOLERANCE_SECONDS = 300
@@ -100,7 +100,7 @@ class Command:
 
 
 def parse_command(body: bytes) -> Command:
-    form = parse_form(body)
+    form = form_fields(body)
     missing = [k for k in ("team_id", "channel_id", "user_id", "command", "response_url", "trigger_id")
                if not form.get(k)]
     if missing:
@@ -148,7 +148,7 @@ class Mention:
 
 
 def parse_event(body: bytes) -> Challenge | Ignored | Mention:
-    data = _json_object(body)
+    data = json_object(body)
     kind = data.get("type")
     if kind == "url_verification":
         challenge = data.get("challenge")
@@ -156,7 +156,7 @@ def parse_event(body: bytes) -> Challenge | Ignored | Mention:
             raise BadRequest("url_verification without a challenge")
         return Challenge(challenge)
     if kind != "event_callback":
-        return Ignored(f"callback type {_short(kind)}")
+        return Ignored(f"callback type {quoted(kind)}")
     event = data.get("event")
     if not isinstance(event, dict):
         raise BadRequest("event_callback without an event")
@@ -164,13 +164,13 @@ def parse_event(body: bytes) -> Challenge | Ignored | Mention:
     if not isinstance(subtype, (str, type(None))):
         return Ignored("a malformed message subtype")
     if event_type not in ("app_mention", "message"):
-        return Ignored(f"event type {_short(event_type)}")
+        return Ignored(f"event type {quoted(event_type)}")
     if event_type == "message" and event.get("channel_type") != "im":
         return Ignored("a channel message without a mention")
     if event.get("bot_id") or event.get("bot_profile") or subtype == "bot_message":
         return Ignored("a bot's message")
     if subtype not in PERSON_SUBTYPES:
-        return Ignored(f"message subtype {_short(subtype)}")
+        return Ignored(f"message subtype {quoted(subtype)}")
     team = data.get("team_id") or event.get("team")
     fields = {"team": team, "channel": event.get("channel"), "user": event.get("user"), "ts": event.get("ts")}
     missing = [k for k, v in fields.items() if not isinstance(v, str) or not v]
@@ -362,10 +362,10 @@ _ACTIONS = {ACTION_APPROVE: "approve", ACTION_DENY: "deny", ACTION_DENY_WITH_REA
 
 
 def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
-    payload = parse_form(body).get("payload")
+    payload = form_fields(body).get("payload")
     if not payload:
         raise BadRequest("interaction without a payload field")
-    data = _json_object(payload.encode())
+    data = json_object(payload)
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
     team = data["team"].get("id") if isinstance(data.get("team"), dict) else None
     team = team or user.get("team_id")
@@ -376,7 +376,7 @@ def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
         actions = data.get("actions")
         action = actions[0] if isinstance(actions, list) and actions and isinstance(actions[0], dict) else {}
         if not isinstance(action.get("action_id"), str) or action["action_id"] not in _ACTIONS:
-            return Ignored(f"action {_short(action.get('action_id'))}")
+            return Ignored(f"action {quoted(action.get('action_id'))}")
         if not isinstance(action.get("value"), str) or not data.get("response_url"):
             raise BadRequest("card action without a value or response_url")
         return Click(action=_ACTIONS[action["action_id"]], card_id=action["value"], team=team,  # type: ignore[arg-type]
@@ -385,7 +385,7 @@ def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
     if data.get("type") == "view_submission":
         view = data.get("view") if isinstance(data.get("view"), dict) else {}
         if view.get("callback_id") != REASON_VIEW:
-            return Ignored(f"view {_short(view.get('callback_id'))}")
+            return Ignored(f"view {quoted(view.get('callback_id'))}")
         try:
             reason = view["state"]["values"][REASON_BLOCK][REASON_INPUT]["value"]
         except (KeyError, TypeError):
@@ -394,35 +394,4 @@ def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
             raise BadRequest("reason modal without a reason")
         return ReasonGiven(card_id=str(view["private_metadata"]), team=team, user=user["id"],
                            user_name=user_name, reason=reason.strip()[:REASON_MAX])
-    return Ignored(f"interaction type {_short(data.get('type'))}")
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-def parse_form(body: bytes) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body; the last value wins for repeated keys."""
-    try:
-        text = body.decode("utf-8")
-        pairs = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=200)
-    except (UnicodeDecodeError, ValueError):
-        raise BadRequest("body is not a valid form") from None
-    return {key: values[-1] for key, values in pairs.items()}
-
-
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise BadRequest("body is not valid UTF-8") from None
-    except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
-    except ValueError:
-        raise BadRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
-    return data
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:36] + "…"
+    return Ignored(f"interaction type {quoted(data.get('type'))}")

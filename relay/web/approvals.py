@@ -16,16 +16,16 @@ import json
 import re
 from typing import Any, Callable
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.cards import Cards
-from relay.errors import BadRequest, ConfigError, QueueUnavailable, Rejected, UpstreamError, quoted
+from relay.errors import BadRequest, ConfigError, QueueUnavailable, UpstreamError, quoted
 from relay.routing import Router
 from relay.settings import Settings, destination_from
 from relay.sources.slack import Card, card_id_for
-from relay.web.common import read_body, refuse, require_bearer, unavailable
+from relay.web.common import guarded, read_body, require_bearer, unavailable
 
 FIELDS = {"tool_call_id", "tool_name", "arguments", "route", "destination", "channel", "thread_ts"}
 
@@ -82,13 +82,8 @@ def routes(settings: Settings, router: Router, cards: Cards | None, clock: Calla
         return []
 
     async def create(request: Request) -> Response:
-        try:
-            require_bearer(request, token)
-            card = parse_card_request(await read_body(request, settings.max_body_bytes), router)
-        except Rejected as exc:
-            return refuse("approvals", None, exc)
-        except ClientDisconnect:
-            return Response(status_code=400)
+        require_bearer(request, token)
+        card = parse_card_request(await read_body(request, settings.max_body_bytes), router)
         try:
             card, created = await cards.post(card)
         except QueueUnavailable:
@@ -99,4 +94,4 @@ def routes(settings: Settings, router: Router, cards: Cards | None, clock: Calla
                                   "created": created, "decided": card.decision is not None}
         return JSONResponse(answer, status_code=201 if created else 200)
 
-    return [Route("/approvals", create, methods=["POST"])]
+    return [Route("/approvals", guarded("approvals", create), methods=["POST"])]

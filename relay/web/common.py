@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Awaitable, Callable
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from relay.errors import BadSignature, Rejected, TooLarge
+from relay.errors import BadSignature, Rejected, TooLarge, quoted
 from relay.logs import fields
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 log = logging.getLogger("relay.web")
 
@@ -34,6 +37,20 @@ def require_bearer(request: Request, token: str) -> None:
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
         raise BadSignature("missing or wrong bearer token")
+
+
+def guarded(source: str, handler: Endpoint, delivery_header: str | None = None) -> Endpoint:
+    """A door's endpoint: a Rejected request gets its status and JSON reason, and is logged with
+    the delivery id it claims (unverified, so shortened); a vanished client gets a 400."""
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Rejected as exc:
+            claimed = request.headers.get(delivery_header) if delivery_header else None
+            return refuse(source, quoted(claimed, 80) if claimed else None, exc)
+        except ClientDisconnect:
+            return Response(status_code=400)
+    return endpoint
 
 
 def refuse(source: str, delivery_id: str | None, exc: Rejected) -> Response:

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Callable
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay.errors import Rejected, quoted
 from relay.messages import envelope_for
 from relay.routing import Router
 from relay.settings import Settings
 from relay.sources import generic
 from relay.intake import Intake, Queued
-from relay.web.common import read_body, refuse, unavailable
+from relay.web.common import guarded, read_body, unavailable
 
 
 def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[], float]) -> list[Route]:
@@ -23,15 +22,9 @@ def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[
         return []
 
     async def hook(request: Request) -> Response:
-        try:
-            body = await read_body(request, settings.max_body_bytes)
-            inbound = generic.receive(request.headers, body, secret, clock())
-            envelope = envelope_for(inbound, router.pick(inbound.route), clock())
-        except Rejected as exc:
-            claimed = request.headers.get("webhook-id")
-            return refuse(generic.SOURCE, quoted(claimed, 80) if claimed else None, exc)
-        except ClientDisconnect:
-            return Response(status_code=400)
+        body = await read_body(request, settings.max_body_bytes)
+        inbound = generic.receive(request.headers, body, secret, clock())
+        envelope = envelope_for(inbound, router.pick(inbound.route), clock())
         result = await intake.enqueue(envelope)
         if result is Queued.UNAVAILABLE:
             return unavailable()
@@ -39,4 +32,4 @@ def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[
             return JSONResponse({"client_message_id": envelope.client_message_id, "duplicate": True})
         return JSONResponse({"client_message_id": envelope.client_message_id}, status_code=202)
 
-    return [Route("/hooks/generic", hook, methods=["POST"])]
+    return [Route("/hooks/generic", guarded(generic.SOURCE, hook, "webhook-id"), methods=["POST"])]

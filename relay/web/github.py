@@ -13,11 +13,11 @@ import logging
 from typing import Any, Callable
 
 from starlette.background import BackgroundTask
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay.errors import NoRoute, Rejected, UpstreamError, quoted
+from relay.errors import NoRoute, UpstreamError
 from relay.github_api import GitHubApi
 from relay.intake import Intake, Queued
 from relay.logs import fields
@@ -26,7 +26,7 @@ from relay.routing import GitHubRule, Router
 from relay.settings import Settings
 from relay.sources import github as source
 from relay.sources.github import Comment, Delivery, Ignored, Ping
-from relay.web.common import read_body, refuse, unavailable
+from relay.web.common import guarded, read_body, unavailable
 
 log = logging.getLogger("relay.web.github")
 
@@ -62,16 +62,10 @@ def routes(settings: Settings, intake: Intake, router: Router, github: GitHubApi
         return JSONResponse({"ignored": reason})
 
     async def webhook(request: Request) -> Response:
-        claimed = request.headers.get("x-github-delivery")
-        try:
-            body = await read_body(request, settings.max_body_bytes)
-            source.verify(request.headers, body, secret)
-            delivery = Delivery.from_headers(request.headers)
-            event = source.parse(request.headers, body, delivery)
-        except Rejected as exc:
-            return refuse(source.SOURCE, quoted(claimed, 80) if claimed else None, exc)
-        except ClientDisconnect:
-            return Response(status_code=400)
+        body = await read_body(request, settings.max_body_bytes)
+        source.verify(request.headers, body, secret)
+        delivery = Delivery.from_headers(request.headers)
+        event = source.parse(request.headers, body, delivery)
         if isinstance(event, Ping):
             return JSONResponse({"ok": True, "zen": event.zen})
         if isinstance(event, Ignored):
@@ -94,7 +88,7 @@ def routes(settings: Settings, intake: Intake, router: Router, github: GitHubApi
             background = BackgroundTask(eyes, github, event)
         return JSONResponse(answer, status_code=202, background=background)
 
-    return [Route("/github/webhook", webhook, methods=["POST"])]
+    return [Route("/github/webhook", guarded(source.SOURCE, webhook, "x-github-delivery"), methods=["POST"])]
 
 
 async def eyes(github: GitHubApi, comment: Comment) -> None:

@@ -11,12 +11,12 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from starlette.background import BackgroundTask
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.cards import Cards
-from relay.errors import NoRoute, QueueUnavailable, Rejected, UpstreamError
+from relay.errors import NoRoute, QueueUnavailable, UpstreamError
 from relay.intake import Intake, Queued
 from relay.logs import fields
 from relay.messages import envelope_for
@@ -26,7 +26,7 @@ from relay.settings import Settings
 from relay.slack_api import SlackApi
 from relay.sources import slack as source
 from relay.sources.slack import Card, Challenge, Click, Decision, Ignored, ReasonGiven
-from relay.web.common import read_body, refuse, unavailable
+from relay.web.common import guarded, read_body, unavailable
 
 log = logging.getLogger("relay.web.slack")
 
@@ -71,12 +71,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         return Response(status_code=200, background=later(slack.respond, response_url, payload))
 
     async def commands(request: Request) -> Response:
-        try:
-            command = source.parse_command(await verified(request))
-        except Rejected as exc:
-            return refuse(source.SOURCE, None, exc)
-        except ClientDisconnect:
-            return Response(status_code=400)
+        command = source.parse_command(await verified(request))
         if not command.text:
             return ephemeral(f"Tell the agent something, for example `{command.command} summarize the incident`.")
         try:
@@ -93,12 +88,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         return ephemeral(f"Sent to {agent_label(route)}. I'll confirm here when it is delivered.")
 
     async def events(request: Request) -> Response:
-        try:
-            event = source.parse_event(await verified(request))
-        except Rejected as exc:
-            return refuse(source.SOURCE, None, exc)
-        except ClientDisconnect:
-            return Response(status_code=400)
+        event = source.parse_event(await verified(request))
         if isinstance(event, Challenge):
             return JSONResponse({"challenge": event.value})
         if isinstance(event, Ignored):
@@ -116,12 +106,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         return JSONResponse({"ok": True})
 
     async def interactions(request: Request) -> Response:
-        try:
-            interaction = source.parse_interaction(await verified(request))
-        except Rejected as exc:
-            return refuse(source.SOURCE, None, exc)
-        except ClientDisconnect:
-            return Response(status_code=400)
+        interaction = source.parse_interaction(await verified(request))
         if isinstance(interaction, Ignored) or cards is None:
             return Response(status_code=200)
         if isinstance(interaction, Click):
@@ -203,7 +188,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         return Response(status_code=200, background=later(slack.update_message, card.channel, card.ts, decided))
 
     return [
-        Route("/slack/commands", commands, methods=["POST"]),
-        Route("/slack/events", events, methods=["POST"]),
-        Route("/slack/interactions", interactions, methods=["POST"]),
+        Route("/slack/commands", guarded(source.SOURCE, commands), methods=["POST"]),
+        Route("/slack/events", guarded(source.SOURCE, events), methods=["POST"]),
+        Route("/slack/interactions", guarded(source.SOURCE, interactions), methods=["POST"]),
     ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any, AsyncIterator
 from urllib.parse import urlencode
