@@ -107,6 +107,13 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose --host/--port)") from None
 
 
+async def _warn_about_durability(queue: Any) -> None:
+    import logging
+
+    for warning in await queue.durability_warnings():
+        logging.getLogger("relay.redis").warning(warning)
+
+
 def _require_redis(settings: Settings, command: str,
                    hint: str = "to try relay without Redis or Letta, run `relay dev`") -> str:
     if not settings.redis_url:
@@ -138,6 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         queue = Queue(connect(url, socket_timeout=5.0), prefix=settings.key_prefix,
                       dedup_window=settings.dedup_window)
+        await _warn_about_durability(queue)
         slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
         app = create_app(settings, queue, slack_api=slack, github_api=github)
         try:
@@ -170,6 +178,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         redis = connect(url)
         queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                       dedup_window=settings.dedup_window)
+        await _warn_about_durability(queue)
         letta = LettaClient.from_settings(settings)
         slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
         stop = asyncio.Event()

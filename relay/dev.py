@@ -77,6 +77,7 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     if settings.redis_url:
         redis = connect(settings.redis_url)
         notes.append("queue: Redis at REDIS_URL")
+        notes += [f"WARNING {w}" for w in await Queue(redis).durability_warnings()]
     else:
         redis = fakeredis.FakeAsyncRedis(decode_responses=True)
         notes.append("queue: in-process fakeredis. NOTHING IS DURABLE: queued messages vanish on exit")

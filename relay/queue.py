@@ -163,6 +163,26 @@ class Queue:
     async def ping(self) -> None:
         await self._guard(self.redis.ping())
 
+    async def durability_warnings(self) -> list[str]:
+        """What in the server's configuration could lose queued work (empty when none; also when
+        CONFIG is not allowed, as on some managed services, which then answer for it)."""
+        try:
+            config = await self.redis.config_get("maxmemory*")
+            config.update(await self.redis.config_get("appendonly"))
+            config.update(await self.redis.config_get("save"))
+        except RedisError:
+            return []
+        warnings = []
+        policy = config.get("maxmemory-policy", "noeviction")
+        if policy != "noeviction":
+            warnings.append(f"maxmemory-policy is {policy}: when Redis fills up it may evict queued messages "
+                            "or de-duplication markers; set maxmemory-policy noeviction")
+        if config.get("appendonly") != "yes":
+            snapshots = "snapshots only" if config.get("save") else "no persistence at all"
+            warnings.append(f"appendonly is off ({snapshots}): a Redis restart loses recently accepted "
+                            "messages; set appendonly yes (appendfsync everysec or always)")
+        return warnings
+
     async def ensure_groups(self) -> None:
         """Create each partition's stream and consumer group (from the start: id 0)."""
         for partition in range(PARTITIONS):

@@ -300,3 +300,25 @@ async def _count_keys(url: str, prefix: str) -> int:
     count = len([k async for k in redis.scan_iter(match=f"{prefix}:*")])
     await redis.aclose()
     return count
+
+
+def test_serve_warns_at_start_when_redis_could_evict_queued_work(redis_server: Any, tmp_path: Path) -> None:
+    import redis as sync_redis
+
+    sync_redis.Redis.from_url(redis_server.url).config_set("maxmemory-policy", "volatile-lru")
+    port = free_port()
+    env = relay_env(REDIS_URL=redis_server.url, RELAY_HOOK_SECRET=DEV_HOOK_SECRET,
+                    LETTA_AGENT_ID="agent-1", LETTA_DEVICE_ID="device-1")
+    with open(tmp_path / "err", "wb") as err:
+        serve = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--port", str(port)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while not _ready(f"http://127.0.0.1:{port}"):
+            assert time.monotonic() < deadline and serve.poll() is None, (tmp_path / "err").read_text()
+            time.sleep(0.1)
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=20)
+    log = (tmp_path / "err").read_text()
+    assert "maxmemory-policy is volatile-lru" in log and "noeviction" in log

@@ -281,3 +281,27 @@ async def test_head_whose_message_is_missing_is_reported_by_id_and_can_be_droppe
     assert await queue.done(token, head.message_id)
     _token, following = await take(queue)
     assert following is not None and following.client_message_id == message(2).client_message_id
+
+
+async def test_durable_server_gets_no_warnings_and_evicting_or_volatile_ones_do(redis_server: Any) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    queue = Queue(client, prefix="relaytest-durability")
+    assert await queue.durability_warnings() == []  # the test server runs with AOF, noeviction
+    await client.config_set("maxmemory-policy", "allkeys-lru")
+    await client.config_set("appendonly", "no")
+    warnings = await queue.durability_warnings()
+    await client.aclose()
+    assert len(warnings) == 2
+    assert "allkeys-lru" in warnings[0] and "noeviction" in warnings[0]
+    assert "appendonly is off" in warnings[1]
+
+
+async def test_durability_check_stays_quiet_when_redis_is_unreachable() -> None:
+    from relay.queue import connect
+    from tests.support import free_port
+
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1.0)
+    assert await Queue(client).durability_warnings() == []
+    await client.aclose()
