@@ -8,6 +8,7 @@ Layout (all key names are built here, in `Keys`):
     {prefix}:{pNN}:delayed          sorted set: conversation → when to retry (ms)
     {prefix}:{pNN}:dead             stream of dead letters (id, reason, code, at, envelope)
     {prefix}:{pNN}:seen:{id}        dedup marker, expires after the dedup window
+    {prefix}:{pNN}:pause            no delivery before this time (ms): Letta's 429 Retry-After
     {prefix}:rec:{kind}:{id}        small records with a TTL (approval cards), one key each
 
 A conversation lives in one of `PARTITIONS` partitions; the `{pNN}` hash tag keeps a
@@ -61,6 +62,9 @@ class Keys:
     def dead(self, partition: int) -> str:
         return f"{self._tag(partition)}:dead"
 
+    def pause(self, partition: int) -> str:
+        return f"{self._tag(partition)}:pause"
+
     def mailbox(self, partition: int, conversation: str) -> str:
         return f"{self._tag(partition)}:mbox:{conversation}"
 
@@ -95,6 +99,7 @@ class Head:
     token: Token
     message_id: str
     envelope: Envelope | None
+    paused_until: float = 0.0  # epoch seconds; Letta asked every worker to wait until then
 
 
 @dataclass(frozen=True)
@@ -125,7 +130,7 @@ def connect(url: str, *, socket_timeout: float = 10.0) -> aioredis.Redis:
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("relay") / "lua"
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")
-    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave")
+    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave", "pause")
     return {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
 
 
@@ -253,12 +258,20 @@ class Queue:
         for token in tokens:
             by_partition.setdefault(token.partition, []).append(token)
         for p, group in by_partition.items():
-            keys = [self.keys.body(p)] + [self.keys.mailbox(p, t.conversation) for t in group]
-            flat = await self._run("fetch", keys, [])
+            keys = [self.keys.body(p), self.keys.pause(p)] + [self.keys.mailbox(p, t.conversation) for t in group]
+            pause, *flat = await self._run("fetch", keys, [])
+            paused_until = int(pause) / 1000 if pause else 0.0
             for i, token in enumerate(group):
                 message_id, raw = flat[2 * i], flat[2 * i + 1]
-                out.append(Head(token, message_id, self._decode(token, raw) if raw else None))
+                out.append(Head(token, message_id, self._decode(token, raw) if raw else None, paused_until))
         return out
+
+    async def pause_all(self, until: float) -> None:
+        """Hold every worker's deliveries until `until` (epoch seconds), in every partition."""
+        until_ms = int(until * 1000)
+        ttl_ms = max(1, until_ms - int(self.clock() * 1000))
+        for p in range(PARTITIONS):
+            await self._run("pause", [self.keys.pause(p)], [until_ms, ttl_ms])
 
     def _decode(self, token: Token, raw: str) -> Envelope | None:
         try:

@@ -253,8 +253,9 @@ class Worker:
                           extra=fields(client_message_id=head.message_id, conversation=token.conversation))
             await self._queue_op(lambda: self.queue.done(token, head.message_id))
             return
-        if self.clock() < self.paused_until:
-            await self._queue_op(lambda: self.queue.retry(token, None, self.paused_until))
+        paused_until = max(self.paused_until, head.paused_until)
+        if self.clock() < paused_until:  # Letta's Retry-After, seen by this or another worker
+            await self._queue_op(lambda: self.queue.retry(token, None, paused_until))
             return
         outcome = await self.letta.deliver(envelope)
         now = self.clock()
@@ -273,6 +274,7 @@ class Worker:
                 self.letta.forget(envelope.destination)
             if decision.pause_until:
                 self.paused_until = max(self.paused_until, decision.pause_until)
+                await self._forgiving(self.queue.pause_all(decision.pause_until), "share the pause")
             failed = envelope.after_failure(decision.reason)
             ok = await self._queue_op(lambda: self.queue.retry(token, failed, decision.at))
             log.warning("retry scheduled", extra=fields(**context, outcome=decision.code,

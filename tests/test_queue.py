@@ -266,6 +266,7 @@ async def test_every_script_touches_one_cluster_slot(redis_client: Any, prefix: 
         await queue.done(token, envelope.client_message_id)
     for dead in await queue.dead_letters():
         await queue.replay(dead)
+    await queue.pause_all(time.time() + 1)
     await queue.leave()
     assert len(recorder.calls) > 15
     assert all(len(slots) == 1 for slots in recorder.calls), recorder.calls
@@ -305,3 +306,15 @@ async def test_durability_check_stays_quiet_when_redis_is_unreachable() -> None:
     client = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1.0)
     assert await Queue(client).durability_warnings() == []
     await client.aclose()
+
+
+async def test_a_shared_pause_reaches_every_partition_and_is_never_shortened(queue: Queue) -> None:
+    now = time.time()
+    await queue.pause_all(now + 30)
+    await queue.pause_all(now + 5)  # a later, shorter Retry-After does not cut the pause
+    await queue.enqueue(message(1))
+    _token, _ = await take(queue)
+    [head] = await queue.fetch([_token])
+    assert head.paused_until == pytest.approx(now + 30, abs=0.01)
+    ttls = [await queue.redis.pttl(queue.keys.pause(p)) for p in range(PARTITIONS)]
+    assert all(25_000 < ttl <= 30_000 for ttl in ttls)  # it expires by itself

@@ -248,3 +248,21 @@ async def test_unreadable_head_is_dropped_and_the_conversation_moves_on(queue: Q
     assert standin.delivered_ids() == [good.client_message_id]
     depth = await queue.depth()
     assert (depth.ready, depth.in_flight, depth.delayed) == (0, 0, 0)
+
+
+async def test_retry_after_holds_every_worker_not_just_the_one_that_heard_it(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(429, retry_after="1")
+    await queue.enqueue(message(0))
+    async with running(redis_client, prefix, settings, url, "worker-1") as first:
+        async with running(redis_client, prefix, settings, url, "worker-2") as second:
+            await until(lambda: first.paused_until > 0 or second.paused_until > 0)
+            for n in range(1, 9):  # other conversations, picked up by either worker
+                await queue.enqueue(message(n, Route(f"r{n}", Destination(agent_id=f"agent-{n}",
+                                                                          device_id="device-test"))))
+            await until(lambda: len(standin.delivered()) == 9)
+    first_attempt, *later = standin.attempts
+    assert first_attempt.status == 429
+    assert all(a.at >= first_attempt.answered_at + 1.0 for a in later), \
+        sorted(round(a.at - first_attempt.answered_at, 3) for a in later)
