@@ -86,6 +86,7 @@ class Token:
     partition: int
     entry_id: str
     conversation: str
+    takeovers: int = 0  # how often this claim was taken from a silent worker
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def connect(url: str, *, socket_timeout: float = 10.0) -> aioredis.Redis:
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("relay") / "lua"
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")
-    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave", "pause")
+    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave", "pause", "reclaim")
     return {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
 
 
@@ -240,16 +241,10 @@ class Queue:
 
     async def reclaim(self, partition: int, min_idle: float, limit: int = 100) -> list[Token]:
         """Take over tokens whose worker has been silent for min_idle seconds (XAUTOCLAIM)."""
-        stream, start, tokens = self.keys.ready(partition), "0-0", []
-        while len(tokens) < limit:
-            reply = await self._guard(self.redis.xautoclaim(
-                stream, GROUP, self.consumer, min_idle_time=int(min_idle * 1000),
-                start_id=start, count=limit - len(tokens)))
-            start, entries = reply[0], reply[1]
-            tokens.extend(Token(partition, entry_id, fields["c"]) for entry_id, fields in entries if fields)
-            if start in ("0-0", b"0-0"):
-                break
-        return tokens
+        flat = await self._run("reclaim", [self.keys.ready(partition)],
+                               [GROUP, self.consumer, int(min_idle * 1000), limit])
+        return [Token(partition, flat[i], flat[i + 1], takeovers=max(0, int(flat[i + 2]) - 1))
+                for i in range(0, len(flat), 3)]
 
     async def fetch(self, tokens: list[Token]) -> list[Head]:
         """Each token's head message."""

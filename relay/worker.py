@@ -38,6 +38,9 @@ log = logging.getLogger("relay.worker")
 
 READ_BLOCK_MS = 1000
 READ_BATCH = 32
+#: A message whose claim was taken from a silent worker this often is what stops them (a
+#: crash, an out-of-memory kill): it is dead-lettered instead of taking down the next one.
+MAX_TAKEOVERS = 10
 
 
 class Deliverer(Protocol):
@@ -253,6 +256,14 @@ class Worker:
                           extra=fields(client_message_id=head.message_id, conversation=token.conversation))
             await self._queue_op(lambda: self.queue.done(token, head.message_id))
             return
+        if token.takeovers >= MAX_TAKEOVERS:
+            reason = (f"workers stopped {token.takeovers} times while handling this message "
+                      "(crashed or killed); parked so it stops taking others down")
+            ok = await self._queue_op(lambda: self.queue.dead_letter(token, envelope, reason, "takeovers"))
+            log.error("dead-lettered", extra=fields(**envelope.log_fields(), outcome="takeovers"))
+            if ok:
+                await self.replier.failed(envelope, reason)
+            return
         paused_until = max(self.paused_until, head.paused_until)
         if self.clock() < paused_until:  # Letta's Retry-After, seen by this or another worker
             await self._queue_op(lambda: self.queue.retry(token, None, paused_until))
@@ -273,8 +284,9 @@ class Worker:
             if decision.reresolve:
                 self.letta.forget(envelope.destination)
             if decision.pause_until:
-                self.paused_until = max(self.paused_until, decision.pause_until)
+                # Shared first, so that any worker fetching from now on sees it.
                 await self._forgiving(self.queue.pause_all(decision.pause_until), "share the pause")
+                self.paused_until = max(self.paused_until, decision.pause_until)
             failed = envelope.after_failure(decision.reason)
             ok = await self._queue_op(lambda: self.queue.retry(token, failed, decision.at))
             log.warning("retry scheduled", extra=fields(**context, outcome=decision.code,

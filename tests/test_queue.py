@@ -318,3 +318,13 @@ async def test_a_shared_pause_reaches_every_partition_and_is_never_shortened(que
     assert head.paused_until == pytest.approx(now + 30, abs=0.01)
     ttls = [await queue.redis.pttl(queue.keys.pause(p)) for p in range(PARTITIONS)]
     assert all(25_000 < ttl <= 30_000 for ttl in ttls)  # it expires by itself
+
+
+async def test_each_takeover_of_a_claim_is_counted(queue: Queue, redis_client: Any, prefix: str) -> None:
+    await queue.enqueue(message(1))
+    token, _ = await take(queue)
+    assert token.takeovers == 0
+    for n in range(3):
+        await asyncio.sleep(0.02)
+        [token] = await Queue(redis_client, prefix=prefix, consumer=f"ghost-{n}").reclaim(partition(), 0.01)
+        assert token.takeovers == n + 1

@@ -266,3 +266,25 @@ async def test_retry_after_holds_every_worker_not_just_the_one_that_heard_it(
     assert first_attempt.status == 429
     assert all(a.at >= first_attempt.answered_at + 1.0 for a in later), \
         sorted(round(a.at - first_attempt.answered_at, 3) for a in later)
+
+
+async def test_a_message_that_keeps_stopping_workers_is_dead_lettered_unsent(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    from relay.worker import MAX_TAKEOVERS
+
+    standin, url = stand_in
+    deadly = message("deadly")
+    await queue.enqueue(deadly)
+    await queue.read(queue.keys.partition_of(HOME.destination.conversation_key), 10, 10)
+    for n in range(MAX_TAKEOVERS - 1):  # workers that took it over and then died with it
+        await asyncio.sleep(0.02)
+        await Queue(redis_client, prefix=prefix, consumer=f"ghost-{n}").reclaim(
+            queue.keys.partition_of(HOME.destination.conversation_key), 0.01)
+    await queue.enqueue(message("behind"))
+    async with running(redis_client, prefix, replace(settings, reclaim_after=0.2), url):
+        await until_dead(queue, 1)
+        await until(lambda: len(standin.delivered()) == 1)
+    [dead] = await queue.dead_letters()
+    assert dead.client_message_id == deadly.client_message_id and dead.code == "takeovers"
+    assert "workers stopped 10 times" in dead.reason
+    assert standin.delivered_ids() == [message("behind").client_message_id]  # the rest go on
