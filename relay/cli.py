@@ -5,6 +5,7 @@
     relay dev [--host H] [--port P]     everything in one process, no Redis or Letta needed
     relay send TEXT | --approve ID | --deny ID [--reason R]   sign and post a generic webhook
     relay dlq list | replay ID…|--all | drop ID…             inspect and replay dead letters
+                                        (REDIS_URL, or a running relay's /admin API)
     relay secret                        print a new whsec_ secret for RELAY_HOOK_SECRET
 """
 
@@ -71,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--id", dest="webhook_id", help="webhook-id to use (repeat one to see de-duplication)")
     send.set_defaults(run=cmd_send)
 
-    dlq = commands.add_parser("dlq", help="dead letters: list, replay, drop (needs REDIS_URL)")
+    dlq = commands.add_parser("dlq", help="dead letters: list, replay, drop")
+    dlq.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+                     help="a running relay to ask when REDIS_URL is not set (default %(default)s)")
     actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="show dead letters, oldest first")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -243,50 +246,87 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 # -- relay dlq ---------------------------------------------------------------------------------
+#
+# With REDIS_URL, straight from Redis; without it, through a running relay's /admin API
+# (`relay dev` serves one with the development admin token).
 
-def _with_queue(action: Any) -> int:
+class _RedisDeadLetters:
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    async def list(self) -> list[dict[str, Any]]:
+        from relay.web.admin import dead_letter_view
+
+        return [dead_letter_view(e) for e in await self.queue.dead_letters()]
+
+    async def apply(self, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
+        chosen, missing = await self.queue.dead_by_id(ids)
+        act = self.queue.replay if verb == "replay" else self.queue.drop
+        return [e.client_message_id for e in chosen if await act(e)], missing
+
+
+class _HttpDeadLetters:
+    def __init__(self, http: Any, token: str) -> None:
+        self.http, self.headers = http, {"authorization": f"Bearer {token}"}
+
+    async def list(self) -> list[dict[str, Any]]:
+        response = await self.http.get("/admin/dead-letters", headers=self.headers)
+        return list(self._ok(response)["dead_letters"])
+
+    async def apply(self, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
+        body = {"all": True} if ids is None else {"ids": ids}
+        data = self._ok(await self.http.post(f"/admin/dead-letters/{verb}", json=body, headers=self.headers))
+        return list(data["replayed" if verb == "replay" else "dropped"]), list(data["missing"])
+
+    @staticmethod
+    def _ok(response: Any) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise ConfigError(f"relay's admin API answered {response.status_code}: {response.text[:200]}")
+        return dict(response.json())
+
+
+def _with_dead_letters(args: argparse.Namespace, action: Any) -> int:
+    import httpx
+
+    from relay.dev import DEV_ADMIN_TOKEN
     from relay.queue import Queue, connect
 
     settings = _settings()
-    url = _require_redis(settings, "dlq", "`relay dev` without REDIS_URL keeps its queue inside its own process")
 
     async def run() -> int:
-        redis = connect(url)
-        try:
-            return await action(Queue(redis, prefix=settings.key_prefix))
-        finally:
-            await redis.aclose()
+        if settings.redis_url:
+            redis = connect(settings.redis_url)
+            try:
+                return await action(_RedisDeadLetters(Queue(redis, prefix=settings.key_prefix)))
+            finally:
+                await redis.aclose()
+        token = settings.admin_token or DEV_ADMIN_TOKEN
+        print(f"relay dlq: REDIS_URL is not set; asking the relay at {args.url}"
+              + ("" if settings.admin_token else " with the development admin token"), file=sys.stderr)
+        async with httpx.AsyncClient(base_url=args.url, timeout=10.0) as http:
+            try:
+                return await action(_HttpDeadLetters(http, token))
+            except httpx.HTTPError as exc:
+                raise ConfigError(f"could not reach relay at {args.url}: {exc} (is `relay dev` running?)") from None
 
     return asyncio.run(run())
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    async def action(queue: Any) -> int:
-        entries = await queue.dead_letters()
+    async def action(dead: Any) -> int:
+        entries = await dead.list()
         for e in entries:
             if args.json:
-                print(json.dumps({"client_message_id": e.client_message_id, "at": e.at, "code": e.code,
-                                  "reason": e.reason, "route": e.envelope.route, "source": e.envelope.source,
-                                  "delivery_id": e.envelope.delivery_id, "kind": e.envelope.kind,
-                                  "attempts": e.envelope.attempts}))
+                print(json.dumps(e))
             else:
-                when = datetime.fromtimestamp(e.at, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-                print(f"{e.client_message_id}  {when}  {e.envelope.kind:<8} route={e.envelope.route} "
-                      f"attempts={e.envelope.attempts} {e.code}: {e.reason[:160]}")
+                when = datetime.fromtimestamp(e["at"], timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+                print(f"{e['client_message_id']}  {when}  {e['kind']:<8} route={e['route']} "
+                      f"attempts={e['attempts']} {e['code']}: {e['reason'][:160]}")
         if not args.json:
             print(f"{len(entries)} dead letter(s)", file=sys.stderr)
         return 0
 
-    return _with_queue(action)
-
-
-def _select(entries: list[Any], ids: list[str], every: bool) -> tuple[list[Any], list[str]]:
-    if every:
-        return entries, []
-    wanted = set(ids)
-    chosen = [e for e in entries if e.client_message_id in wanted]
-    missing = sorted(wanted - {e.client_message_id for e in chosen})
-    return chosen, missing
+    return _with_dead_letters(args, action)
 
 
 def _dlq_apply(args: argparse.Namespace, verb: str, every: bool) -> int:
@@ -294,17 +334,19 @@ def _dlq_apply(args: argparse.Namespace, verb: str, every: bool) -> int:
         print(f"relay dlq {verb}: give one or more ids, or --all", file=sys.stderr)
         return 2
 
-    async def action(queue: Any) -> int:
-        chosen, missing = _select(await queue.dead_letters(), args.ids, every)
-        for entry in chosen:
-            done = await (queue.replay(entry) if verb == "replay" else queue.drop(entry))
-            state = {"replay": "replayed", "drop": "dropped"}[verb] if done else "already gone"
-            print(f"{entry.client_message_id}  {state}")
+    async def action(dead: Any) -> int:
+        ids = None if every else list(args.ids)
+        done, missing = await dead.apply(verb, ids)
+        state = {"replay": "replayed", "drop": "dropped"}[verb]
+        for message_id in done:
+            print(f"{message_id}  {state}")
+        for message_id in sorted(set(ids or []) - set(done) - set(missing)):
+            print(f"{message_id}  already gone")
         for message_id in missing:
             print(f"{message_id}  not found among dead letters", file=sys.stderr)
         return 1 if missing else 0
 
-    return _with_queue(action)
+    return _with_dead_letters(args, action)
 
 
 def cmd_dlq_replay(args: argparse.Namespace) -> int:

@@ -35,6 +35,8 @@ log = logging.getLogger("relay.dev")
 
 #: Used by `relay dev` and `relay send` when RELAY_HOOK_SECRET is not set. Public on purpose.
 DEV_HOOK_SECRET = "whsec_" + base64.b64encode(b"relay-dev-secret:not-for-production").decode()
+#: Used by `relay dev` (and `relay dlq` talking to it) when RELAY_ADMIN_TOKEN is not set.
+DEV_ADMIN_TOKEN = "relay-dev-admin-token-not-for-production"
 
 
 def stand_in_devices(routes: tuple[Route, ...]) -> list[Device]:
@@ -54,6 +56,8 @@ def prepare(settings: Settings) -> Settings:
     """Dev defaults: the development secret, and the stand-in's agent when no route is set."""
     if settings.hook_secret is None:
         settings = replace(settings, hook_secret=decode_secret(DEV_HOOK_SECRET))
+    if settings.admin_token is None:
+        settings = replace(settings, admin_token=DEV_ADMIN_TOKEN)
     if not settings.routes:
         if settings.letta_api_key:
             raise ConfigError("relay dev with LETTA_API_KEY delivers to the real Letta API: set "
@@ -71,7 +75,7 @@ def _print_block(text: str) -> None:
 async def run(settings: Settings, listener: socket.socket) -> None:
     """Run until SIGINT/SIGTERM, serving webhooks on `listener` (already bound)."""
     host, port = listener.getsockname()[:2]
-    own_secret = settings.hook_secret is not None
+    own_secret, own_token = settings.hook_secret is not None, settings.admin_token is not None
     settings = prepare(settings)
     notes = []
     if settings.redis_url:
@@ -94,6 +98,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         notes.append(f"letta: local stand-in at {stand_in_url}. NOTHING LEAVES THIS MACHINE")
     notes.append("hook secret: RELAY_HOOK_SECRET" if own_secret else
                  "hook secret: the public development secret (relay send finds it by itself)")
+    notes.append("admin API (/admin/…): RELAY_ADMIN_TOKEN" if own_token else
+                 "admin API (/admin/…): the public development token (relay dlq finds it by itself)")
 
     slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
     if slack is not None:

@@ -358,6 +358,15 @@ class Queue:
                                          fields.get("code", ""), int(fields.get("at", 0)) / 1000, envelope))
         return sorted(entries, key=lambda e: e.at)
 
+    async def dead_by_id(self, ids: list[str] | None) -> tuple[list[DeadEntry], list[str]]:
+        """The dead letters with these client_message_ids (all when None), and ids not found."""
+        entries = await self.dead_letters()
+        if ids is None:
+            return entries, []
+        wanted = set(ids)
+        chosen = [e for e in entries if e.client_message_id in wanted]
+        return chosen, sorted(wanted - {e.client_message_id for e in chosen})
+
     async def replay(self, entry: DeadEntry) -> bool:
         """Put a dead letter back in its conversation, same id, fresh retry budget."""
         envelope = entry.envelope.replayed(self.clock())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -222,9 +223,28 @@ def test_dlq_drop_deletes_for_good(dead_letters: list[str], capsys: Any) -> None
     assert dead_letters[1] not in out and dead_letters[0] in out
 
 
-def test_dlq_needs_redis(env: Any, capsys: Any) -> None:
-    code, _, err = run_main(capsys, "dlq", "list")
-    assert code == 2 and "REDIS_URL" in err
+def test_dlq_without_redis_asks_a_running_relay_and_says_when_none_answers(env: Any, capsys: Any) -> None:
+    code, _, err = run_main(capsys, "dlq", "--url", f"http://127.0.0.1:{free_port()}", "list")
+    assert code == 2
+    assert "REDIS_URL is not set; asking the relay at" in err and "could not reach relay" in err
+
+
+def test_dlq_over_the_admin_api_lists_replays_and_drops(dead_letters: list[str], capsys: Any, env: Any,
+                                                         real_redis_url: str, prefix: str, settings: Settings) -> None:
+    env.delenv("REDIS_URL")  # the CLI must go through the relay, not Redis
+    env.setenv("RELAY_ADMIN_TOKEN", "admin-token-for-tests-0123456789")
+    admin = replace(settings, admin_token="admin-token-for-tests-0123456789")
+    with ServerThread(create_app(admin, Queue(connect(real_redis_url), prefix=prefix))) as server:
+        code, out, _ = run_main(capsys, "dlq", "--url", server.url, "list", "--json")
+        assert code == 0 and {json.loads(line)["client_message_id"] for line in out.splitlines()} == set(dead_letters)
+        code, out, _ = run_main(capsys, "dlq", "--url", server.url, "replay", dead_letters[0])
+        assert code == 0 and f"{dead_letters[0]}  replayed" in out
+        code, out, _ = run_main(capsys, "dlq", "--url", server.url, "drop", dead_letters[1])
+        assert code == 0 and f"{dead_letters[1]}  dropped" in out
+        code, _, err = run_main(capsys, "dlq", "--url", server.url, "drop", "no-such-id")
+        assert code == 1 and "not found" in err
+    [message] = queued_messages(real_redis_url, prefix)
+    assert message["client_message_id"] == dead_letters[0]
 
 
 # -- relay dev (the README's first command) ------------------------------------------------------

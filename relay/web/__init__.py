@@ -4,6 +4,7 @@
     POST /slack/commands|events|interactions   Slack (web/slack.py)
     POST /github/webhook                   GitHub issue and pull-request comments (web/github.py)
     POST /approvals                        post an approval card in Slack (web/approvals.py)
+    /admin/…                               queue depths and dead letters (web/admin.py)
     GET  /healthz, /readyz                 liveness, and readiness (Redis answers)
 
 A door whose secret is not configured is not served (404). Every refusal is a JSON
@@ -31,7 +32,7 @@ from relay.queue import Queue
 from relay.routing import Router
 from relay.settings import Settings
 from relay.slack_api import SlackApi
-from relay.web import approvals, generic, github, slack
+from relay.web import admin, approvals, generic, github, slack
 from relay.web.common import read_body
 
 __all__ = ["create_app", "read_body"]
@@ -64,6 +65,7 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
         *slack.routes(settings, intake, router, slack_api, cards, clock),
         *github.routes(settings, intake, router, github_api, clock),
         *approvals.routes(settings, router, cards, clock),
+        *admin.routes(settings, queue),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error})
 
