@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ class Fault:
     retry_after: str | None = None
     delay: float = 0.0  # seconds to wait before answering (longer than the client timeout = a hang)
     body: Any = None
+    probability: float = 1.0  # applies to this share of matching requests (the stand-in's seeded rng)
 
 
 @dataclass
@@ -90,8 +92,10 @@ class LettaStandIn(Watched):
         *,
         echo: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
+        self._rng = random.Random(seed)
         self.devices = devices if devices is not None else [
             Device(DEV_DEVICE_ID, DEV_CONNECTION_NAME, "conn-" + uuid.uuid4().hex[:12])
         ]
@@ -205,6 +209,8 @@ class LettaStandIn(Watched):
         ids = [m.get("client_message_id") for m in body.get("messages", []) if isinstance(m, dict)]
         for fault in self._faults:
             if fault.message_id is not None and fault.message_id not in ids:
+                continue
+            if fault.probability < 1.0 and self._rng.random() >= fault.probability:
                 continue
             if fault.match is None or fault.match(body):
                 if fault.times is not None:

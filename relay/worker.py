@@ -177,6 +177,10 @@ class Worker:
                 except QueueUnavailable as exc:
                     await self._redis_trouble("reclaim", exc)
                     break
+                # After a Redis outage longer than reclaim_after, this worker's own live claims look
+                # idle too; they are still being delivered here and must not start a second time.
+                held = {t.entry_id for t in self.in_flight}
+                tokens = [t for t in tokens if t.entry_id not in held]
                 if tokens:
                     log.warning("reclaimed from a silent worker", extra=fields(partition=partition, count=len(tokens)))
                     await self._start(tokens)

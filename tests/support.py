@@ -105,6 +105,16 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final save; only what AOF already fsynced survives."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start again on the same port and directory: Redis reloads its AOF."""
+        self.start()
+
 
 def unique_prefix() -> str:
     return f"relaytest-{uuid.uuid4().hex[:10]}"
