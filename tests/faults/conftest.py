@@ -112,6 +112,15 @@ class Rig:
         done = set(self.standin.delivered_ids()) | {d.client_message_id for d in self.dead_letters()}
         return set(self.ledger.accepted) <= done
 
+    def depth(self) -> Any:
+        async def read() -> Any:
+            client = connect(self.redis.url)
+            try:
+                return await Queue(client, prefix=self.prefix).depth()
+            finally:
+                await client.aclose()
+        return asyncio.run(read())
+
     def dead_letters(self) -> list[DeadEntry]:
         async def read() -> list[DeadEntry]:
             client = connect(self.redis.url)
@@ -145,7 +154,8 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         rig = Rig(request.node.name, redis, standin, letta.url, prefix, tmp_path)
         settings = Settings(hook_secret=SECRET, key_prefix=prefix,
                             routes=(*(conversation_route(i) for i in range(CONVERSATIONS)),
-                                    Route("unresolvable", Destination(agent_id="agent-x", device_id="no-such-device"))))
+                                    Route("unresolvable", Destination(agent_id="agent-x", device_id="no-such-device")),
+                                    Route("late", Destination(agent_id="agent-late", device_id="late-device"))))
         web_queue = Queue(connect(redis.url, socket_timeout=2.0), prefix=prefix)
         with ServerThread(create_app(settings, web_queue)) as web:
             rig.web_url = web.url
