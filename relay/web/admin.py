@@ -21,7 +21,7 @@ from relay.settings import Settings
 from relay.sources.payloads import json_object
 from relay.web.common import guarded, read_body, require_bearer, unavailable
 
-ADMIN_BODY_LIMIT = 64 * 1024
+ADMIN_BODY_LIMIT = 64 * 1024  # a list of ids; never more than RELAY_MAX_BODY_BYTES either
 
 
 def dead_letter_view(entry: DeadEntry) -> dict[str, Any]:
@@ -46,6 +46,7 @@ def routes(settings: Settings, queue: Queue) -> list[Route]:
     token = settings.admin_token
     if token is None:
         return []
+    limit = min(ADMIN_BODY_LIMIT, settings.max_body_bytes)
 
     def admin(handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
@@ -63,13 +64,13 @@ def routes(settings: Settings, queue: Queue) -> list[Route]:
         return JSONResponse({"dead_letters": [dead_letter_view(e) for e in await queue.dead_letters()]})
 
     async def replay(request: Request) -> Response:
-        ids = requested_ids(await read_body(request, ADMIN_BODY_LIMIT), allow_all=True)
+        ids = requested_ids(await read_body(request, limit), allow_all=True)
         chosen, missing = await queue.dead_by_id(ids)
         done = [e.client_message_id for e in chosen if await queue.replay(e)]
         return JSONResponse({"replayed": done, "missing": missing})
 
     async def drop(request: Request) -> Response:
-        chosen, missing = await queue.dead_by_id(requested_ids(await read_body(request, ADMIN_BODY_LIMIT), False))
+        chosen, missing = await queue.dead_by_id(requested_ids(await read_body(request, limit), False))
         done = [e.client_message_id for e in chosen if await queue.drop(e)]
         return JSONResponse({"dropped": done, "missing": missing})
 

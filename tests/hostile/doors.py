@@ -67,30 +67,32 @@ class Door:
     name: str
     path: str
     content_type: str
-    sign: Callable[[bytes, int], dict[str, str]]  # body, timestamp → headers
+    sign: Callable[[bytes, int, bytes | None], dict[str, str]]  # body, timestamp, another secret → headers
     sample: bytes  # a body the door accepts
     vocabulary: tuple[str, ...] = ()  # the field names its parser looks at
     form: str | None = None  # "fields": a flat form; "payload": a form whose payload is JSON
 
-    def headers(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-        return {"content-type": self.content_type, **self.sign(body, int(time.time()) if timestamp is None else timestamp)}
+    def headers(self, body: bytes, timestamp: int | None = None, secret: bytes | None = None) -> dict[str, str]:
+        """A legitimate sender's headers (or, with `secret`, those of someone holding another key)."""
+        ts = int(time.time()) if timestamp is None else timestamp
+        return {"content-type": self.content_type, **self.sign(body, ts, secret)}
 
 
-def _generic(body: bytes, ts: int) -> dict[str, str]:
-    return generic.signed_headers(HOOK_SECRET, f"msg_{uuid.uuid4().hex}", ts, body)
+def _generic(body: bytes, ts: int, secret: bytes | None) -> dict[str, str]:
+    return generic.signed_headers(secret or HOOK_SECRET, f"msg_{uuid.uuid4().hex}", ts, body)
 
 
-def _slack(body: bytes, ts: int) -> dict[str, str]:
-    return {"x-slack-request-timestamp": str(ts), "x-slack-signature": slack.sign(SLACK_SECRET, ts, body)}
+def _slack(body: bytes, ts: int, secret: bytes | None) -> dict[str, str]:
+    return {"x-slack-request-timestamp": str(ts), "x-slack-signature": slack.sign(secret or SLACK_SECRET, ts, body)}
 
 
-def _github(body: bytes, ts: int) -> dict[str, str]:
+def _github(body: bytes, ts: int, secret: bytes | None) -> dict[str, str]:
     return {"x-github-event": "issue_comment", "x-github-delivery": str(uuid.uuid4()), "x-github-hook-id": "1",
-            "x-hub-signature-256": github.sign(GITHUB_SECRET, body)}
+            "x-hub-signature-256": github.sign(secret or GITHUB_SECRET, body)}
 
 
-def _bearer(body: bytes, ts: int) -> dict[str, str]:
-    return {"authorization": f"Bearer {ADMIN_TOKEN}"}
+def _bearer(body: bytes, ts: int, secret: bytes | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {secret.decode() if secret else ADMIN_TOKEN}"}
 
 
 COMMENT = {"action": "created", "issue": {"number": 1, "title": "t"}, "repository": {"full_name": "octo/repo"},
