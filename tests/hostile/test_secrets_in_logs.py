@@ -1,0 +1,142 @@
+"""No secret, token, signature or message body ever appears in the logs.
+
+A run through every door and the worker, valid and invalid, with known secrets, logged exactly
+as in production (relay.logs at DEBUG), then searched."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlencode
+
+import fakeredis
+import httpx
+import pytest
+
+from relay.github_api import GitHubApi
+from relay.logs import KeyValueFormatter, configure
+from relay.replies import Replier
+from relay.routing import Destination, GitHubRule, Route, SlackRule
+from relay.settings import Settings
+from relay.slack_api import SlackApi
+from relay.sources import generic, github, slack
+from relay.web import create_app
+from tests.conftest import DEVICE
+from tests.support import running_worker
+
+pytestmark = pytest.mark.anyio
+
+HOOK_KEY = b"hook-key-0123456789abcdef-KNOWN"
+SECRETS = {
+    "hook secret": "whsec_" + base64.b64encode(HOOK_KEY).decode(),
+    "slack signing secret": "slack-signing-secret-KNOWN-0123",
+    "slack bot token": "xoxb-bot-token-KNOWN-0123",
+    "github webhook secret": "github-webhook-secret-KNOWN-0123",
+    "github token": "ghp_github-token-KNOWN-0123",
+    "letta api key": "letta-api-key-KNOWN-0123",
+    "admin token": "admin-token-KNOWN-0123456789",
+    "response_url secret": "RESPONSE-URL-SECRET-KNOWN",
+}
+BODY_MARKER = "BODY-MARKER-never-logged"
+
+
+async def test_a_full_run_logs_no_secret_token_signature_or_body(stand_in, slack_stand_in, github_stand_in,  # type: ignore[no-untyped-def]
+                                                                 settings: Settings, prefix: str) -> None:
+    letta, letta_url = stand_in
+    configure("DEBUG")  # production formatting and logger levels
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setFormatter(KeyValueFormatter("%(levelname)s %(name)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    sent_signatures: list[str] = []
+    try:
+        await run_everything(letta, letta_url, slack_stand_in, github_stand_in, settings, prefix, sent_signatures)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().handlers.clear()
+    text = captured.getvalue()
+    assert "delivered" in text and "rejected" in text and "dead-lettered" in text  # the run was logged
+    leaks = [name for name, value in SECRETS.items() if value in text]
+    values = [s.partition(",")[2] if s.startswith("v1,") else s.partition("=")[2] for s in sent_signatures]
+    assert len(values) >= 8 and all(len(v) >= 40 for v in values)
+    leaks += [f"signature {v[:12]}…" for v in values if v in text]
+    leaks += ["a message body"] if BODY_MARKER in text else []
+    leaks += ["an Authorization header"] if "Bearer " in text else []
+    assert leaks == [], leaks
+
+
+async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github_stand_in: Any, settings: Settings,
+                         prefix: str, signatures: list[str]) -> None:
+    route = Route("all", Destination(agent_id="agent-all", device_id=DEVICE),
+                  slack=SlackRule(teams=("T0001",), approvers=("U0001",)),
+                  github=GitHubRule(repositories=("octo/*",)))
+    s = replace(settings, routes=(*settings.routes, route), key_prefix=prefix,
+                hook_secret=HOOK_KEY, slack_signing_secret=SECRETS["slack signing secret"].encode(),
+                slack_bot_token=SECRETS["slack bot token"], slack_api_base_url=slack_stand_in.api_url,
+                github_webhook_secret=SECRETS["github webhook secret"].encode(), github_token=SECRETS["github token"],
+                github_api_url=github_stand_in.base_url, admin_token=SECRETS["admin token"])
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    slack_api = SlackApi(s.slack_bot_token, base_url=s.slack_api_base_url)
+    github_api = GitHubApi(s.github_token or "", base_url=s.github_api_url)
+    from relay.queue import Queue
+
+    app = create_app(s, Queue(redis, prefix=prefix), slack_api=slack_api, github_api=github_api)
+    letta.add_fault(400, body={"detail": f"rejected {BODY_MARKER}"}, match=lambda b: "poison" in json.dumps(b))
+    letta.add_fault(500)
+    now = int(time.time())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as http:
+        async def post(path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+            signatures.extend(v for k, v in headers.items() if "signature" in k)
+            return await http.post(path, content=body, headers=headers)
+
+        for text, secret, ts in ((BODY_MARKER, HOOK_KEY, now), ("poison " + BODY_MARKER, HOOK_KEY, now),
+                                 (BODY_MARKER, b"w" * 24, now), (BODY_MARKER, HOOK_KEY, now - 999)):
+            body = json.dumps({"text": text}).encode()
+            await post("/hooks/generic", body, generic.signed_headers(secret, f"msg_{time.time_ns()}", ts, body))
+        command = urlencode({"team_id": "T0001", "channel_id": "C1", "user_id": "U0002", "user_name": "u",
+                             "command": "/agent", "text": BODY_MARKER, "trigger_id": "1.2.3",
+                             "response_url": slack_stand_in.response_url(SECRETS["response_url secret"])}).encode()
+        for secret in (s.slack_signing_secret, b"wrong"):
+            await post("/slack/commands", command, {"x-slack-request-timestamp": str(now), "content-type":
+                                                    "application/x-www-form-urlencoded",
+                                                    "x-slack-signature": slack.sign(secret, now, command)})
+        card = await http.post("/approvals", headers={"authorization": f"Bearer {SECRETS['admin token']}"},
+                               json={"tool_call_id": "t1", "tool_name": "x", "arguments": {"note": BODY_MARKER},
+                                     "route": "all", "channel": "C0001"})
+        await http.post("/approvals", headers={"authorization": "Bearer guess"}, json={})
+        for user in ("U0001", "U0BAD"):
+            payload = urlencode({"payload": json.dumps({
+                "type": "block_actions", "user": {"id": user}, "team": {"id": "T0001"}, "trigger_id": "1",
+                "response_url": slack_stand_in.response_url(SECRETS["response_url secret"]),
+                "actions": [{"action_id": "relay_approve", "value": card.json()["card_id"]}]})}).encode()
+            await post("/slack/interactions", payload, {"x-slack-request-timestamp": str(now),
+                                                        "content-type": "application/x-www-form-urlencoded",
+                                                        "x-slack-signature": slack.sign(s.slack_signing_secret, now,
+                                                                                        payload)})
+        comment = json.dumps({"action": "created", "issue": {"number": 1, "title": BODY_MARKER},
+                              "repository": {"full_name": "octo/repo"},
+                              "comment": {"id": 9, "user": {"login": "octocat", "type": "User"},
+                                          "author_association": "OWNER", "body": f"@agent {BODY_MARKER}"}}).encode()
+        for secret in (SECRETS["github webhook secret"].encode(), b"wrong"):
+            await post("/github/webhook", comment, {"x-github-event": "issue_comment", "x-github-delivery": "d-1",
+                                                    "content-type": "application/json",
+                                                    "x-hub-signature-256": github.sign(secret, comment)})
+        await http.get("/admin/dead-letters", headers={"authorization": f"Bearer {SECRETS['admin token']}"})
+        await http.get("/admin/dead-letters", headers={"authorization": "Bearer guess"})
+    worker_settings = replace(s, retry_base=0.01, retry_cap=0.05)
+    letta_key = SECRETS["letta api key"]
+    async with running_worker(redis, prefix, worker_settings, letta_url, replier=Replier(slack_api, github_api)) as w:
+        w.letta._http.headers["authorization"] = f"Bearer {letta_key}"  # the real key, as in production
+        deadline = time.monotonic() + 15
+        while len(letta.delivered()) < 4 and time.monotonic() < deadline:
+            import asyncio
+            await asyncio.sleep(0.05)
+    assert len(letta.delivered()) >= 4
+    await slack_api.aclose()
+    await github_api.aclose()
+    await redis.aclose()
