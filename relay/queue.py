@@ -262,11 +262,13 @@ class Queue:
         return out
 
     async def pause_all(self, until: float) -> None:
-        """Hold every worker's deliveries until `until` (epoch seconds), in every partition."""
+        """Hold every worker's deliveries until `until` (epoch seconds): every partition, one round trip."""
         until_ms = int(until * 1000)
         ttl_ms = max(1, until_ms - int(self.clock() * 1000))
+        pipe = self.redis.pipeline(transaction=False)
         for p in range(PARTITIONS):
-            await self._run("pause", [self.keys.pause(p)], [until_ms, ttl_ms])
+            await self._scripts["pause"](keys=[self.keys.pause(p)], args=[until_ms, ttl_ms], client=pipe)
+        await self._guard(pipe.execute())
 
     def _decode(self, token: Token, raw: str) -> Envelope | None:
         try:
@@ -275,6 +277,11 @@ class Queue:
             log.error("unreadable envelope partition=%s conversation=%s error=%s",
                       token.partition, token.conversation, exc)
             return None
+
+    async def pause_of(self, partition: int) -> float:
+        """The partition's shared pause (epoch seconds; 0 when none)."""
+        value = await self._guard(self.redis.get(self.keys.pause(partition)))
+        return int(value) / 1000 if value else 0.0
 
     async def done(self, token: Token, message_id: str) -> bool:
         """The head message was delivered. False if another worker took the token over."""

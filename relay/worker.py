@@ -86,8 +86,9 @@ class Worker:
         await self._until_ready()
         log.info("worker started", extra=fields(consumer=self.queue.consumer,
                                                  concurrency=self.settings.concurrency))
-        readers = [asyncio.create_task(self._read_loop(p)) for p in range(PARTITIONS)]
-        helpers = [asyncio.create_task(loop()) for loop in
+        readers = [asyncio.create_task(self._resilient(f"read p{p:02d}", lambda p=p: self._read_loop(p),
+                                                       self._stopping)) for p in range(PARTITIONS)]
+        helpers = [asyncio.create_task(self._resilient(loop.__name__, loop, self._closed)) for loop in
                    (self._reclaim_loop, self._renew_loop, self._promote_loop)]
         await stop.wait()
         self._stopping.set()
@@ -102,6 +103,16 @@ class Worker:
         await asyncio.gather(*helpers, return_exceptions=True)
         await self._forgiving(self.queue.leave(), "leave")
         log.info("worker stopped", extra=fields(consumer=self.queue.consumer))
+
+    async def _resilient(self, name: str, loop: Callable[[], Awaitable[None]], until: asyncio.Event) -> None:
+        """Run a loop; if a bug makes it raise, log it and start it again (never die silently)."""
+        while not until.is_set():
+            try:
+                await loop()
+                return
+            except Exception:
+                log.exception("worker loop failed; restarting it", extra=fields(loop=name))
+                await _wait(until, 1.0)
 
     async def _until_ready(self) -> None:
         delay = 0.5
@@ -233,12 +244,16 @@ class Worker:
             await self._redis_trouble("fetch", exc)
             return
         for head in heads:
+            self.paused_until = max(self.paused_until, head.paused_until)  # another worker's 429
             self.in_flight[head.token] = asyncio.create_task(self._handle(head))
 
     async def _handle(self, head: Head) -> None:
         token = head.token
         try:
+            waited = self.calls.locked()
             async with self.calls:
+                if waited:  # what was fetched may be stale now: another worker may have paused us all
+                    await self._refresh_pause(token.partition)
                 await self._settle(head)
         except asyncio.CancelledError:
             raise
@@ -249,6 +264,12 @@ class Worker:
             self.in_flight.pop(token, None)
             async with self._room:
                 self._room.notify_all()
+
+    async def _refresh_pause(self, partition: int) -> None:
+        try:
+            self.paused_until = max(self.paused_until, await self.queue.pause_of(partition))
+        except QueueUnavailable:
+            pass  # the delivery's own queue writes will wait for Redis anyway
 
     async def _settle(self, head: Head) -> None:
         token, envelope = head.token, head.envelope
@@ -288,9 +309,8 @@ class Worker:
             if decision.reresolve:
                 self.letta.forget(envelope.destination)
             if decision.pause_until:
-                # Shared first, so that any worker fetching from now on sees it.
+                self.paused_until = max(self.paused_until, decision.pause_until)  # this worker at once
                 await self._forgiving(self.queue.pause_all(decision.pause_until), "share the pause")
-                self.paused_until = max(self.paused_until, decision.pause_until)
             failed = envelope.after_failure(decision.reason)
             ok = await self._queue_op(lambda: self.queue.retry(token, failed, decision.at))
             log.warning("retry scheduled", extra=fields(**context, outcome=decision.code,

@@ -236,9 +236,9 @@ class SlotRecorder:
         recorder = self
 
         class Recorded:
-            async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+            async def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> Any:
                 recorder.calls.append({key_slot(k.encode()) for k in keys})
-                return await script(keys=keys, args=args)
+                return await script(keys=keys, args=args, client=client)
 
         return Recorded()
 

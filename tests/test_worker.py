@@ -254,10 +254,13 @@ async def test_retry_after_holds_every_worker_not_just_the_one_that_heard_it(
         queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, url = stand_in
     standin.add_fault(429, retry_after="1")
-    await queue.enqueue(message(0))
-    async with running(redis_client, prefix, settings, url, "worker-1") as first:
-        async with running(redis_client, prefix, settings, url, "worker-2") as second:
-            await until(lambda: first.paused_until > 0 or second.paused_until > 0)
+    limited = message(0)
+    await queue.enqueue(limited)
+    async with running(redis_client, prefix, settings, url, "worker-1"):
+        async with running(redis_client, prefix, settings, url, "worker-2"):
+            # Once the pause is published, nothing relay did not already hold may go out before it ends.
+            while not await queue.pause_of(0):
+                await asyncio.sleep(0.01)
             for n in range(1, 9):  # other conversations, picked up by either worker
                 await queue.enqueue(message(n, Route(f"r{n}", Destination(agent_id=f"agent-{n}",
                                                                           device_id="device-test"))))
@@ -288,3 +291,23 @@ async def test_a_message_that_keeps_stopping_workers_is_dead_lettered_unsent(
     assert dead.client_message_id == deadly.client_message_id and dead.code == "takeovers"
     assert "workers stopped 10 times" in dead.reason
     assert standin.delivered_ids() == [message("behind").client_message_id]  # the rest go on
+
+
+async def test_a_loop_that_hits_a_bug_logs_it_and_keeps_going(queue: Queue, redis_client: Any, prefix: str,
+                                                              settings: Settings, stand_in,  # type: ignore[no-untyped-def]
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    standin, url = stand_in
+    fetch, failures = Queue.fetch, []
+
+    async def flaky_fetch(self: Queue, tokens: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug in fetch")
+        return await fetch(self, tokens)
+
+    monkeypatch.setattr(Queue, "fetch", flaky_fetch)
+    await queue.enqueue(message(1))
+    async with running(redis_client, prefix, replace(settings, reclaim_after=0.3), url):
+        await until(lambda: len(standin.delivered()) == 1)
+    assert failures and "worker loop failed; restarting it" in caplog.text

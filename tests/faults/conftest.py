@@ -121,6 +121,16 @@ class Rig:
                 await client.aclose()
         return asyncio.run(read())
 
+    def pause(self) -> float:
+        """The shared Retry-After pause, as published in Redis (0 when none)."""
+        async def read() -> float:
+            client = connect(self.redis.url)
+            try:
+                return await Queue(client, prefix=self.prefix).pause_of(0)
+            finally:
+                await client.aclose()
+        return asyncio.run(read())
+
     def dead_letters(self) -> list[DeadEntry]:
         async def read() -> list[DeadEntry]:
             client = connect(self.redis.url)

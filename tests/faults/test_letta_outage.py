@@ -25,6 +25,10 @@ def test_outage_ends_with_every_message_delivered_in_order_and_retry_after_honou
 
     rig.standin.add_fault(429, retry_after="2")
     rig.wait(lambda: any(a.status == 429 for a in rig.standin.attempts), what="the 429")
+    rig.wait(lambda: rig.pause() > 0, what="the pause published to every worker")
+    for conversation in range(4):  # nothing relay holds yet: must wait for the pause to end
+        assert rig.ingest(conversation, 6).status_code == 202
+    after_pause = {i for i, (_, seq) in rig.ledger.accepted.items() if seq == 6}
     rig.standin.add_fault(200, delay=3.0, times=None)  # past RELAY_LETTA_TIMEOUT (2 s)
     rig.wait(lambda: any(a.status == 0 for a in rig.standin.attempts), what="a call hanging")
     while time.monotonic() - outage_started < 12:  # longer than the in-call budget (3 tries, 10 s)
@@ -34,8 +38,11 @@ def test_outage_ends_with_every_message_delivered_in_order_and_retry_after_honou
 
     result = rig.finish()
     assert result["dead_lettered"] == 0
+    # Retry-After honoured: the limited message waits, and so does everything relay took in after
+    # the pause was published (requests already committed when the 429 came back cannot be recalled).
     [limited] = [a for a in rig.standin.attempts if a.status == 429]
-    later = [a.at for a in rig.standin.attempts if a.at > limited.answered_at]
-    assert later and min(later) >= limited.answered_at + 2.0, "a request went out before Retry-After"
+    again = [a.at for a in rig.standin.attempts if a.at > limited.at and set(a.message_ids) & set(limited.message_ids)]
+    newer = [a.at for a in rig.standin.attempts if set(a.message_ids) & after_pause]
+    assert again and newer and min(again + newer) >= limited.answered_at + 2.0, "a request went out before Retry-After"
     hung = [a for a in rig.standin.attempts if a.answered_at - a.at >= 3.0]
     assert hung, "no call outlived the client timeout"
