@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import httpx
 import pytest
@@ -38,6 +38,7 @@ REPORT = Path(__file__).parent / "last-run.json"
 SECRET = __import__("base64").b64decode(SPEC_SECRET.removeprefix("whsec_"))
 CONVERSATIONS = 12
 _results: list[dict[str, Any]] = []
+T = TypeVar("T")
 
 WORKER_SETTINGS = {"RELAY_RECLAIM_AFTER": "1", "RELAY_RETRY_BASE": "0.05", "RELAY_RETRY_CAP": "0.5",
                    "RELAY_LETTA_TIMEOUT": "2", "RELAY_SHUTDOWN_GRACE": "1", "RELAY_CONCURRENCY": "8"}
@@ -112,33 +113,25 @@ class Rig:
         done = set(self.standin.delivered_ids()) | {d.client_message_id for d in self.dead_letters()}
         return set(self.ledger.accepted) <= done
 
-    def depth(self) -> Any:
-        async def read() -> Any:
+    def _ask(self, question: Callable[[Queue], Awaitable[T]]) -> T:
+        """One question to the queue, from the test's thread, on a connection of its own."""
+        async def ask() -> T:
             client = connect(self.redis.url)
             try:
-                return await Queue(client, prefix=self.prefix).depth()
+                return await question(Queue(client, prefix=self.prefix))
             finally:
                 await client.aclose()
-        return asyncio.run(read())
+        return asyncio.run(ask())
+
+    def depth(self) -> Any:
+        return self._ask(lambda queue: queue.depth())
 
     def pause(self) -> float:
         """The shared Retry-After pause, as published in Redis (0 when none)."""
-        async def read() -> float:
-            client = connect(self.redis.url)
-            try:
-                return await Queue(client, prefix=self.prefix).pause_of(0)
-            finally:
-                await client.aclose()
-        return asyncio.run(read())
+        return self._ask(lambda queue: queue.pause_of(0))
 
     def dead_letters(self) -> list[DeadEntry]:
-        async def read() -> list[DeadEntry]:
-            client = connect(self.redis.url)
-            try:
-                return await Queue(client, prefix=self.prefix).dead_letters()
-            finally:
-                await client.aclose()
-        return asyncio.run(read())
+        return self._ask(lambda queue: queue.dead_letters())
 
     def finish(self) -> dict[str, Any]:
         """Wait until everything settled, then check and record the ledger."""
