@@ -25,7 +25,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from relay import __version__
+from relay import __version__, serving
 from relay.errors import ConfigError
 from relay.logs import configure
 from relay.settings import Settings, load
@@ -159,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     await client.aclose()
             await queue.redis.aclose()
 
-    asyncio.run(run())
+    serving.run(run())
     return 0
 
 
@@ -196,7 +196,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     await client.aclose()
             await redis.aclose()
 
-    asyncio.run(run())
+    serving.run(run())
     return 0
 
 
@@ -204,7 +204,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from relay import dev
 
     settings = _settings()
-    asyncio.run(dev.run(settings, _listen(args.host, args.port)))
+    serving.run(dev.run(settings, _listen(args.host, args.port)))
     return 0
 
 

@@ -6,11 +6,22 @@ servers and a worker in one event loop; there the caller decides when each serve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
-from typing import Any, Iterator
+from typing import Any, Coroutine, Iterator
 
 import uvicorn
+
+
+def run(main: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run on uvloop when it is installed (as uvicorn itself would), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 class EmbeddedServer(uvicorn.Server):
