@@ -19,6 +19,7 @@ conversation, so its messages are delivered one at a time, head first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import zlib
@@ -27,7 +28,7 @@ from importlib import resources
 from typing import Any, Awaitable, Callable, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from relay.errors import QueueUnavailable
 from relay.messages import Envelope, decode, encode
@@ -154,6 +155,8 @@ class Queue:
         self.dedup_ms = int(dedup_window * 1000)
         self.clock = clock
         self._scripts = {name: redis.register_script(src) for name, src in _SCRIPTS.items()}
+        self._pending: list[tuple[list[Envelope], asyncio.Future[list[bool]]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         return await self._guard(self._scripts[script](keys=keys, args=args))
@@ -208,17 +211,79 @@ class Queue:
         return queued
 
     async def enqueue_all(self, envelopes: list[Envelope]) -> list[bool]:
-        """Store messages for one conversation atomically, in order; False for each duplicate."""
+        """Store messages for one conversation atomically, in order; False for each duplicate.
+
+        Concurrent callers are written together (a group commit): one pipelined round trip per
+        flush, one script call per partition. Each caller returns once its own write is done.
+        """
         conversation = envelopes[0].destination.conversation_key
         if any(e.destination.conversation_key != conversation for e in envelopes):
             raise ValueError("enqueue_all takes messages for one conversation")
-        p = self.keys.partition_of(conversation)
-        keys = [self.keys.body(p), self.keys.mailbox(p, conversation), self.keys.ready(p),
-                *(self.keys.seen(p, e.client_message_id) for e in envelopes)]
-        args: list[Any] = [self.dedup_ms, conversation]
-        for envelope in envelopes:
-            args += [envelope.client_message_id, encode(envelope)]
-        return [flag == 1 for flag in await self._run("enqueue", keys, args)]
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending.append((envelopes, waiter))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await waiter
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                flags = await self._write([e for envelopes, _ in batch for e in envelopes])
+            except QueueUnavailable as exc:
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(QueueUnavailable(str(exc)))
+                continue
+            except Exception as exc:  # a bug: each caller sees it, the flusher goes on
+                for _, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            position = 0
+            for envelopes, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(flags[position:position + len(envelopes)])
+                position += len(envelopes)
+
+    async def _write(self, envelopes: list[Envelope]) -> list[bool]:
+        """One round trip: per partition, one enqueue call with its messages in arrival order."""
+        by_partition: dict[int, list[int]] = {}
+        for index, envelope in enumerate(envelopes):
+            by_partition.setdefault(self.keys.partition_of(envelope.destination.conversation_key), []).append(index)
+        calls = []
+        for p, indexes in by_partition.items():
+            keys, args = [self.keys.body(p), self.keys.ready(p)], [self.dedup_ms]
+            for i in indexes:
+                e = envelopes[i]
+                conversation = e.destination.conversation_key
+                keys += [self.keys.seen(p, e.client_message_id), self.keys.mailbox(p, conversation)]
+                args += [e.client_message_id, encode(e), conversation]
+            calls.append((keys, args))
+        results = await self._evalsha_batch("enqueue", calls)
+        flags = [False] * len(envelopes)
+        for (p, indexes), result in zip(by_partition.items(), results):
+            for i, flag in zip(indexes, result):
+                flags[i] = flag == 1
+        return flags
+
+    async def _evalsha_batch(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script several times in one pipelined round trip. (redis-py's pipelines check
+        every script with SCRIPT EXISTS first, an extra round trip; this loads only on NOSCRIPT.)"""
+        script = self._scripts[name]
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            results = await self._guard(pipe.execute(raise_on_error=False))
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                await self._guard(self.redis.script_load(script.script))  # Redis restarted: load, run again
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise QueueUnavailable(f"redis: {type(result).__name__}: {result}")
+            return results
+        raise QueueUnavailable(f"redis: the {name} script could not be loaded")
 
     # -- worker ----------------------------------------------------------------------------
 
@@ -265,10 +330,7 @@ class Queue:
         """Hold every worker's deliveries until `until` (epoch seconds): every partition, one round trip."""
         until_ms = int(until * 1000)
         ttl_ms = max(1, until_ms - int(self.clock() * 1000))
-        pipe = self.redis.pipeline(transaction=False)
-        for p in range(PARTITIONS):
-            await self._scripts["pause"](keys=[self.keys.pause(p)], args=[until_ms, ttl_ms], client=pipe)
-        await self._guard(pipe.execute())
+        await self._evalsha_batch("pause", [([self.keys.pause(p)], [until_ms, ttl_ms]) for p in range(PARTITIONS)])
 
     def _decode(self, token: Token, raw: str) -> Envelope | None:
         try:

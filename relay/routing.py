@@ -6,7 +6,7 @@ Pure: no I/O. `letta.py` fetches the environment list; `choose_connection` decid
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from relay.errors import BadRequest, NoRoute, quoted
@@ -51,7 +51,10 @@ class Destination:
         return f"agent {self.agent_id} via {kind}={value}"
 
     def to_dict(self) -> dict[str, str]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        fields = (("agent_id", self.agent_id), ("conversation_id", self.conversation_id),
+                  ("connection_id", self.connection_id), ("device_id", self.device_id),
+                  ("connection_name", self.connection_name))
+        return {k: v for k, v in fields if v is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Destination:

@@ -225,22 +225,42 @@ async def test_worker_leaves_the_group_only_when_it_holds_nothing(queue: Queue, 
 
 
 class SlotRecorder:
-    """Wraps a client and records the key slots of every script call."""
+    """Wraps a client and records the key slots of every script call, direct or pipelined."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
         self.calls: list[set[int]] = []
+
+    def record(self, keys: list[Any]) -> None:
+        self.calls.append({key_slot(k.encode() if isinstance(k, str) else k) for k in keys})
 
     def register_script(self, source: str) -> Any:
         script = self.client.register_script(source)
         recorder = self
 
         class Recorded:
+            sha, script_source = script.sha, script.script
+
             async def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> Any:
-                recorder.calls.append({key_slot(k.encode()) for k in keys})
+                recorder.record(keys)
                 return await script(keys=keys, args=args, client=client)
 
+        Recorded.script = script.script  # type: ignore[attr-defined]
         return Recorded()
+
+    def pipeline(self, **options: Any) -> Any:
+        pipe, recorder = self.client.pipeline(**options), self
+
+        class RecordingPipeline:
+            def execute_command(self, *args: Any) -> Any:
+                if args[0] == "EVALSHA":
+                    recorder.record(list(args[3:3 + args[2]]))
+                return pipe.execute_command(*args)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(pipe, name)
+
+        return RecordingPipeline()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
@@ -328,3 +348,68 @@ async def test_each_takeover_of_a_claim_is_counted(queue: Queue, redis_client: A
         await asyncio.sleep(0.02)
         [token] = await Queue(redis_client, prefix=prefix, consumer=f"ghost-{n}").reclaim(partition(), 0.01)
         assert token.takeovers == n + 1
+
+
+class RoundTripCounter:
+    """Wraps a client and counts script calls and pipelines executed (a round trip each)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client, self.round_trips = client, 0
+
+    def pipeline(self, **options: Any) -> Any:
+        pipe, counter = self.client.pipeline(**options), self
+
+        class Counted:
+            async def execute(self, **kwargs: Any) -> Any:
+                counter.round_trips += 1
+                return await pipe.execute(**kwargs)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(pipe, name)
+
+        return Counted()
+
+    def register_script(self, source: str) -> Any:
+        inner, counter = self.client.register_script(source), self
+
+        class Counted:
+            sha, script = inner.sha, inner.script
+
+            async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+                counter.round_trips += 1
+                return await inner(*args, **kwargs)
+
+        return Counted()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+async def test_concurrent_enqueues_share_round_trips_and_each_gets_its_own_answer(
+        redis_client: Any, prefix: str) -> None:
+    counter = RoundTripCounter(redis_client)
+    queue = Queue(counter, prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    await queue.ensure_groups()
+    routes = [Route(f"r{n}", Destination(agent_id="a", conversation_id=f"conv-{n}", device_id="d"))
+              for n in range(40)]
+    await queue.enqueue(message("dup", routes[7]))
+    counter.round_trips = 0
+    sent = [message("dup" if n == 7 else n, route) for n, route in enumerate(routes)]
+    flags = await asyncio.gather(*(queue.enqueue(e) for e in sent))
+    assert flags == [n != 7 for n in range(40)]
+    assert counter.round_trips < 40 / 4  # 40 callers, a handful of group commits
+    assert (await queue.depth()).ready == 40  # 39 new + the earlier one; none lost, none doubled
+
+
+async def test_enqueue_reloads_its_script_after_redis_forgot_it(redis_server: Any) -> None:
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)  # test-owned server
+    queue = Queue(client, prefix="relaytest-noscript", consumer="c")
+    await queue.ensure_groups()
+    assert await queue.enqueue(message(1))
+    await client.script_flush()  # what a restarted Redis without its script cache looks like
+    assert await queue.enqueue(message(2, OTHER))
+    depth = await queue.depth()
+    await client.aclose()
+    assert depth.ready == 2

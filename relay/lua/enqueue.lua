@@ -1,11 +1,13 @@
--- Accept messages for one conversation, each unless its id was already accepted within the
--- dedup window; all in one atomic step (a webhook that yields several messages never half-lands).
--- KEYS: body, mailbox, ready, seen_1 .. seen_n   ARGV: dedup_ms, conversation, id_1, envelope_1, …
+-- Accept messages for conversations of one partition, each unless its id was accepted within
+-- the dedup window. One call takes a whole batch (concurrent requests, and every message of one
+-- request), atomically and in order.
+-- KEYS: body, ready, then per message: seen_i, mailbox_i
+-- ARGV: dedup_ms, then per message: id_i, envelope_i, conversation_i
 -- Returns a list: 1 for each message queued, 0 for each duplicate.
 local out = {}
-for i = 1, #KEYS - 3 do
-  if redis.call('SET', KEYS[3 + i], '1', 'NX', 'PX', ARGV[1]) then
-    append(KEYS[1], KEYS[2], KEYS[3], ARGV[1 + 2 * i], ARGV[2 + 2 * i], ARGV[2])
+for i = 1, (#KEYS - 2) / 2 do
+  if redis.call('SET', KEYS[1 + 2 * i], '1', 'NX', 'PX', ARGV[1]) then
+    append(KEYS[1], KEYS[2 + 2 * i], KEYS[2], ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1])
     out[i] = 1
   else
     out[i] = 0
