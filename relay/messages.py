@@ -52,6 +52,19 @@ def kind_of(message: dict[str, Any]) -> Kind:
 
 
 @dataclass(frozen=True)
+class ApprovalRequest:
+    """An agent asking to run a tool (a `can_use_tool` control request on the status socket)."""
+
+    request_id: str
+    tool_call_id: str
+    tool_name: str
+    input: dict[str, Any]
+    agent_id: str
+    conversation_id: str | None = None
+    turn_message_id: str | None = None  # the client_message_id that started the turn, when known
+
+
+@dataclass(frozen=True)
 class Inbound:
     """What a source hands on after verifying and parsing a request: one message, not yet routed."""
 
