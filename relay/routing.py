@@ -96,12 +96,34 @@ class GitHubRule:
         return 2 if wanted in patterns else 1 if f"{owner}/*" in patterns else 0
 
 
+APPROVAL_PATHS = ("rest", "socket")
+
+
+@dataclass(frozen=True)
+class WatchRule:
+    """A route's opt-in to `relay watch`: keep its conversation's status socket open, bring the
+    agent's approval requests and replies back to chat, and choose how decisions travel."""
+
+    enabled: bool = True
+    slack_channel: str | None = None  # where cards go when no thread of the turn is known
+    approvals: str = "rest"  # "rest": POST …/messages; "socket": an approval_response input frame
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
     destination: Destination
     slack: SlackRule | None = None
     github: GitHubRule | None = None
+    watch: WatchRule | None = None
+
+    @property
+    def watched(self) -> bool:
+        return self.watch is not None and self.watch.enabled
+
+    @property
+    def approvals_by_socket(self) -> bool:
+        return self.watched and self.watch is not None and self.watch.approvals == "socket"
 
 
 class Router:
