@@ -109,7 +109,8 @@ class Comment:
 
     def reply(self) -> dict[str, Any]:
         api = "pulls" if self.event == "pull_request_review_comment" else "issues"
-        return {"via": "github", "repository": self.repository, "comment_id": self.comment_id, "api": api}
+        return {"via": "github", "repository": self.repository, "comment_id": self.comment_id, "api": api,
+                "number": self.number}
 
     def mentions(self, trigger: str) -> bool:
         return re.search(rf"(?<![\w@]){re.escape(trigger)}(?![\w-])", self.body, re.IGNORECASE) is not None

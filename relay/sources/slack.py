@@ -138,13 +138,16 @@ class Mention:
     ts: str
     event_id: str
     kind: Literal["mention", "dm"]
+    thread_ts: str | None = None  # the thread it was written in, if any (where answers go)
 
     def inbound(self) -> Inbound:
         message_id = client_message_id(SOURCE, self.team, self.channel, self.ts)
         where = "a direct message" if self.kind == "dm" else f"<#{self.channel}>"
         content = f"Slack message from <@{self.user}> in {where}:\n{self.text}"
-        return Inbound(SOURCE, self.event_id, message_id, user_message(content, message_id),
-                       reply={"via": "reaction", "channel": self.channel, "ts": self.ts})
+        reply = {"via": "reaction", "channel": self.channel, "ts": self.ts}
+        if self.thread_ts and self.thread_ts != self.ts:
+            reply["thread_ts"] = self.thread_ts
+        return Inbound(SOURCE, self.event_id, message_id, user_message(content, message_id), reply=reply)
 
 
 def parse_event(body: bytes) -> Challenge | Ignored | Mention:
@@ -184,9 +187,11 @@ def parse_event(body: bytes) -> Challenge | Ignored | Mention:
         text = text[leading.end():]
     if not text.strip():
         return Ignored("an empty message")
+    thread_ts = event.get("thread_ts")
     return Mention(team=fields["team"], channel=fields["channel"], user=fields["user"], text=text.strip(),
                    ts=fields["ts"], event_id=str(data.get("event_id") or ""),
-                   kind="mention" if event_type == "app_mention" else "dm")
+                   kind="mention" if event_type == "app_mention" else "dm",
+                   thread_ts=thread_ts if isinstance(thread_ts, str) and thread_ts else None)
 
 
 def _bot_users(data: Mapping[str, Any]) -> set[str]:
@@ -222,9 +227,14 @@ class Card:
     thread_ts: str | None = None
     ts: str | None = None  # the posted message, once posted
     decision: Decision | None = None
+    request_id: str | None = None  # the agent's control request, for cards relay asked by itself
+    closed: str | None = None  # why the request ended without (or despite) a decision here
 
     def decided(self, decision: Decision) -> Card:
         return replace(self, decision=decision)
+
+    def closed_with(self, note: str) -> Card:
+        return replace(self, closed=note)
 
     def decision_inbound(self, decision: Decision) -> Inbound:
         """The approval message this card's (first) decision becomes."""
@@ -236,6 +246,9 @@ class Card:
     def to_json(self) -> str:
         data = asdict(self)
         data["destination"] = self.destination.to_dict()
+        for name in ("request_id", "closed"):  # absent when unset, as in cards stored before them
+            if data[name] is None:
+                del data[name]
         return json.dumps(data, separators=(",", ":"))
 
     @classmethod
@@ -279,9 +292,28 @@ def decided_message(card: Card) -> dict[str, Any]:
     blocks = [
         {"type": "header", "text": {"type": "plain_text", "text": f"Tool call {verdict.lower()}"}},
         {"type": "section", "text": {"type": "mrkdwn", "text": _fit(line)}},
+        *_closed_blocks(card),
         *_tool_blocks(card),
     ]
     return {"text": f"{verdict}: {escape(card.tool_name)}", "blocks": blocks}
+
+
+def closed_message(card: Card) -> dict[str, Any]:
+    """The card once its request has ended: the note (and any decision); no live buttons."""
+    if card.decision is not None:
+        return decided_message(card)
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": "No longer pending"}},
+        *_closed_blocks(card),
+        *_tool_blocks(card),
+    ]
+    return {"text": f"No longer pending: {escape(card.tool_name)}", "blocks": blocks}
+
+
+def _closed_blocks(card: Card) -> list[dict[str, Any]]:
+    if not card.closed:
+        return []
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": _fit(f":information_source: {escape(card.closed)}")}}]
 
 
 def reason_modal(card: Card) -> dict[str, Any]:

@@ -682,13 +682,13 @@ def test_has_decisions_when_a_line_decides() -> None:
 
 def test_a_review_comment_replies_through_the_pulls_api() -> None:
     assert comment(REVIEW).reply() == {"via": "github", "repository": REPOSITORY, "comment_id": 284312630,
-                                       "api": "pulls"}
+                                       "api": "pulls", "number": 2}
 
 
 @pytest.mark.parametrize("name", [CREATED, ON_PULL_REQUEST])
 def test_an_issue_comment_replies_through_the_issues_api_even_on_a_pull_request(name: str) -> None:
     assert comment(name).reply() == {"via": "github", "repository": REPOSITORY, "comment_id": 492700400,
-                                     "api": "issues"}
+                                     "api": "issues", "number": 1}
 
 
 # --- admitted ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from relay.sources.slack import (
     ReasonGiven,
     card_id_for,
     card_message,
+    closed_message,
     decided_message,
     parse_command,
     parse_event,
@@ -473,6 +474,22 @@ def test_mention_becomes_a_user_message_with_a_reaction_reply() -> None:
     assert (inbound.source, inbound.route) == ("slack", None)
 
 
+def test_mention_inside_a_thread_remembers_the_thread_for_answers() -> None:
+    body = changed("event_app_mention.json", lambda data: data["event"].update(thread_ts="1714999999.000900"))
+    event = parse_event(body)
+    assert isinstance(event, Mention)
+    assert event.inbound().reply == {"via": "reaction", "channel": CHANNEL, "ts": MENTION_TS,
+                                     "thread_ts": "1714999999.000900"}
+    assert event.inbound().client_message_id == mention_event().inbound().client_message_id
+
+
+def test_mention_that_starts_a_thread_needs_no_thread_ts() -> None:
+    body = changed("event_app_mention.json", lambda data: data["event"].update(thread_ts=MENTION_TS))
+    event = parse_event(body)
+    assert isinstance(event, Mention)
+    assert "thread_ts" not in event.inbound().reply
+
+
 def test_dm_reply_reacts_in_the_dm() -> None:
     event = parse_event(sample("event_message_im.json"))
     assert isinstance(event, Mention)
@@ -782,6 +799,17 @@ def test_card_round_trips_through_json(card: Card) -> None:
     assert Card.from_json(text) == card
 
 
+def test_card_with_request_id_and_close_note_round_trips_through_json() -> None:
+    card = make_card(request_id="req-7", closed="Answered in the terminal.")
+    assert Card.from_json(card.to_json()) == card
+
+
+def test_card_stored_before_request_ids_still_loads() -> None:
+    stored = json.loads(make_card().to_json())
+    assert "request_id" not in stored and "closed" not in stored  # unset fields are not written
+    assert Card.from_json(json.dumps(stored)) == make_card()
+
+
 def test_card_decided_keeps_everything_else() -> None:
     card = make_card()
     decided = card.decided(DENIED)
@@ -915,6 +943,27 @@ def test_decided_card_has_no_buttons() -> None:
         message = decided_message(make_card().decided(decision))
         assert all(block["type"] != "actions" for block in message["blocks"])
         assert buttons(message) == []
+
+
+def test_closed_card_shows_the_note_and_has_no_buttons() -> None:
+    message = closed_message(make_card().closed_with("Answered in the terminal <by alice>."))
+    shown = "\n".join(texts(message["blocks"]))
+    assert buttons(message) == [] and all(block["type"] != "actions" for block in message["blocks"])
+    assert "Answered in the terminal &lt;by alice&gt;." in shown
+    assert "No longer pending" in message["text"] and "run_shell" in shown
+
+
+def test_closed_decided_card_keeps_the_decision_and_adds_the_note() -> None:
+    message = closed_message(make_card().decided(APPROVED).closed_with("The agent no longer waits for this."))
+    shown = "\n".join(texts(message["blocks"]))
+    assert "<@U0002>" in shown and "Approved" in message["text"]
+    assert "The agent no longer waits for this." in shown
+    assert buttons(message) == []
+
+
+def test_a_huge_close_note_still_fits_block_kit() -> None:
+    message = closed_message(make_card().closed_with("<" * 5000))
+    assert all(len(text) <= SECTION_TEXT_MAX for text in section_texts(message))
 
 
 def test_approved_card_names_the_approver_and_the_verdict() -> None:

@@ -80,7 +80,8 @@ async def test_mention_in_a_comment_reaches_the_routed_agent_with_context(
                    "https://github.com/Codertocat/Hello-World/issues/1#issuecomment-492700400",
                    "@agent please triage this"):
         assert needed in content
-    assert envelope.reply == {"via": "github", "repository": REPOSITORY, "comment_id": 492700400, "api": "issues"}
+    assert envelope.reply == {"via": "github", "repository": REPOSITORY, "comment_id": 492700400, "api": "issues",
+                              "number": 1}
     assert github_stand_in.contents() == ["eyes"]
 
 
