@@ -6,6 +6,9 @@
   a stale pooled connection, a pool wait. A read timeout is not retried here; it becomes a
   "timeout" outcome and waits its turn in the delayed set, so a worker never sleeps long on
   one message.
+- The HTTP engine is httpx's API over aiohttp's connection pool (the httpx-aiohttp transport):
+  httpx's own pool slows down as concurrency grows (encode/httpx#3215); bench/README.md has
+  the figures. Tests may pass any httpx transport.
 - `connection_for` resolves a destination named by device id or connection name to the live
   connectionId (`GET /v1/environments…`), cached for `resolve_ttl` seconds; `forget` drops
   the cache entry after a 404.
@@ -17,7 +20,9 @@ import time
 from typing import Any, Callable
 from urllib.parse import quote
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -29,6 +34,7 @@ from tenacity.wait import wait_base
 
 from relay import __version__
 from relay.messages import Envelope
+from relay.metrics import Metrics
 from relay.policy import Outcome
 from relay.routing import Destination, choose_connection
 from relay.settings import Settings
@@ -44,11 +50,28 @@ class _ResolveFailed(Exception):
         self.outcome = outcome
 
 
+def _failure_kind(exc: httpx.TransportError) -> str:
+    """timeout | connect | transport. The aiohttp transport maps every connection error to
+    ConnectTimeout, so its cause decides: refused or unresolvable is "connect", a peer that
+    closed or reset the connection is "transport", only a real timeout is "timeout"."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(cause, (aiohttp.ServerTimeoutError, aiohttp.SocketTimeoutError)):
+        return "timeout"
+    if isinstance(cause, aiohttp.ClientError):
+        return "transport"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    return "connect" if isinstance(exc, httpx.ConnectError) else "transport"
+
+
 def _worth_resending(exc: BaseException) -> bool:
-    """Transport failures where resending at once is cheap and safe (the id is unchanged)."""
-    if isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
+    """Transport failures where resending at once is cheap and safe (the id is unchanged);
+    not a timeout while waiting for the answer (the receiver may still be working on it)."""
+    if not isinstance(exc, httpx.TransportError) or isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
         return False
-    return isinstance(exc, httpx.TransportError)
+    return not isinstance(exc.__cause__, (aiohttp.ServerTimeoutError, aiohttp.SocketTimeoutError))
 
 
 class LettaClient:
@@ -64,13 +87,15 @@ class LettaClient:
         retry_wait: wait_base | None = None,
         retry_attempts: int = 3,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"relay/{__version__}"},
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
+            limits=limits,
+            transport=transport if transport is not None else AiohttpTransport(limits=limits, trust_env=True),
         )
         self._retrying = dict(
             stop=stop_after_attempt(retry_attempts) | stop_after_delay(10),
@@ -81,16 +106,18 @@ class LettaClient:
         self._resolve_ttl = resolve_ttl
         self._cache: dict[tuple[str, str], tuple[str, float]] = {}
         self._clock = clock
+        self._metrics = metrics or Metrics()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, base_url: str | None = None,
-                      api_key: str | None = None) -> LettaClient:
+                      api_key: str | None = None, metrics: Metrics | None = None) -> LettaClient:
         return cls(
             base_url or settings.letta_base_url,
             api_key or settings.letta_api_key or "",
             timeout=settings.letta_timeout,
             max_connections=settings.concurrency,
             resolve_ttl=settings.resolve_ttl,
+            metrics=metrics,
         )
 
     async def aclose(self) -> None:
@@ -127,7 +154,9 @@ class LettaClient:
         now = self._clock()
         cached = self._cache.get((kind, value))
         if cached and cached[1] > now:
+            self._metrics.cache(hit=True)
             return cached[0]
+        self._metrics.cache(hit=False)
         connections = await self._connections(kind, value)
         chosen = choose_connection(connections, destination, int(now * 1000))
         if chosen is not None:
@@ -179,7 +208,7 @@ class LettaClient:
 
 
 def _transport_outcome(exc: httpx.TransportError, while_: str = "") -> Outcome:
-    kind = "timeout" if isinstance(exc, httpx.TimeoutException) else (
-        "connect" if isinstance(exc, httpx.ConnectError) else "transport")
-    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    kind = _failure_kind(exc)
+    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
+    detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
     return Outcome(error=kind, detail=f"{while_}: {detail}" if while_ else detail)
