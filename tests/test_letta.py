@@ -167,3 +167,47 @@ async def test_failed_environment_listing_is_a_retryable_outcome_not_a_404(stand
     await letta.aclose()
     assert outcome.status == 502
     assert "resolving the connection" in outcome.body
+
+
+async def test_peer_closing_without_an_answer_is_resent_on_the_real_transport() -> None:
+    """The default engine (aiohttp under httpx): a connection closed before any answer is a
+    transport failure, resent in-call with the same body, never called a timeout."""
+    import asyncio
+
+    bodies: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        bodies.append(await reader.readexactly(length))
+        if len(bodies) > 1:
+            answer = b'{"message":"ok","success":true}'
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(answer), answer))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    letta = LettaClient(f"http://127.0.0.1:{port}", "k", retry_wait=wait_none())
+    outcome = await letta.send("conn", {"messages": [{"client_message_id": "same"}]})
+    await letta.aclose()
+    server.close()
+    assert outcome.status == 200
+    assert len(bodies) == 2 and bodies[0] == bodies[1]
+
+
+async def test_peer_that_keeps_closing_is_a_transport_failure_not_a_timeout() -> None:
+    import asyncio
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    letta = LettaClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "k", retry_wait=wait_none())
+    outcome = await letta.send("conn", {"messages": []})
+    await letta.aclose()
+    server.close()
+    assert outcome.error == "transport"
+    assert "ServerDisconnected" in (outcome.detail or "")
