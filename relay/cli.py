@@ -167,6 +167,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relay.github_api import GitHubApi
     from relay.letta import LettaClient
     from relay.queue import Queue, connect
+    from relay.origins import Origins
     from relay.replies import Replier
     from relay.slack_api import SlackApi
     from relay.worker import Worker, consumer_name
@@ -189,7 +190,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await Worker(queue, letta, settings, replier=Replier(slack, github)).run(stop)
+            origins = Origins(redis, settings.key_prefix, settings.origin_ttl)
+            await Worker(queue, letta, settings, replier=Replier(slack, github), origins=origins).run(stop)
         finally:
             for client in (letta, slack, github):
                 if client is not None:

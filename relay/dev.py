@@ -20,6 +20,7 @@ import fakeredis
 from relay.errors import ConfigError
 from relay.github_api import GitHubApi
 from relay.letta import LettaClient
+from relay.origins import Origins
 from relay.queue import Queue, connect
 from relay.replies import Replier
 from relay.routing import Destination, Route
@@ -112,7 +113,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     await web_queue.ensure_groups()
     app = create_app(settings, web_queue, slack_api=slack, github_api=github)
     web = EmbeddedServer(server_config(app, host, port))
-    worker = Worker(worker_queue, letta, settings, replier=Replier(slack, github))
+    worker = Worker(worker_queue, letta, settings, replier=Replier(slack, github),
+                    origins=Origins(redis, settings.key_prefix, settings.origin_ttl))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

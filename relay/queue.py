@@ -7,6 +7,8 @@ Layout (all key names are built here, in `Keys`):
     {prefix}:{pNN}:body             hash: message id → envelope
     {prefix}:{pNN}:delayed          sorted set: conversation → when to retry (ms)
     {prefix}:{pNN}:dead             stream of dead letters (id, reason, code, at, envelope)
+    {prefix}:{pNN}:deadcodes        hash: dead-letter code → how many (for stats)
+    {prefix}:{pNN}:failures:{hour}  hash: destination → failed attempts that hour (expires)
     {prefix}:{pNN}:seen:{id}        dedup marker, expires after the dedup window
     {prefix}:{pNN}:pause            no delivery before this time (ms): Letta's 429 Retry-After
     {prefix}:rec:{kind}:{id}        small records with a TTL (approval cards), one key each
@@ -37,6 +39,10 @@ log = logging.getLogger("relay.queue")
 
 PARTITIONS = 16
 GROUP = "workers"
+#: Failed attempts per destination are counted in hourly buckets; stats() sums this many.
+FAILURE_WINDOW_HOURS = 24
+_HEADS_PER_CALL = 500  # mailboxes per oldest.lua call
+_DEAD_SCAN = 1000  # dead letters per XRANGE when stats.lua recounts them
 T = TypeVar("T")
 
 
@@ -65,6 +71,12 @@ class Keys:
 
     def pause(self, partition: int) -> str:
         return f"{self._tag(partition)}:pause"
+
+    def dead_codes(self, partition: int) -> str:
+        return f"{self._tag(partition)}:deadcodes"
+
+    def failures(self, partition: int, hour: int) -> str:
+        return f"{self._tag(partition)}:failures:{hour}"
 
     def mailbox(self, partition: int, conversation: str) -> str:
         return f"{self._tag(partition)}:mbox:{conversation}"
@@ -123,6 +135,33 @@ class Depth:
     dead: int  # dead letters
 
 
+@dataclass(frozen=True)
+class QueueStats:
+    """A snapshot for operators (`relay status`, metrics). Counts are messages."""
+
+    ready: int  # waiting for their turn: neither being delivered nor parked for a retry
+    delayed: int  # parked until a retry time (the head of each parked conversation)
+    in_flight: int  # being delivered by a worker (the head of each claimed conversation)
+    dead: int  # dead letters
+    oldest_waiting_age: float | None  # seconds since the oldest undelivered message entered the queue
+    dead_by_reason: dict[str, int]  # dead letters by code: "http_400", "expired", "unresolved", …
+    failures_by_destination: dict[str, int]  # failed attempts in the last FAILURE_WINDOW_HOURS,
+    #                                          by Destination.describe()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> QueueStats:
+        """The inverse of dataclasses.asdict (the admin API's JSON); ValueError if malformed."""
+        try:
+            age = data["oldest_waiting_age"]
+            return cls(ready=int(data["ready"]), delayed=int(data["delayed"]),
+                       in_flight=int(data["in_flight"]), dead=int(data["dead"]),
+                       oldest_waiting_age=None if age is None else float(age),
+                       dead_by_reason={str(k): int(v) for k, v in data["dead_by_reason"].items()},
+                       failures_by_destination={str(k): int(v) for k, v in data["failures_by_destination"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not queue stats: {exc!r}") from None
+
+
 def connect(url: str, *, socket_timeout: float = 10.0) -> aioredis.Redis:
     """A client for REDIS_URL. The timeout bounds every call (blocking reads use 1 s)."""
     return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
@@ -132,7 +171,8 @@ def connect(url: str, *, socket_timeout: float = 10.0) -> aioredis.Redis:
 def _load_scripts() -> dict[str, str]:
     folder = resources.files("relay") / "lua"
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")
-    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave", "pause", "reclaim")
+    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave", "pause", "reclaim",
+             "stats", "oldest")
     return {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
 
 
@@ -351,22 +391,32 @@ class Queue:
 
     async def dead_letter(self, token: Token, envelope: Envelope, reason: str, code: str) -> bool:
         at_ms = int(self.clock() * 1000)
-        return await self._finish(token, envelope.client_message_id, [reason, code, at_ms, encode(envelope)])
+        return await self._finish(token, envelope.client_message_id,
+                                  [reason, code, at_ms, encode(envelope), *self._failure_args(envelope)])
 
     async def _finish(self, token: Token, message_id: str, dead: list[Any]) -> bool:
         p = token.partition
-        keys = [self.keys.ready(p), self.keys.mailbox(p, token.conversation),
-                self.keys.body(p), self.keys.dead(p)]
+        keys = [self.keys.ready(p), self.keys.mailbox(p, token.conversation), self.keys.body(p),
+                self.keys.dead(p), self.keys.dead_codes(p), self.keys.failures(p, self._hour())]
         args = [GROUP, self.consumer, token.entry_id, message_id, token.conversation, *dead]
         return await self._run("finish", keys, args) == 1
+
+    def _hour(self) -> int:
+        return int(self.clock() // 3600)
+
+    @staticmethod
+    def _failure_args(envelope: Envelope | None) -> list[Any]:
+        """Where a failed attempt is counted, and how long its hourly bucket is kept."""
+        return [envelope.destination.describe() if envelope else "", (FAILURE_WINDOW_HOURS + 1) * 3600 * 1000]
 
     async def retry(self, token: Token, envelope: Envelope | None, due: float) -> bool:
         """Park the conversation until `due` (epoch seconds). envelope=None hands it back as is."""
         p = token.partition
-        keys = [self.keys.ready(p), self.keys.body(p), self.keys.delayed(p)]
+        keys = [self.keys.ready(p), self.keys.body(p), self.keys.delayed(p), self.keys.failures(p, self._hour())]
         message_id = envelope.client_message_id if envelope else ""
         stored = encode(envelope) if envelope else ""
-        args = [GROUP, self.consumer, token.entry_id, message_id, stored, int(due * 1000), token.conversation]
+        args = [GROUP, self.consumer, token.entry_id, message_id, stored, int(due * 1000), token.conversation,
+                *self._failure_args(envelope)]
         return await self._run("retry", keys, args) == 1
 
     async def renew(self, tokens: list[Token]) -> list[Token]:
@@ -462,3 +512,41 @@ class Queue:
             delayed += waiting
             dead += dead_count
         return Depth(ready=ready, in_flight=in_flight, delayed=delayed, dead=dead)
+
+    async def stats(self) -> QueueStats:
+        """Numbers for operators, in two pipelined round trips over every partition.
+
+        Each partition's counts are read atomically with the conversations holding a token;
+        every undelivered message waits in such a conversation's mailbox, oldest at its head, so
+        the oldest message is found among those heads (cost: one read per active conversation).
+        """
+        now = self.clock()
+        hour = int(now // 3600)
+        calls = [([self.keys.ready(p), self.keys.delayed(p), self.keys.dead(p), self.keys.body(p),
+                   self.keys.dead_codes(p),
+                   *(self.keys.failures(p, h) for h in range(hour - FAILURE_WINDOW_HOURS + 1, hour + 1))],
+                  [GROUP, _DEAD_SCAN]) for p in range(PARTITIONS)]
+        ready = delayed = in_flight = dead = 0
+        by_reason: dict[str, int] = {}
+        by_destination: dict[str, int] = {}
+        heads: list[tuple[list[str], list[Any]]] = []
+        for p, reply in enumerate(await self._evalsha_batch("stats", calls)):
+            stored, claimed, parked, dead_count, codes, failures, conversations = reply
+            in_flight += int(claimed)
+            delayed += int(parked)
+            ready += max(0, int(stored) - int(claimed) - int(parked))  # a stray token holds no message
+            dead += int(dead_count)
+            for counts, flat in ((by_reason, codes), (by_destination, failures)):
+                for name, n in zip(flat[::2], flat[1::2]):
+                    counts[name] = counts.get(name, 0) + int(n)
+            for i in range(0, len(conversations), _HEADS_PER_CALL):
+                mailboxes = [self.keys.mailbox(p, c) for c in conversations[i:i + _HEADS_PER_CALL]]
+                heads.append(([self.keys.body(p), *mailboxes], []))
+        earliest = [int(ms) for ms in (await self._evalsha_batch("oldest", heads) if heads else []) if int(ms) >= 0]
+        age = max(0.0, now - min(earliest) / 1000) if earliest else None
+        return QueueStats(ready=ready, delayed=delayed, in_flight=in_flight, dead=dead, oldest_waiting_age=age,
+                          dead_by_reason=by_reason, failures_by_destination=by_destination)
+
+    async def server_info(self) -> dict[str, Any]:
+        """The server section of Redis INFO (redis_version, …), for `relay check`."""
+        return dict(await self._guard(self.redis.info("server")))

@@ -65,6 +65,7 @@ class Settings:
     letta_timeout: float = 30.0
     resolve_ttl: float = 30.0
     shutdown_grace: float = 20.0
+    origin_ttl: float = 7 * 24 * 3600.0  # how long relay remembers where a message came from
     log_level: str = "INFO"
 
     def max_age_for(self, kind: str) -> float:
@@ -125,6 +126,7 @@ _TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_LETTA_TIMEOUT": ("letta_timeout", parse_duration),
     "RELAY_RESOLVE_TTL": ("resolve_ttl", parse_duration),
     "RELAY_SHUTDOWN_GRACE": ("shutdown_grace", parse_duration),
+    "RELAY_ORIGIN_TTL": ("origin_ttl", parse_duration),
     "RELAY_LOG_LEVEL": ("log_level", _parse_level),
 }
 #: RELAY_* names that are read elsewhere than _TUNABLES.

@@ -31,6 +31,7 @@ from relay.logs import fields
 from relay.messages import Envelope
 from relay.policy import Backoff, DeadLetter, Delivered, Outcome, Retry, decide
 from relay.queue import PARTITIONS, Head, Queue, Token
+from relay.origins import Origins
 from relay.replies import Replier
 from relay.settings import Settings
 
@@ -64,10 +65,12 @@ class Worker:
         rng: random.Random | None = None,
         poll_interval: float = 0.05,
         replier: Replier | None = None,
+        origins: Origins | None = None,
     ) -> None:
         self.queue = queue
         self.letta = letta
         self.replier = replier or Replier()
+        self.origins = origins
         self.settings = settings
         self.clock = clock
         self.rng = rng or random.Random()
@@ -304,6 +307,7 @@ class Worker:
             ok = await self._queue_op(lambda: self.queue.done(token, envelope.client_message_id))
             log.info("delivered", extra=fields(**context, status=outcome.status))
             if ok:
+                await self._remember(envelope)
                 await self.replier.delivered(envelope)
         elif isinstance(decision, Retry):
             if decision.reresolve:
@@ -324,6 +328,16 @@ class Worker:
                 await self.replier.failed(failed, decision.reason)
         if ok is False:
             log.warning("claim was taken over; the other worker finishes it", extra=fields(**context))
+
+    async def _remember(self, envelope: Envelope) -> None:
+        """Note where a delivered user message came from, for its answer. Best-effort."""
+        if self.origins is None or envelope.kind != "user":
+            return
+        try:
+            await self.origins.remember(envelope)
+        except QueueUnavailable as exc:
+            log.warning("could not remember the message's origin; its answer will not be posted",
+                        extra=fields(**envelope.log_fields(), error=str(exc)))
 
     async def _queue_op(self, op: Callable[[], Awaitable[bool]]) -> bool | None:
         """Run a queue write, retrying while Redis is away; give up only when stopping."""

@@ -10,7 +10,7 @@ import pytest
 from redis.crc import key_slot
 
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
-from relay.queue import GROUP, PARTITIONS, Keys, Queue, Token
+from relay.queue import FAILURE_WINDOW_HOURS, GROUP, PARTITIONS, Keys, Queue, QueueStats, Token
 from relay.routing import Destination, Route
 
 pytestmark = pytest.mark.anyio
@@ -413,3 +413,135 @@ async def test_enqueue_reloads_its_script_after_redis_forgot_it(redis_server: An
     depth = await queue.depth()
     await client.aclose()
     assert depth.ready == 2
+
+
+# -- stats ---------------------------------------------------------------------------------------
+
+NOW = 1_700_000_000.0
+A = Route("a", Destination(agent_id="agent-a", device_id="device-a"))
+B = Route("b", Destination(agent_id="agent-b", connection_name="box-b"))
+C = Route("c", Destination(agent_id="agent-c", conversation_id="conv-c", device_id="device-c"))
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW)
+
+
+@pytest.fixture
+async def timed(redis_client: Any, prefix: str, clock: Clock) -> Queue:
+    queue = Queue(redis_client, prefix=prefix, consumer="consumer-a", clock=clock)
+    await queue.ensure_groups()
+    return queue
+
+
+async def test_stats_count_messages_in_each_state_and_age_the_oldest(timed: Queue, clock: Clock) -> None:
+    for n in range(3):
+        await timed.enqueue(message(f"a{n}", A, now=NOW - 300 + n))  # a0 is the oldest of all
+    await timed.enqueue(message("b", B, now=NOW - 100))
+    await timed.enqueue(message("c", C, now=NOW - 50))
+    await take(timed, A)  # a0 in flight, a1 and a2 behind it
+    token, envelope = await take(timed, B)
+    assert envelope is not None
+    await timed.retry(token, envelope.after_failure("HTTP 503"), NOW + 60)
+    token, envelope = await take(timed, C)
+    assert envelope is not None
+    await timed.dead_letter(token, envelope.after_failure("HTTP 400: no"), "HTTP 400: no", "http_400")
+    clock.now = NOW + 20
+    stats = await timed.stats()
+    assert (stats.ready, stats.in_flight, stats.delayed, stats.dead) == (2, 1, 1, 1)
+    assert stats.oldest_waiting_age == pytest.approx(320, abs=0.01)
+    assert stats.dead_by_reason == {"http_400": 1}
+    assert stats.failures_by_destination == {B.destination.describe(): 1, C.destination.describe(): 1}
+
+
+async def test_stats_oldest_age_looks_past_conversations_that_were_delivered(timed: Queue, clock: Clock) -> None:
+    await timed.enqueue(message("early", A, now=NOW - 90))
+    await timed.enqueue(message("later", B, now=NOW - 30))
+    assert (await timed.stats()).oldest_waiting_age == pytest.approx(90, abs=0.01)
+    token, envelope = await take(timed, A)
+    assert envelope is not None and await timed.done(token, envelope.client_message_id)
+    assert (await timed.stats()).oldest_waiting_age == pytest.approx(30, abs=0.01)
+    token, envelope = await take(timed, B)
+    assert envelope is not None and await timed.done(token, envelope.client_message_id)
+    stats = await timed.stats()
+    assert stats.oldest_waiting_age is None and (stats.ready, stats.in_flight, stats.delayed) == (0, 0, 0)
+
+
+async def test_stats_dead_letters_by_reason_follow_replays_and_drops(timed: Queue) -> None:
+    for route, code in ((A, "http_400"), (B, "expired"), (C, "http_400")):
+        await timed.enqueue(message(route.name, route))
+        token, envelope = await take(timed, route)
+        assert envelope is not None
+        await timed.dead_letter(token, envelope, f"{code} happened", code)
+    assert (await timed.stats()).dead_by_reason == {"http_400": 2, "expired": 1}
+    dead = {d.envelope.route: d for d in await timed.dead_letters()}
+    assert await timed.replay(dead["a"])
+    assert (await timed.stats()).dead_by_reason == {"http_400": 1, "expired": 1}
+    assert await timed.drop(dead["b"])
+    stats = await timed.stats()
+    assert stats.dead_by_reason == {"http_400": 1} and stats.dead == 1
+    assert stats.ready == 1  # the replayed message waits again
+
+
+async def test_stats_count_failed_attempts_per_destination_for_a_day(timed: Queue, clock: Clock) -> None:
+    await timed.enqueue(message(1, A))
+    for attempt in range(3):
+        token, envelope = await take(timed, A)
+        assert envelope is not None
+        await timed.retry(token, envelope.after_failure("timeout"), clock.now)
+        await timed.promote(partition(A), clock.now + 1)
+        clock.now += 3600  # a new hourly bucket each time
+    token, _ = await take(timed, A)
+    await timed.retry(token, None, clock.now)  # a hand-back (shutdown, shared pause) is no failure
+    assert (await timed.stats()).failures_by_destination == {A.destination.describe(): 3}
+    clock.now += (FAILURE_WINDOW_HOURS - 3) * 3600  # the first attempt's hour has left the window
+    assert (await timed.stats()).failures_by_destination == {A.destination.describe(): 2}
+    clock.now += 2 * 3600
+    assert (await timed.stats()).failures_by_destination == {}
+
+
+async def test_stats_work_before_any_worker_created_the_groups(redis_client: Any, prefix: str, clock: Clock) -> None:
+    web = Queue(redis_client, prefix=prefix, clock=clock)
+    await web.enqueue(message(1, A, now=NOW - 5))
+    stats = await web.stats()
+    assert (stats.ready, stats.in_flight, stats.delayed, stats.dead) == (1, 0, 0, 0)
+    assert stats.oldest_waiting_age == pytest.approx(5, abs=0.01)
+
+
+async def test_stats_scripts_touch_one_cluster_slot_each(redis_client: Any, prefix: str) -> None:
+    recorder = SlotRecorder(redis_client)
+    queue = Queue(recorder, prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    await queue.ensure_groups()
+    for route in (A, B, C):
+        await queue.enqueue(message(route.name, route))
+    token, envelope = await take(queue, C)
+    assert envelope is not None
+    await queue.dead_letter(token, envelope, "x", "http_400")
+    recorder.calls.clear()
+    stats = await queue.stats()
+    assert stats.ready == 2 and stats.dead == 1
+    assert all(len(slots) == 1 for slots in recorder.calls), recorder.calls
+    assert len(set().union(*recorder.calls)) == PARTITIONS
+
+
+async def test_stats_survive_a_round_trip_through_json(timed: Queue) -> None:
+    import json
+    from dataclasses import asdict
+
+    await timed.enqueue(message(1, A))
+    token, envelope = await take(timed, A)
+    assert envelope is not None
+    await timed.dead_letter(token, envelope, "x", "refused")
+    stats = await timed.stats()
+    assert QueueStats.from_dict(json.loads(json.dumps(asdict(stats)))) == stats
+    with pytest.raises(ValueError):
+        QueueStats.from_dict({"ready": "many"})

@@ -27,3 +27,9 @@ local function release(ready, group, token, mailbox, conversation)
   end
 end
 
+
+-- Count one failed delivery attempt against its destination, in the current hour's bucket.
+local function count_failure(failures, destination, ttl_ms)
+  redis.call('HINCRBY', failures, destination, 1)
+  redis.call('PEXPIRE', failures, ttl_ms)
+end
