@@ -62,7 +62,8 @@ class DrainResult:
     rss_mib: float = 0.0
 
 
-def watch_drain(redis_url: str, count: int, proc: infra.Process | None = None, timeout: float = 300) -> DrainResult:
+def watch_drain(redis_url: str, count: int, proc: infra.Process | None = None, timeout: float = 300,
+                remaining: Callable[[sync_redis.Redis], int] = remaining) -> DrainResult:
     client = sync_redis.Redis.from_url(redis_url)
     marks: dict[float, float] = {}
     start = time.perf_counter()
