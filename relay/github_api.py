@@ -1,4 +1,4 @@
-"""The GitHub REST client: the only module that talks to GitHub (reactions on comments).
+"""The GitHub REST client: the only module that talks to GitHub (reactions; the agent's answers).
 
 The base URL is a setting (GitHub Enterprise: https://HOST/api/v3). Failures become
 UpstreamError with the HTTP status.
@@ -37,11 +37,27 @@ class GitHubApi:
 
     async def react(self, repository: str, comment_id: int, api: str, content: Reaction) -> None:
         """React to an issue comment (api="issues") or a pull-request review comment ("pulls")."""
-        owner, _, name = repository.partition("/")
-        path = f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}/{api}/comments/{int(comment_id)}/reactions"
+        await self._post(f"{_repo(repository)}/{api}/comments/{int(comment_id)}/reactions", "reactions",
+                         {"content": content})
+
+    async def comment(self, repository: str, number: int, body: str) -> None:
+        """A new comment on an issue or pull request's conversation."""
+        await self._post(f"{_repo(repository)}/issues/{int(number)}/comments", "comments", {"body": body})
+
+    async def reply_to_review_comment(self, repository: str, number: int, comment_id: int, body: str) -> None:
+        """A reply in the review thread of a pull-request review comment."""
+        await self._post(f"{_repo(repository)}/pulls/{int(number)}/comments/{int(comment_id)}/replies", "replies",
+                         {"body": body})
+
+    async def _post(self, path: str, method: str, payload: dict[str, str]) -> None:
         try:
-            response = await self._http.post(path, json={"content": content})
+            response = await self._http.post(path, json=payload)
         except httpx.TransportError as exc:
-            raise UpstreamError("github", "reactions", type(exc).__name__) from exc
+            raise UpstreamError("github", method, type(exc).__name__) from exc
         if response.status_code >= 300:
-            raise UpstreamError("github", "reactions", f"HTTP {response.status_code}")
+            raise UpstreamError("github", method, f"HTTP {response.status_code}")
+
+
+def _repo(repository: str) -> str:
+    owner, _, name = repository.partition("/")
+    return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"

@@ -6,8 +6,16 @@ target a source put on the message:
     {"via": "response_url", "url": …}    slash command: an ephemeral "delivered" / "could not deliver"
     {"via": "reaction", "channel", "ts"}  mention or DM: ✅ on delivery; ⚠️ and a thread note on failure
     {"via": "card", "channel", "ts"}      approval decision: a thread note under the card on failure
-    {"via": "github", "repository", "comment_id", "api"}   a comment: 🚀 when delivered, 😕 when not
-                                                              (👀 was added when it was queued)
+    {"via": "github", "repository", "comment_id", "api", "number"}   a comment: 🚀 when delivered,
+                                                   😕 when not (👀 was added when it was queued)
+
+Once the agent's turn ends, `answer` posts what it said where the message came from (the
+watcher recalls the message's Origin): a mention or DM → the message's thread; a slash command
+→ its response_url, ephemeral like every other note to the person who ran it (their command
+was not shown to the channel either; they can share the answer). A response_url takes 5 posts
+within 30 minutes: "Delivered" used one, so an answer is at most 4 messages, and a later
+answer is refused by Slack and only logged. A GitHub comment → a new comment on the issue or
+pull request; a review comment → a reply in its review thread. answers.py cuts the text.
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from relay.answers import github_comment, joined, slack_messages
 from relay.errors import UpstreamError
 from relay.github_api import GitHubApi
 from relay.logs import fields
 from relay.messages import Envelope
+from relay.origins import Origin
 from relay.slack_api import SlackApi
 from relay.sources.slack import escape
 
@@ -37,6 +47,49 @@ class Replier:
 
     async def failed(self, envelope: Envelope, reason: str) -> None:
         await self._tell(envelope, reason)
+
+    async def answer(self, origin: Origin, texts: list[str]) -> None:
+        """Post the agent's answer to a message where the message came from. Never raises."""
+        text = joined(texts)
+        via = origin.reply.get("via")
+        context = {"client_message_id": origin.client_message_id, "source": origin.source, "route": origin.route}
+        if not text:
+            return
+        try:
+            if via == "github" and self.github is not None:
+                posted = await self._answer_github(origin.reply, text)
+            elif via in ("reaction", "response_url") and self.slack is not None:
+                posted = await self._answer_slack(origin, text)
+            else:
+                return  # nowhere to answer (a generic webhook, a card) or no client for it
+        except UpstreamError as exc:
+            log.warning("could not post the answer", extra=fields(**context, method=exc.method, error=exc.code))
+            return
+        except (KeyError, TypeError, ValueError):
+            log.warning("the reply target lacks what an answer needs", extra=fields(**context, via=via))
+            return
+        log.info("answered", extra=fields(**context, via=via, messages=posted, characters=len(text)))
+
+    async def _answer_slack(self, origin: Origin, text: str) -> int:
+        assert self.slack is not None
+        messages = [m for m in slack_messages(text) if m.strip()]
+        thread = origin.slack_thread()
+        for message in messages:
+            if thread is not None:
+                await self.slack.post_message(thread[0], {"text": message}, thread_ts=thread[1])
+            else:
+                await self.slack.respond(origin.reply["url"], {"response_type": "ephemeral",
+                                                               "replace_original": False, "text": message})
+        return len(messages)
+
+    async def _answer_github(self, reply: dict[str, Any], text: str) -> int:
+        assert self.github is not None
+        body = github_comment(text)
+        if reply["api"] == "pulls":
+            await self.github.reply_to_review_comment(reply["repository"], reply["number"], reply["comment_id"], body)
+        else:
+            await self.github.comment(reply["repository"], reply["number"], body)
+        return 1
 
     async def _tell(self, envelope: Envelope, failure: str | None) -> None:
         reply = envelope.reply

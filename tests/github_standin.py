@@ -1,4 +1,5 @@
-"""A loopback stand-in for the parts of GitHub's REST API relay calls (comment reactions)."""
+"""A loopback stand-in for the parts of GitHub's REST API relay calls: reactions on comments,
+new issue/PR comments, and replies in a review thread."""
 
 from __future__ import annotations
 
@@ -23,15 +24,27 @@ class Reaction:
 
 
 @dataclass
+class Comment:
+    repository: str
+    number: int
+    body: str
+    in_reply_to: int | None = None  # a review comment's reply: the comment it answers
+
+
+@dataclass
 class GitHubStandIn(Watched):
     reactions: list[Reaction] = field(default_factory=list)
-    failures: list[int] = field(default_factory=list)  # statuses to answer next, in order
+    comments: list[Comment] = field(default_factory=list)
+    failures: list[int] = field(default_factory=list)  # statuses to answer next, in order (any call)
 
     def __post_init__(self) -> None:
         self.base_url = ""
         Watched.__init__(self)
         self.app = Starlette(routes=[
             Route("/repos/{owner}/{repo}/{api}/comments/{comment_id:int}/reactions", self._react, methods=["POST"]),
+            Route("/repos/{owner}/{repo}/issues/{number:int}/comments", self._comment, methods=["POST"]),
+            Route("/repos/{owner}/{repo}/pulls/{number:int}/comments/{comment_id:int}/replies", self._comment,
+                  methods=["POST"]),
         ])
 
     def contents(self) -> list[str]:
@@ -47,3 +60,14 @@ class GitHubStandIn(Watched):
             status = self.failures.pop(0) if self.failures else 201
             self._changed.notify_all()
         return JSONResponse({"id": len(self.reactions), "content": body.get("content")}, status_code=status)
+
+    async def _comment(self, request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        p = request.path_params
+        with self._changed:
+            status = self.failures.pop(0) if self.failures else 201
+            if status < 300:
+                self.comments.append(Comment(f"{p['owner']}/{p['repo']}", p["number"], str(body.get("body", "")),
+                                             p.get("comment_id")))
+            self._changed.notify_all()
+        return JSONResponse({"id": 1000 + len(self.comments)}, status_code=status)

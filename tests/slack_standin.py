@@ -2,7 +2,8 @@
 
     POST /api/{method}        chat.postMessage, chat.update, views.open, reactions.add,
                               usergroups.users.list: recorded, answered like Slack
-    POST /response/{key}      a response_url: recorded, answered "ok"
+    POST /response/{key}      a response_url: recorded, answered "ok" (a scripted failure:
+                              HTTP 404 with the error, as Slack answers an expired or used-up URL)
 
 Tests script failures with `fail(method, error)` and group membership with `groups`.
 """
@@ -84,5 +85,8 @@ class SlackStandIn(Watched):
         return JSONResponse({"ok": True})
 
     async def _response(self, request: Request) -> Response:
-        self._record(Call(f"response:{request.path_params['key']}", await request.json()))
+        key = f"response:{request.path_params['key']}"
+        failure = self._record(Call(key, await request.json()))
+        if failure is not None:
+            return PlainTextResponse(failure, status_code=404)
         return PlainTextResponse("ok")

@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from relay import answers
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
+from relay.origins import Origin
 from relay.replies import Replier
 from relay.routing import Destination, Route
 from relay.slack_api import SlackApi
+from relay.sources.github import OWN_MARKER
 from tests.slack_standin import SlackStandIn
 
 pytestmark = pytest.mark.anyio
@@ -98,3 +101,136 @@ async def test_github_comment_gets_a_rocket_when_delivered_and_confused_when_not
     assert github_stand_in.contents() == ["rocket", "confused"]
     assert {(r.repository, r.api, r.comment_id) for r in github_stand_in.reactions} == {("octo/hello", "pulls", 7)}
     assert github_stand_in.reactions[0].authorization == "Bearer ghp_t"
+
+
+# -- answers: the agent's reply, posted where the message came from ---------------------------------
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every captured line with its structured fields."""
+    return "\n".join(f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in caplog.records)
+
+
+def origin(reply: dict[str, Any], source: str = "slack") -> Origin:
+    return Origin("r", source, reply, client_message_id("slack", "answered"))
+
+
+async def test_an_answer_to_a_mention_is_posted_in_its_thread_escaped(replier: Replier,
+                                                                      slack_stand_in: SlackStandIn) -> None:
+    await replier.answer(origin({"via": "reaction", "channel": "C1", "ts": "1.2"}),
+                         ["Checking <logs> & metrics…", "", "Done: <!channel> it was DNS."])
+    [posted] = slack_stand_in.of("chat.postMessage")
+    assert posted.body["channel"] == "C1" and posted.body["thread_ts"] == "1.2"
+    assert posted.body["text"] == "Checking &lt;logs&gt; &amp; metrics…\n\nDone: &lt;!channel&gt; it was DNS."
+
+
+async def test_an_answer_to_a_mention_inside_a_thread_goes_to_that_thread(replier: Replier,
+                                                                          slack_stand_in: SlackStandIn) -> None:
+    await replier.answer(origin({"via": "reaction", "channel": "C1", "ts": "1.2", "thread_ts": "1.0"}), ["ok"])
+    [posted] = slack_stand_in.of("chat.postMessage")
+    assert posted.body["thread_ts"] == "1.0"
+
+
+async def test_a_long_answer_is_several_messages_in_order_then_truncated_with_a_note(
+        replier: Replier, slack_stand_in: SlackStandIn) -> None:
+    paragraphs = [f"Part {i}. " + "word " * 600 for i in range(6)]  # one fits a message, two do not
+    await replier.answer(origin({"via": "reaction", "channel": "C1", "ts": "1.2"}), paragraphs)
+    posted = [c.body["text"] for c in slack_stand_in.of("chat.postMessage")]
+    assert len(posted) == answers.SLACK_MESSAGES_MAX
+    assert [p.split(".")[0] for p in posted] == ["Part 0", "Part 1", "Part 2", "Part 3"]
+    assert all(len(p) <= answers.SLACK_MESSAGE_MAX for p in posted)
+    assert "(reply truncated: " in posted[-1] and "more characters)" in posted[-1]
+
+
+async def test_an_answer_to_a_slash_command_goes_to_its_response_url_for_the_person_only(
+        replier: Replier, slack_stand_in: SlackStandIn) -> None:
+    await replier.answer(origin({"via": "response_url", "url": slack_stand_in.response_url("cmd")}), ["It was DNS."])
+    assert slack_stand_in.of("chat.postMessage") == []
+    [note] = slack_stand_in.responses("cmd")
+    assert note == {"response_type": "ephemeral", "replace_original": False, "text": "It was DNS."}
+
+
+async def test_a_slash_command_answer_never_uses_more_than_the_posts_left_on_its_response_url(
+        replier: Replier, slack_stand_in: SlackStandIn) -> None:
+    url = slack_stand_in.response_url("cmd")
+    await replier.delivered(envelope({"via": "response_url", "url": url}))
+    await replier.answer(origin({"via": "response_url", "url": url}), ["word " * 50_000])
+    assert len(slack_stand_in.responses("cmd")) == 5  # Slack's limit per response_url
+
+
+async def test_an_expired_response_url_is_logged_and_nothing_else_is_tried(
+        replier: Replier, slack_stand_in: SlackStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    slack_stand_in.fail("response:cmd", "expired_url")
+    with caplog.at_level(logging.WARNING):
+        await replier.answer(origin({"via": "response_url", "url": slack_stand_in.response_url("cmd")}),
+                             ["word " * 5000])
+    assert len(slack_stand_in.responses("cmd")) == 1  # the first post failed; the rest were not sent
+    assert slack_stand_in.of("chat.postMessage") == []
+    assert "could not post the answer" in logged(caplog) and "word" not in logged(caplog)
+
+
+async def test_a_slack_failure_while_answering_is_logged_not_raised(
+        replier: Replier, slack_stand_in: SlackStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    slack_stand_in.fail("chat.postMessage", "not_in_channel")
+    with caplog.at_level(logging.WARNING):
+        await replier.answer(origin({"via": "reaction", "channel": "C1", "ts": "1.2"}), ["secret plan"])
+    assert "not_in_channel" in logged(caplog) and "secret plan" not in logged(caplog)
+
+
+@pytest.mark.parametrize("reply", [{}, {"via": "card", "channel": "C1", "ts": "9.9"},
+                                   {"via": "github", "repository": "o/r", "comment_id": 1, "api": "issues",
+                                    "number": 2}])
+async def test_answers_without_a_place_to_go_post_nothing(replier: Replier, slack_stand_in: SlackStandIn,
+                                                          reply: dict[str, Any]) -> None:
+    await replier.answer(origin(reply), ["hello"])  # this replier has no GitHub client
+    assert slack_stand_in.calls == []
+
+
+async def test_an_empty_answer_posts_nothing(replier: Replier, slack_stand_in: SlackStandIn) -> None:
+    await replier.answer(origin({"via": "reaction", "channel": "C1", "ts": "1.2"}), ["", "  \n"])
+    assert slack_stand_in.calls == []
+
+
+@pytest.fixture
+async def github_replier(github_stand_in):  # type: ignore[no-untyped-def]
+    from relay.github_api import GitHubApi
+
+    github = GitHubApi("ghp_t", base_url=github_stand_in.base_url)
+    yield Replier(None, github)
+    await github.aclose()
+
+
+async def test_an_answer_to_an_issue_comment_is_a_new_comment_marked_as_relays(
+        github_replier: Replier, github_stand_in) -> None:  # type: ignore[no-untyped-def]
+    reply = {"via": "github", "repository": "octo/hello", "comment_id": 7, "api": "issues", "number": 42}
+    await github_replier.answer(origin(reply, "github"), ["Fixed in #43.", "Anything else?"])
+    [comment] = github_stand_in.comments
+    assert (comment.repository, comment.number, comment.in_reply_to) == ("octo/hello", 42, None)
+    assert comment.body == "Fixed in #43.\n\nAnything else?\n\n" + OWN_MARKER
+
+
+async def test_an_answer_to_a_review_comment_is_a_reply_in_its_review_thread(
+        github_replier: Replier, github_stand_in) -> None:  # type: ignore[no-untyped-def]
+    reply = {"via": "github", "repository": "octo/hello", "comment_id": 7, "api": "pulls", "number": 5}
+    await github_replier.answer(origin(reply, "github"), ["Good catch; renamed."])
+    [comment] = github_stand_in.comments
+    assert (comment.number, comment.in_reply_to) == (5, 7)
+
+
+async def test_a_huge_github_answer_is_one_truncated_comment(github_replier: Replier,
+                                                            github_stand_in) -> None:  # type: ignore[no-untyped-def]
+    reply = {"via": "github", "repository": "octo/hello", "comment_id": 7, "api": "issues", "number": 42}
+    await github_replier.answer(origin(reply, "github"), ["x" * 100_000])
+    [comment] = github_stand_in.comments
+    assert len(comment.body) <= answers.GITHUB_COMMENT_MAX and "(reply truncated: " in comment.body
+
+
+async def test_github_failures_and_old_reply_targets_are_logged_not_raised(
+        github_replier: Replier, github_stand_in, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    github_stand_in.failures.append(403)
+    reply = {"via": "github", "repository": "octo/hello", "comment_id": 7, "api": "issues", "number": 42}
+    with caplog.at_level(logging.WARNING):
+        await github_replier.answer(origin(reply, "github"), ["hello"])
+        await github_replier.answer(origin({k: v for k, v in reply.items() if k != "number"}, "github"), ["hi"])
+    assert github_stand_in.comments == []
+    assert "HTTP 403" in logged(caplog) and "lacks what an answer needs" in logged(caplog)
