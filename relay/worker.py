@@ -29,6 +29,7 @@ from typing import Awaitable, Callable, Protocol
 from relay.errors import QueueUnavailable
 from relay.logs import fields
 from relay.messages import Envelope
+from relay.metrics import Metrics
 from relay.policy import Backoff, DeadLetter, Delivered, Outcome, Retry, decide
 from relay.queue import PARTITIONS, Head, Queue, Token
 from relay.origins import Origins
@@ -66,8 +67,10 @@ class Worker:
         poll_interval: float = 0.05,
         replier: Replier | None = None,
         origins: Origins | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.queue = queue
+        self.metrics = metrics or Metrics()
         self.letta = letta
         self.replier = replier or Replier()
         self.origins = origins
@@ -289,6 +292,7 @@ class Worker:
                       "(crashed or killed); parked so it stops taking others down")
             ok = await self._queue_op(lambda: self.queue.dead_letter(token, envelope, reason, "takeovers"))
             log.error("dead-lettered", extra=fields(**envelope.log_fields(), outcome="takeovers"))
+            self.metrics.dead_lettered("takeovers")
             if ok:
                 await self.replier.failed(envelope, reason)
             return
@@ -296,7 +300,11 @@ class Worker:
         if self.clock() < paused_until:  # Letta's Retry-After, seen by this or another worker
             await self._queue_op(lambda: self.queue.retry(token, None, paused_until))
             return
+        if envelope.attempts == 0:
+            self.metrics.queue_wait.observe(max(0.0, self.clock() - envelope.queued_at))
+        started = time.perf_counter()
         outcome = await self.letta.deliver(envelope)
+        took = time.perf_counter() - started
         now = self.clock()
         attempt = envelope.attempts + 1
         decision = decide(outcome, attempt=attempt, age=now - envelope.queued_at,
@@ -304,12 +312,15 @@ class Worker:
                           backoff=self.backoff, rng=self.rng)
         context = envelope.log_fields() | {"attempt": attempt}
         if isinstance(decision, Delivered):
+            self.metrics.attempt("delivered", outcome.status, took)
+            self.metrics.end_to_end.observe(max(0.0, now - envelope.received_at))
             ok = await self._queue_op(lambda: self.queue.done(token, envelope.client_message_id))
             log.info("delivered", extra=fields(**context, status=outcome.status))
             if ok:
                 await self._remember(envelope)
                 await self.replier.delivered(envelope)
         elif isinstance(decision, Retry):
+            self.metrics.attempt("retry", outcome.status, took)
             if decision.reresolve:
                 self.letta.forget(envelope.destination)
             if decision.pause_until:
@@ -321,6 +332,8 @@ class Worker:
                                                         retry_in=round(decision.at - now, 3)))
         else:
             assert isinstance(decision, DeadLetter)
+            self.metrics.attempt("dead_letter", outcome.status, took)
+            self.metrics.dead_lettered(decision.code)
             failed = envelope.after_failure(decision.reason)
             ok = await self._queue_op(lambda: self.queue.dead_letter(token, failed, decision.reason, decision.code))
             log.error("dead-lettered", extra=fields(**context, outcome=decision.code))

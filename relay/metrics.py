@@ -1,0 +1,183 @@
+"""Prometheus metrics: one registry per process, and the `GET /metrics` endpoint.
+
+Names follow Prometheus conventions (`relay_` prefix, `_total` counters, `_seconds`
+histograms). Labels take a small fixed set of values (source, outcome, reason, status_class,
+state, result), never ids or free text, so the number of series stays bounded.
+
+Queue depths live in Redis, not in the process: `QueueGauges` reads them when scraped (at most
+once a second, within a short timeout) and reports `relay_queue_up 0` when Redis did not
+answer, rather than a stale number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Iterator
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from relay.errors import BadRequest, BadSignature, QueueUnavailable, Rejected, TooLarge, UnsupportedMedia
+from relay.queue import Queue
+
+# Counters would each carry a second `…_created` series; nothing here reads them.
+prometheus_client.disable_created_metrics()
+
+#: The classic text format, which every Prometheus reads (relay's names need nothing newer).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: Answering a request, one Letta call: milliseconds to tens of seconds.
+CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Waiting in the queue, end to end: retries and outages stretch these to hours.
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+QUEUE_STATES = ("ready", "delayed", "in_flight", "dead")
+_REJECT_REASONS: tuple[tuple[type[Rejected], str], ...] = (
+    (BadSignature, "signature"), (TooLarge, "too_large"), (UnsupportedMedia, "media_type"), (BadRequest, "bad_request"),
+)
+
+
+def status_class(status: int | None) -> str:
+    """An HTTP status → "2xx" … "5xx"; no response at all (timeout, refused, unresolved) → "error"."""
+    return f"{status // 100}xx" if status is not None and 100 <= status <= 599 else "error"
+
+
+def reject_reason(exc: Rejected) -> str:
+    for kind, label in _REJECT_REASONS:
+        if isinstance(exc, kind):
+            return label
+    return "other"
+
+
+class Metrics:
+    """Every metric one relay process exports, in a registry of its own (not the global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "relay_requests", "Requests at relay's doors by source and outcome (accepted, duplicate, ignored, "
+            "unavailable, rejected); reason says why one was rejected", ["source", "outcome", "reason"], registry=r)
+        self.ingest_ack = Histogram(
+            "relay_ingest_ack_seconds", "Time from a request's arrival to relay's answer, by door",
+            ["source"], buckets=CALL_BUCKETS, registry=r)
+        self.attempts = Counter(
+            "relay_delivery_attempts", "Letta calls by what followed (delivered, retry, dead_letter) and the "
+            "response's status class (2xx … 5xx, or error when no response came)",
+            ["outcome", "status_class"], registry=r)
+        self.delivery_call = Histogram(
+            "relay_delivery_call_seconds", "Duration of one Letta delivery call, connection resolution included",
+            ["status_class"], buckets=CALL_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "relay_queue_wait_seconds", "Time from a message entering the queue to its first delivery call",
+            buckets=WAIT_BUCKETS, registry=r)
+        self.end_to_end = Histogram(
+            "relay_end_to_end_seconds", "Time from relay accepting a message to Letta confirming it",
+            buckets=WAIT_BUCKETS, registry=r)
+        self.dead_letters = Counter(
+            "relay_dead_letters", "Messages dead-lettered, by reason code (http_422, expired, refused, …)",
+            ["reason"], registry=r)
+        self.connection_cache = Counter(
+            "relay_connection_cache_lookups", "Connection resolutions by device id or connection name, "
+            "answered from the cache (hit) or by asking Letta (miss)", ["result"], registry=r)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.queue: QueueGauges | None = None
+
+    def watch(self, queue: Queue, *, timeout: float = 0.5, max_age: float = 1.0) -> None:
+        """Export this queue's depths (once per process: web and worker in `relay dev` share one)."""
+        if self.queue is None:
+            self.queue = QueueGauges(queue, timeout=timeout, max_age=max_age)
+            self.registry.register(self.queue)
+
+    # -- what the web, the worker and the Letta client report ------------------------------------
+
+    def request(self, source: str, outcome: str, reason: str = "") -> None:
+        self.requests.labels(source, outcome, reason).inc()
+
+    def rejected(self, source: str, exc: Rejected) -> None:
+        self.request(source, "rejected", reject_reason(exc))
+
+    def answered(self, source: str, seconds: float) -> None:
+        self.ingest_ack.labels(source).observe(seconds)
+
+    def attempt(self, outcome: str, status: int | None, seconds: float) -> None:
+        label = status_class(status)
+        self.attempts.labels(outcome, label).inc()
+        self.delivery_call.labels(label).observe(seconds)
+
+    def dead_lettered(self, code: str) -> None:
+        self.dead_letters.labels(code).inc()
+
+    def cache(self, hit: bool) -> None:
+        self.connection_cache.labels("hit" if hit else "miss").inc()
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    async def render(self) -> bytes:
+        if self.queue is not None:
+            await self.queue.refresh()
+        return generate_latest(self.registry)
+
+    async def endpoint(self, request: Request) -> Response:
+        return Response(await self.render(), headers={"content-type": CONTENT_TYPE})
+
+    def route(self) -> Route:
+        return Route("/metrics", self.endpoint, methods=["GET"])
+
+    def app(self) -> Starlette:
+        """An app serving only GET /metrics (the worker's own port)."""
+        return Starlette(routes=[self.route()])
+
+
+class QueueGauges:
+    """A collector of queue depths, read from Redis at scrape time and cached for `max_age` s.
+
+    `collect` is synchronous (prometheus_client's contract) and Redis is not: the endpoint
+    awaits `refresh` first, and `collect` reports what that read found.
+    """
+
+    def __init__(self, queue: Queue, *, timeout: float = 0.5, max_age: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.queue, self.timeout, self.max_age, self.clock = queue, timeout, max_age, clock
+        self._read_at: float | None = None
+        self._depths: dict[str, int] | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:  # concurrent scrapes share one read
+            if self._read_at is not None and self.clock() - self._read_at < self.max_age:
+                return
+            try:
+                depth = await asyncio.wait_for(self.queue.depth(), self.timeout)
+                self._depths = {state: int(getattr(depth, state)) for state in QUEUE_STATES}
+            except (QueueUnavailable, asyncio.TimeoutError):
+                self._depths = None
+            self._read_at = self.clock()
+
+    def collect(self) -> Iterator[Metric]:
+        if self._read_at is None:
+            return
+        yield GaugeMetricFamily("relay_queue_up", "1 when the last read of the queue's depths from Redis "
+                                "succeeded, 0 when Redis did not answer in time", value=int(self._depths is not None))
+        if self._depths is None:
+            return
+        depth = GaugeMetricFamily("relay_queue_depth", "Queue contents by state: conversations ready, delayed "
+                                  "(waiting for a retry time) and in flight; dead letters", labels=["state"])
+        for state, value in self._depths.items():
+            depth.add_metric([state], value)
+        yield depth
