@@ -1,30 +1,46 @@
 """Approval cards: post one per tool call, check who may decide, record the first decision.
 
+One card per tool call and agent, however many relays ask at once (POST /approvals, or
+`relay watch` replicas seeing the same control request): whoever claims the card first
+("card-claim", `CLAIM_TTL`) posts it; the others wait for the stored card. A crash between the
+claim and the post frees the claim when it expires. Cards are kept in Redis (records of kind
+"card", indexed by tool call under "card-tool") for `CARD_TTL`.
+
 The first decision wins atomically: its approval message is queued under an id derived from
 the card, so the queue's de-duplication refuses a second decision however the clicks race.
-Cards are kept in Redis (records of kind "card") for `CARD_TTL`.
+A card whose request ended elsewhere is closed: its note replaces the buttons, and a late
+click is told it is no longer pending.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
 from typing import Callable
 
-from relay.errors import NoRoute, UpstreamError
+from relay.errors import NoRoute, QueueUnavailable, UpstreamError
 from relay.logs import fields
-from relay.messages import envelope_for
+from relay.messages import ApprovalRequest, envelope_for
 from relay.queue import Queue
 from relay.routing import Route, Router
 from relay.slack_api import SlackApi
-from relay.sources.slack import Card, Decision, card_message
+from relay.sources.slack import Card, Decision, card_id_for, card_message, closed_message
 from relay.intake import Intake, Queued
 
 log = logging.getLogger("relay.cards")
 
 CARD_TTL = 7 * 24 * 3600.0
 KIND = "card"
+CLAIM = "card-claim"
+BY_TOOL_CALL = "card-tool"
+#: How long a claim to post a card holds without the card being stored: longer than a slow
+#: chat.postMessage (SlackApi's timeout is 10 s), short enough that a crash blocks little.
+CLAIM_TTL = 30.0
+#: How long to wait for a card another relay is posting before giving up (its claim lapses first).
+WAIT_FOR_OTHERS = 2 * CLAIM_TTL
+WAIT_STEP = 0.05
 
 
 class Cards:
@@ -33,19 +49,89 @@ class Cards:
         self.queue, self.slack, self.router, self.intake, self.clock = queue, slack, router, intake, clock
 
     async def post(self, card: Card) -> tuple[Card, bool]:
-        """Post a card unless this tool call already has one. Returns (card, newly posted)."""
-        existing = await self.queue.create_record(KIND, card.card_id, card.to_json(), CARD_TTL)
-        if existing is not None:
-            return Card.from_json(existing), False
+        """Post a card unless this tool call already has one. Returns (card, newly posted).
+
+        Raises UpstreamError when Slack refuses the post, QueueUnavailable when Redis is away
+        or another relay's post of this card neither finished nor lapsed in time.
+        """
+        deadline = time.monotonic() + WAIT_FOR_OTHERS
+        while True:
+            existing = await self.load(card.card_id)
+            if existing is not None:
+                return existing, False
+            if await self.queue.create_record(CLAIM, card.card_id, "posting", CLAIM_TTL) is None:
+                return await self._post_claimed(card), True
+            if time.monotonic() > deadline:
+                raise QueueUnavailable(f"card {card.card_id} is still being posted by another relay")
+            await asyncio.sleep(WAIT_STEP)
+
+    async def _post_claimed(self, card: Card) -> Card:
         try:
             ts = await self.slack.post_message(card.channel, card_message(card), card.thread_ts)
         except UpstreamError:
-            await self.queue.delete_record(KIND, card.card_id)  # so that asking again can succeed
+            await self.queue.delete_record(CLAIM, card.card_id)  # so that asking again can succeed
             raise
         card = replace(card, ts=ts)
+        # The claim is left to lapse: from now on the stored card answers everyone who asks.
+        await self.queue.create_record(KIND, card.card_id, card.to_json(), CARD_TTL)
+        if await self.queue.create_record(BY_TOOL_CALL, card.tool_call_id, card.card_id, CARD_TTL) is not None:
+            await self.queue.update_record(BY_TOOL_CALL, card.tool_call_id, card.card_id)
+        log.info("card posted", extra=fields(card=card.card_id, route=card.route, channel=card.channel,
+                                              request_id=card.request_id))
+        return card
+
+    async def ask(self, route: Route, request: ApprovalRequest, channel: str,
+                  thread_ts: str | None) -> tuple[Card, bool]:
+        """The card for an agent's control request, posted in `channel` (in `thread_ts`'s
+        thread) unless the tool call already has one. Returns (card, newly posted).
+
+        A card closed earlier ("no longer pending") whose tool call is asked for again is
+        opened again: the device is waiting on it after all. Raises like `post`.
+        """
+        if route.slack is None or not route.slack.has_approvers:
+            log.warning("card for a route without approvers: nobody can decide it",
+                        extra=fields(route=route.name, request_id=request.request_id))
+        card = Card(card_id=card_id_for(route.destination, request.tool_call_id),
+                    tool_call_id=request.tool_call_id, tool_name=request.tool_name, arguments=request.input,
+                    route=route.name, destination=route.destination, channel=channel, thread_ts=thread_ts,
+                    request_id=request.request_id)
+        card, created = await self.post(card)
+        if not created and card.closed is not None and card.decision is None:
+            card = await self._reopen(card)
+        return card, created
+
+    async def _reopen(self, card: Card) -> Card:
+        card = replace(card, closed=None)
         await self.queue.update_record(KIND, card.card_id, card.to_json())
-        log.info("card posted", extra=fields(card=card.card_id, route=card.route, channel=card.channel))
-        return card, True
+        if card.ts:
+            try:
+                await self.slack.update_message(card.channel, card.ts, card_message(card))
+            except UpstreamError as exc:
+                log.warning("could not show the card again", extra=fields(card=card.card_id, error=exc.code))
+        log.info("card opened again", extra=fields(card=card.card_id, route=card.route))
+        return card
+
+    async def close(self, tool_call_id: str, note: str, *, decided_too: bool = False) -> bool:
+        """The request behind a tool call's card ended elsewhere: show `note`, remove the
+        buttons, and make later clicks answer "no longer pending". Only an undecided card,
+        unless `decided_too` (a decision the device no longer accepted). True when this call
+        closed it; False for no card, a card already closed, or a decided one. The Slack update
+        is best-effort (logged); the record is what later clicks read.
+        """
+        card_id = await self.queue.record(BY_TOOL_CALL, tool_call_id)
+        card = await self.load(card_id) if card_id else None
+        if card is None or card.closed is not None or (card.decision is not None and not decided_too):
+            return False
+        card = card.closed_with(note)
+        if not await self.queue.update_record(KIND, card.card_id, card.to_json()):
+            return False  # expired meanwhile
+        if card.ts:
+            try:
+                await self.slack.update_message(card.channel, card.ts, closed_message(card))
+            except UpstreamError as exc:
+                log.warning("could not update the closed card", extra=fields(card=card.card_id, error=exc.code))
+        log.info("card closed", extra=fields(card=card.card_id, route=card.route, decided=card.decision is not None))
+        return True
 
     async def load(self, card_id: str) -> Card | None:
         raw = await self.queue.record(KIND, card_id)
