@@ -6,6 +6,8 @@
     relay send TEXT | --approve ID | --deny ID [--reason R]   sign and post a generic webhook
     relay dlq list | replay ID…|--all | drop ID…             inspect and replay dead letters
                                         (REDIS_URL, or a running relay's /admin API)
+    relay status [--watch] [--interval S]   queue depths, oldest message, dead letters, failures
+    relay check                         settings, routes, Redis and (with LETTA_API_KEY) destinations
     relay secret                        print a new whsec_ secret for RELAY_HOOK_SECRET
 """
 
@@ -32,6 +34,7 @@ from relay.settings import Settings, load
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_METRICS_PORT = 9100
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +90,17 @@ def _parser() -> argparse.ArgumentParser:
     drop.add_argument("ids", nargs="+", metavar="ID", help="client_message_id of each dead letter")
     drop.set_defaults(run=cmd_dlq_drop)
 
+    status = commands.add_parser("status", help="queue depths, oldest waiting message, dead letters, failures")
+    status.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    status.add_argument("--interval", type=_seconds, default=2.0, metavar="S",
+                        help="seconds between refreshes with --watch (default %(default)s)")
+    status.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+                        help="a running relay to ask when REDIS_URL is not set (default %(default)s)")
+    status.set_defaults(run=cmd_status)
+
+    check = commands.add_parser("check", help="check settings, routes, Redis and Letta destinations")
+    check.set_defaults(run=cmd_check)
+
     secret = commands.add_parser("secret", help="print a new whsec_ secret for RELAY_HOOK_SECRET")
     secret.set_defaults(run=lambda args: print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()))
     return parser
@@ -94,9 +108,10 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- settings checks --------------------------------------------------------------------------
 
-def _settings() -> Settings:
+def _settings(log_format: str = "json") -> Settings:
+    """The settings, with logging configured: RELAY_LOG_FORMAT, else the command's own format."""
     settings = load(os.environ)
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format or log_format)
     return settings
 
 
@@ -108,6 +123,28 @@ def _listen(host: str, port: int) -> socket.socket:
         return bound_socket(host, port)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose --host/--port)") from None
+
+
+def _metrics_listener(settings: Settings) -> socket.socket | None:
+    """The worker's metrics socket. The default port, when taken (two workers on one host),
+    is skipped with a warning: delivering matters more than being scraped. A port chosen
+    with RELAY_METRICS_PORT must be free."""
+    import logging
+
+    from relay.serving import bound_socket
+
+    if settings.metrics_port == 0:
+        return None
+    port = settings.metrics_port or DEFAULT_METRICS_PORT
+    try:
+        return bound_socket(settings.metrics_host, port)
+    except OSError as exc:
+        problem = f"cannot listen on {settings.metrics_host}:{port} for metrics: {exc.strerror or exc}"
+        if settings.metrics_port is None:
+            logging.getLogger("relay.metrics").warning(
+                f"{problem}; this worker serves no metrics (set RELAY_METRICS_PORT, or 0 for none)")
+            return None
+        raise ConfigError(f"{problem} (choose another RELAY_METRICS_PORT, or 0 for none)") from None
 
 
 async def _warn_about_durability(queue: Any) -> None:
@@ -166,9 +203,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from relay.github_api import GitHubApi
     from relay.letta import LettaClient
+    from relay.metrics import Metrics
     from relay.queue import Queue, connect
     from relay.origins import Origins
     from relay.replies import Replier
+    from relay.serving import EmbeddedServer, server_config
     from relay.slack_api import SlackApi
     from relay.worker import Worker, consumer_name
 
@@ -177,22 +216,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not settings.letta_api_key:
         raise ConfigError("LETTA_API_KEY is not set; `relay worker` needs it to deliver to Letta "
                           "(to try relay without an account, run `relay dev`)")
+    metrics_sock = _metrics_listener(settings)
 
     async def run() -> None:
         redis = connect(url)
         queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                       dedup_window=settings.dedup_window)
         await _warn_about_durability(queue)
-        letta = LettaClient.from_settings(settings)
+        metrics = Metrics()
+        metrics.watch(queue)
+        letta = LettaClient.from_settings(settings, metrics=metrics)
         slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        exporter = None
+        if metrics_sock is not None:
+            host, port = metrics_sock.getsockname()[:2]
+            exporter = EmbeddedServer(server_config(metrics.app(), host, port))
+            serving_metrics = asyncio.create_task(exporter.serve(sockets=[metrics_sock]))
         try:
             origins = Origins(redis, settings.key_prefix, settings.origin_ttl)
-            await Worker(queue, letta, settings, replier=Replier(slack, github), origins=origins).run(stop)
+            await Worker(queue, letta, settings, replier=Replier(slack, github), origins=origins,
+                         metrics=metrics).run(stop)
         finally:
+            if exporter is not None:
+                exporter.should_exit = True
+                await serving_metrics
             for client in (letta, slack, github):
                 if client is not None:
                     await client.aclose()
@@ -205,7 +256,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from relay import dev
 
-    settings = _settings()
+    settings = _settings(log_format="text")
     serving.run(dev.run(settings, _listen(args.host, args.port)))
     return 0
 
@@ -357,6 +408,92 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def cmd_dlq_drop(args: argparse.Namespace) -> int:
     return _dlq_apply(args, "drop", False)
+
+
+# -- relay status and relay check --------------------------------------------------------------
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above zero")
+    return seconds
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """From Redis with REDIS_URL; else from a running relay's GET /admin/stats (like relay dlq)."""
+    import httpx
+
+    from relay.check import redis_location
+    from relay.dev import DEV_ADMIN_TOKEN
+    from relay.errors import QueueUnavailable
+    from relay.queue import Queue, QueueStats, connect
+    from relay.status import render
+
+    settings = load(os.environ)
+
+    async def run() -> int:
+        if settings.redis_url:
+            redis = connect(settings.redis_url)
+            source = f"Redis {redis_location(settings.redis_url)}, prefix {settings.key_prefix}"
+            fetch, close = Queue(redis, prefix=settings.key_prefix).stats, redis.aclose
+        else:
+            token = settings.admin_token or DEV_ADMIN_TOKEN
+            print(f"relay status: REDIS_URL is not set; asking the relay at {args.url}"
+                  + ("" if settings.admin_token else " with the development admin token"), file=sys.stderr)
+            http = httpx.AsyncClient(base_url=args.url, timeout=10.0)
+            source, close = f"relay at {args.url}", http.aclose
+
+            async def fetch() -> QueueStats:
+                response = await http.get("/admin/stats", headers={"authorization": f"Bearer {token}"})
+                if response.status_code != 200:
+                    raise ConfigError(f"relay's admin API answered {response.status_code}: {response.text[:200]}")
+                try:
+                    return QueueStats.from_dict(response.json())
+                except ValueError:
+                    raise ConfigError("relay's admin API answered something other than queue stats") from None
+        try:
+            while True:
+                try:
+                    text = render(await fetch(), source=source, now=time.time())
+                except (QueueUnavailable, httpx.HTTPError) as exc:
+                    trouble = f"could not read the queue from {source}: {exc}"
+                    if not args.watch:
+                        raise ConfigError(trouble) from None
+                    text = f"relay status: {trouble}; trying again in {args.interval:g}s"
+                if args.watch and sys.stdout.isatty():
+                    print("\x1b[H\x1b[2J", end="")  # clear the screen: the table redraws in place
+                print(text, end="\n\n" if args.watch else "\n", flush=True)
+                if not args.watch:
+                    return 0
+                await asyncio.sleep(args.interval)
+        finally:
+            await close()
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:  # how --watch ends
+        return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from relay.check import run
+
+    report = asyncio.run(run(os.environ))
+    for line in report.ok:
+        print(f"ok  {line}")
+    for line in report.skipped:
+        print(f"--  not checked: {line}")
+    if not report.problems:
+        return 0
+    count = len(report.problems)
+    print(f"\nrelay check: {count} problem{'' if count == 1 else 's'}")
+    for number, problem in enumerate(report.problems, 1):
+        print(f"{number:>2}. [{problem.severity}] {problem.what}")
+        print(f"    fix: {problem.fix}")
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ import fakeredis
 from relay.errors import ConfigError
 from relay.github_api import GitHubApi
 from relay.letta import LettaClient
+from relay.metrics import Metrics
 from relay.origins import Origins
 from relay.queue import Queue, connect
 from relay.replies import Replier
@@ -87,15 +88,16 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         redis = fakeredis.FakeAsyncRedis(decode_responses=True)
         notes.append("queue: in-process fakeredis. NOTHING IS DURABLE: queued messages vanish on exit")
     stand_in_server = None
+    metrics = Metrics()  # one registry for the web and the worker: one process
     if settings.letta_api_key:
-        letta = LettaClient.from_settings(settings)
+        letta = LettaClient.from_settings(settings, metrics=metrics)
         notes.append(f"letta: the real API at {settings.letta_base_url}")
     else:
         stand_in = LettaStandIn(stand_in_devices(settings.routes), echo=_print_block)
         sock = bound_socket()
         stand_in_url = "http://127.0.0.1:%d" % sock.getsockname()[1]
         stand_in_server = EmbeddedServer(server_config(stand_in.app, "127.0.0.1", 0))
-        letta = LettaClient.from_settings(settings, base_url=stand_in_url, api_key="relay-dev")
+        letta = LettaClient.from_settings(settings, base_url=stand_in_url, api_key="relay-dev", metrics=metrics)
         notes.append(f"letta: local stand-in at {stand_in_url}. NOTHING LEAVES THIS MACHINE")
     notes.append("hook secret: RELAY_HOOK_SECRET" if own_secret else
                  "hook secret: the public development secret (relay send finds it by itself)")
@@ -111,10 +113,12 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                          dedup_window=settings.dedup_window)
     await web_queue.ensure_groups()
-    app = create_app(settings, web_queue, slack_api=slack, github_api=github)
+    app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics)
     web = EmbeddedServer(server_config(app, host, port))
     worker = Worker(worker_queue, letta, settings, replier=Replier(slack, github),
-                    origins=Origins(redis, settings.key_prefix, settings.origin_ttl))
+                    origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics)
+    if settings.web_metrics:
+        notes.append(f"metrics: http://{host}:{port}/metrics")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -4,9 +4,9 @@ Names follow Prometheus conventions (`relay_` prefix, `_total` counters, `_secon
 histograms). Labels take a small fixed set of values (source, outcome, reason, status_class,
 state, result), never ids or free text, so the number of series stays bounded.
 
-Queue depths live in Redis, not in the process: `QueueGauges` reads them when scraped (at most
-once a second, within a short timeout) and reports `relay_queue_up 0` when Redis did not
-answer, rather than a stale number.
+Queue contents live in Redis, not in the process: `QueueGauges` reads `Queue.stats()` when
+scraped (at most once a second, within a short timeout) and reports `relay_queue_up 0` when
+Redis did not answer, rather than a stale number.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.errors import BadRequest, BadSignature, QueueUnavailable, Rejected, TooLarge, UnsupportedMedia
-from relay.queue import Queue
+from relay.queue import Queue, QueueStats
 
 # Counters would each carry a second `…_created` series; nothing here reads them.
 prometheus_client.disable_created_metrics()
@@ -98,8 +98,8 @@ class Metrics:
         GCCollector(registry=r)
         self.queue: QueueGauges | None = None
 
-    def watch(self, queue: Queue, *, timeout: float = 0.5, max_age: float = 1.0) -> None:
-        """Export this queue's depths (once per process: web and worker in `relay dev` share one)."""
+    def watch(self, queue: Queue, *, timeout: float = 2.0, max_age: float = 1.0) -> None:
+        """Export this queue's contents (once per process: web and worker in `relay dev` share one)."""
         if self.queue is None:
             self.queue = QueueGauges(queue, timeout=timeout, max_age=max_age)
             self.registry.register(self.queue)
@@ -145,17 +145,17 @@ class Metrics:
 
 
 class QueueGauges:
-    """A collector of queue depths, read from Redis at scrape time and cached for `max_age` s.
+    """A collector of `Queue.stats()`, read from Redis at scrape time and cached for `max_age` s.
 
     `collect` is synchronous (prometheus_client's contract) and Redis is not: the endpoint
     awaits `refresh` first, and `collect` reports what that read found.
     """
 
-    def __init__(self, queue: Queue, *, timeout: float = 0.5, max_age: float = 1.0,
+    def __init__(self, queue: Queue, *, timeout: float = 2.0, max_age: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.queue, self.timeout, self.max_age, self.clock = queue, timeout, max_age, clock
         self._read_at: float | None = None
-        self._depths: dict[str, int] | None = None
+        self._stats: QueueStats | None = None
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
@@ -163,21 +163,29 @@ class QueueGauges:
             if self._read_at is not None and self.clock() - self._read_at < self.max_age:
                 return
             try:
-                depth = await asyncio.wait_for(self.queue.depth(), self.timeout)
-                self._depths = {state: int(getattr(depth, state)) for state in QUEUE_STATES}
+                self._stats = await asyncio.wait_for(self.queue.stats(), self.timeout)
             except (QueueUnavailable, asyncio.TimeoutError):
-                self._depths = None
+                self._stats = None
             self._read_at = self.clock()
 
     def collect(self) -> Iterator[Metric]:
         if self._read_at is None:
             return
-        yield GaugeMetricFamily("relay_queue_up", "1 when the last read of the queue's depths from Redis "
-                                "succeeded, 0 when Redis did not answer in time", value=int(self._depths is not None))
-        if self._depths is None:
+        stats = self._stats
+        yield GaugeMetricFamily("relay_queue_up", "1 when the last read of the queue from Redis succeeded, "
+                                "0 when Redis did not answer in time", value=int(stats is not None))
+        if stats is None:
             return
-        depth = GaugeMetricFamily("relay_queue_depth", "Queue contents by state: conversations ready, delayed "
-                                  "(waiting for a retry time) and in flight; dead letters", labels=["state"])
-        for state, value in self._depths.items():
-            depth.add_metric([state], value)
-        yield depth
+        messages = GaugeMetricFamily("relay_queue_messages", "Messages in the queue by state: ready (waiting "
+                                     "their turn), delayed (until a retry time), in_flight (being delivered), "
+                                     "dead (dead letters)", labels=["state"])
+        for state in QUEUE_STATES:
+            messages.add_metric([state], getattr(stats, state))
+        yield messages
+        yield GaugeMetricFamily("relay_queue_oldest_waiting_age_seconds", "Age of the oldest undelivered message "
+                                "(0 when none waits)", value=stats.oldest_waiting_age or 0.0)
+        dead = GaugeMetricFamily("relay_queue_dead_letters", "Dead letters held, by reason code",
+                                 labels=["reason"])
+        for reason, count in sorted(stats.dead_by_reason.items()):
+            dead.add_metric([reason], count)
+        yield dead

@@ -67,6 +67,10 @@ class Settings:
     shutdown_grace: float = 20.0
     origin_ttl: float = 7 * 24 * 3600.0  # how long relay remembers where a message came from
     log_level: str = "INFO"
+    log_format: str | None = None  # "json" or "text"; None: the command's default (dev: text)
+    web_metrics: bool = True  # serve GET /metrics on the web port
+    metrics_port: int | None = None  # the worker's metrics port; None: 9100 if free; 0: none
+    metrics_host: str = "0.0.0.0"
 
     def max_age_for(self, kind: str) -> float:
         return self.approval_max_age if kind == "approval" else self.max_age
@@ -105,6 +109,36 @@ def _parse_level(name: str, value: str) -> str:
     return level
 
 
+def _parse_log_format(name: str, value: str) -> str:
+    log_format = value.strip().lower()
+    if log_format not in ("json", "text"):
+        raise ConfigError(f"{name}={value!r} must be json or text")
+    return log_format
+
+
+def _parse_switch(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("on", "true", "yes", "1"):
+        return True
+    if word in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"{name}={value!r} must be on or off")
+
+
+def _parse_port(name: str, value: str) -> int:
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > 65535:
+        raise ConfigError(f"{name}={value!r} must be a port number (0 to 65535; 0 turns it off)")
+    return int(digits)
+
+
+def _parse_host(name: str, value: str) -> str:
+    host = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,253}", host):
+        raise ConfigError(f"{name}={value!r} is not a host name or IP address")
+    return host
+
+
 def _parse_prefix(name: str, value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
         raise ConfigError(f"{name}={value!r} may use only letters, digits, '_', '.', '-'")
@@ -128,6 +162,10 @@ _TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_SHUTDOWN_GRACE": ("shutdown_grace", parse_duration),
     "RELAY_ORIGIN_TTL": ("origin_ttl", parse_duration),
     "RELAY_LOG_LEVEL": ("log_level", _parse_level),
+    "RELAY_LOG_FORMAT": ("log_format", _parse_log_format),
+    "RELAY_WEB_METRICS": ("web_metrics", _parse_switch),
+    "RELAY_METRICS_PORT": ("metrics_port", _parse_port),
+    "RELAY_METRICS_HOST": ("metrics_host", _parse_host),
 }
 #: RELAY_* names that are read elsewhere than _TUNABLES.
 _OTHER_RELAY_NAMES = {"RELAY_HOOK_SECRET", "RELAY_ROUTES", "RELAY_ADMIN_TOKEN"}

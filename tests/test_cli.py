@@ -342,3 +342,66 @@ def test_serve_warns_at_start_when_redis_could_evict_queued_work(redis_server: A
         serve.wait(timeout=20)
     log = (tmp_path / "err").read_text()
     assert "maxmemory-policy is volatile-lru" in log and "noeviction" in log
+
+
+# -- relay status --------------------------------------------------------------------------------
+
+def table_rows(out: str) -> dict[str, str]:
+    import re
+
+    return dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in out.splitlines()
+                if line.startswith("  ") and re.search(r"\S\s{2,}\S", line))
+
+
+def test_status_reads_redis_and_shows_dead_letters_by_reason_and_failures(dead_letters: list[str], capsys: Any,
+                                                                           prefix: str) -> None:
+    code, out, _ = run_main(capsys, "status")
+    assert code == 0
+    assert out.startswith(f"relay status: Redis 127.0.0.1:") and f"prefix {prefix}" in out.splitlines()[0]
+    rows = table_rows(out)
+    assert (rows["ready"], rows["in flight"], rows["dead letters"], rows["oldest waiting"]) == ("0", "0", "2", "none")
+    assert rows["http_400"] == "2"
+    assert rows["agent agent-0 via device_id=d"] == rows["agent agent-1 via device_id=d"] == "1"
+
+
+def test_status_over_the_admin_api_and_with_a_wrong_token(dead_letters: list[str], capsys: Any, env: Any,
+                                                          real_redis_url: str, prefix: str, settings: Settings) -> None:
+    env.delenv("REDIS_URL")  # the CLI must go through the relay, not Redis
+    env.setenv("RELAY_ADMIN_TOKEN", "admin-token-for-tests-0123456789")
+    admin = replace(settings, admin_token="admin-token-for-tests-0123456789")
+    with ServerThread(create_app(admin, Queue(connect(real_redis_url), prefix=prefix))) as server:
+        code, out, err = run_main(capsys, "status", "--url", server.url)
+        assert code == 0 and f"asking the relay at {server.url}" in err
+        assert out.startswith(f"relay status: relay at {server.url}")
+        assert table_rows(out)["http_400"] == "2"
+        env.setenv("RELAY_ADMIN_TOKEN", "another-token-of-enough-length")
+        code, _, err = run_main(capsys, "status", "--url", server.url)
+        assert code == 2 and "admin API answered 401" in err
+
+
+def test_status_without_redis_says_when_no_relay_answers(env: Any, capsys: Any) -> None:
+    code, _, err = run_main(capsys, "status", "--url", f"http://127.0.0.1:{free_port()}")
+    assert code == 2 and "could not read the queue from relay at" in err
+
+
+def test_status_watch_redraws_until_interrupted(real_redis_url: str, prefix: str, tmp_path: Path) -> None:
+    env = relay_env(REDIS_URL=real_redis_url, RELAY_KEY_PREFIX=prefix)
+    with open(tmp_path / "out", "wb") as out:
+        watch = subprocess.Popen([sys.executable, "-m", "relay", "status", "--watch", "--interval", "0.1"],
+                                 env=env, stdout=out, stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while (tmp_path / "out").read_text().count("relay status: ") < 3:
+            assert time.monotonic() < deadline and watch.poll() is None
+            time.sleep(0.05)
+    finally:
+        watch.send_signal(signal.SIGINT)
+        code = watch.wait(timeout=10)
+    assert code == 0
+    assert "\x1b[" not in (tmp_path / "out").read_text()  # not a terminal: no screen clearing
+
+
+def test_status_interval_must_be_positive(env: Any, capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        main(["status", "--watch", "--interval", "0"])
+    assert "above zero" in capsys.readouterr().err

@@ -6,6 +6,7 @@
     POST /approvals                        post an approval card in Slack (web/approvals.py)
     /admin/…                               queue depths and dead letters (web/admin.py)
     GET  /healthz, /readyz                 liveness, and readiness (Redis answers)
+    GET  /metrics                          Prometheus metrics, unauthenticated (RELAY_WEB_METRICS=off: 404)
 
 A door whose secret is not configured is not served (404). Every refusal is a JSON
 `{"error": reason}`; nothing is queued unless the whole request was accepted.
@@ -28,6 +29,7 @@ from relay.errors import QueueUnavailable
 from relay.github_api import GitHubApi
 from relay.intake import Intake
 from relay.logs import fields
+from relay.metrics import Metrics
 from relay.queue import Queue
 from relay.routing import Router
 from relay.settings import Settings
@@ -41,7 +43,11 @@ log = logging.getLogger("relay.web")
 
 
 def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None = None,
-               github_api: GitHubApi | None = None, clock: Callable[[], float] = time.time) -> Starlette:
+               github_api: GitHubApi | None = None, clock: Callable[[], float] = time.time,
+               metrics: Metrics | None = None) -> Starlette:
+    """`metrics`: the process's registry (`relay dev` shares one with its worker); else a new one."""
+    metrics = metrics or Metrics()
+    metrics.watch(queue)
     router = Router(settings.routes, settings.slack_fallback, settings.github_fallback)
     intake = Intake(queue)
     if slack_api is None and settings.slack_signing_secret is not None:
@@ -61,11 +67,12 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        *generic.routes(settings, intake, router, clock),
-        *slack.routes(settings, intake, router, slack_api, cards, clock),
-        *github.routes(settings, intake, router, github_api, clock),
-        *approvals.routes(settings, router, cards, clock),
-        *admin.routes(settings, queue),
+        *generic.routes(settings, intake, router, clock, metrics),
+        *slack.routes(settings, intake, router, slack_api, cards, clock, metrics),
+        *github.routes(settings, intake, router, github_api, clock, metrics),
+        *approvals.routes(settings, router, cards, clock, metrics),
+        *admin.routes(settings, queue, metrics),
+        *([metrics.route()] if settings.web_metrics else []),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error})
 

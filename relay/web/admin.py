@@ -1,6 +1,7 @@
 """Operator endpoints, bearer-authenticated with RELAY_ADMIN_TOKEN (not served without it).
 
     GET  /admin/queue                       depths: ready, in flight, delayed, dead
+    GET  /admin/stats                       Queue.stats(): messages by state, oldest age, reasons, failures
     GET  /admin/dead-letters                dead letters, oldest first
     POST /admin/dead-letters/replay         {"ids": [...]} or {"all": true}; same client_message_id
     POST /admin/dead-letters/drop           {"ids": [...]}
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.errors import BadRequest, QueueUnavailable
+from relay.metrics import Metrics
 from relay.queue import DeadEntry, Queue
 from relay.settings import Settings
 from relay.sources.payloads import json_object
@@ -42,7 +44,7 @@ def requested_ids(body: bytes, allow_all: bool) -> list[str] | None:
     return ids
 
 
-def routes(settings: Settings, queue: Queue) -> list[Route]:
+def routes(settings: Settings, queue: Queue, metrics: Metrics) -> list[Route]:
     token = settings.admin_token
     if token is None:
         return []
@@ -55,10 +57,13 @@ def routes(settings: Settings, queue: Queue) -> list[Route]:
                 return await handler(request)
             except QueueUnavailable:
                 return unavailable()
-        return guarded("admin", endpoint)
+        return guarded("admin", endpoint, metrics)
 
     async def depth(request: Request) -> Response:
         return JSONResponse(asdict(await queue.depth()))
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(asdict(await queue.stats()))
 
     async def dead_letters(request: Request) -> Response:
         return JSONResponse({"dead_letters": [dead_letter_view(e) for e in await queue.dead_letters()]})
@@ -76,6 +81,7 @@ def routes(settings: Settings, queue: Queue) -> list[Route]:
 
     return [
         Route("/admin/queue", admin(depth)),
+        Route("/admin/stats", admin(stats)),
         Route("/admin/dead-letters", admin(dead_letters)),
         Route("/admin/dead-letters/replay", admin(replay), methods=["POST"]),
         Route("/admin/dead-letters/drop", admin(drop), methods=["POST"]),

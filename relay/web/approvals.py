@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from relay.cards import Cards
 from relay.errors import BadRequest, ConfigError, QueueUnavailable, UpstreamError, quoted
+from relay.metrics import Metrics
 from relay.routing import Router
 from relay.settings import Settings, destination_from
 from relay.sources.slack import Card, card_id_for
@@ -76,7 +77,8 @@ def parse_card_request(body: bytes, router: Router) -> Card:
                 channel=data["channel"], thread_ts=thread_ts)
 
 
-def routes(settings: Settings, router: Router, cards: Cards | None, clock: Callable[[], float]) -> list[Route]:
+def routes(settings: Settings, router: Router, cards: Cards | None, clock: Callable[[], float],
+           metrics: Metrics) -> list[Route]:
     token = settings.admin_token
     if cards is None or token is None:
         return []
@@ -94,4 +96,4 @@ def routes(settings: Settings, router: Router, cards: Cards | None, clock: Calla
                                   "created": created, "decided": card.decision is not None}
         return JSONResponse(answer, status_code=201 if created else 200)
 
-    return [Route("/approvals", guarded("approvals", create), methods=["POST"])]
+    return [Route("/approvals", guarded("approvals", create, metrics), methods=["POST"])]

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Awaitable, Callable
+import time
+from typing import Awaitable, Callable, Sequence
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from relay.errors import BadSignature, Rejected, TooLarge, quoted
+from relay.intake import Queued
 from relay.logs import fields
+from relay.metrics import Metrics
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -39,18 +42,35 @@ def require_bearer(request: Request, token: str) -> None:
         raise BadSignature("missing or wrong bearer token")
 
 
-def guarded(source: str, handler: Endpoint, delivery_header: str | None = None) -> Endpoint:
+def guarded(source: str, handler: Endpoint, metrics: Metrics, delivery_header: str | None = None) -> Endpoint:
     """A door's endpoint: a Rejected request gets its status and JSON reason, and is logged with
-    the delivery id it claims (unverified, so shortened); a vanished client gets a 400."""
+    the delivery id it claims (unverified, so shortened); a vanished client gets a 400. Each
+    answer's latency is observed, each refusal counted."""
     async def endpoint(request: Request) -> Response:
+        started = time.perf_counter()
         try:
             return await handler(request)
         except Rejected as exc:
+            metrics.rejected(source, exc)
             claimed = request.headers.get(delivery_header) if delivery_header else None
             return refuse(source, quoted(claimed, 80) if claimed else None, exc)
         except ClientDisconnect:
+            metrics.request(source, "rejected", "disconnected")
             return Response(status_code=400)
+        finally:
+            metrics.answered(source, time.perf_counter() - started)
     return endpoint
+
+
+def count_queued(metrics: Metrics, source: str, results: Sequence[Queued]) -> None:
+    """One request's messages queued: unavailable if Redis failed, duplicate if all were."""
+    if Queued.UNAVAILABLE in results:
+        outcome = "unavailable"
+    elif all(r is Queued.DUPLICATE for r in results):
+        outcome = "duplicate"
+    else:
+        outcome = "accepted"
+    metrics.request(source, outcome)
 
 
 def refuse(source: str, delivery_id: str | None, exc: Rejected) -> Response:

@@ -9,14 +9,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.messages import envelope_for
+from relay.metrics import Metrics
 from relay.routing import Router
 from relay.settings import Settings
 from relay.sources import generic
 from relay.intake import Intake, Queued
-from relay.web.common import guarded, read_body, unavailable
+from relay.web.common import count_queued, guarded, read_body, unavailable
 
 
-def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[], float]) -> list[Route]:
+def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[], float],
+           metrics: Metrics) -> list[Route]:
     secret = settings.hook_secret
     if secret is None:
         return []
@@ -26,10 +28,11 @@ def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[
         inbound = generic.receive(request.headers, body, secret, clock())
         envelope = envelope_for(inbound, router.pick(inbound.route), clock())
         result = await intake.enqueue(envelope)
+        count_queued(metrics, generic.SOURCE, [result])
         if result is Queued.UNAVAILABLE:
             return unavailable()
         if result is Queued.DUPLICATE:
             return JSONResponse({"client_message_id": envelope.client_message_id, "duplicate": True})
         return JSONResponse({"client_message_id": envelope.client_message_id}, status_code=202)
 
-    return [Route("/hooks/generic", guarded(generic.SOURCE, hook, "webhook-id"), methods=["POST"])]
+    return [Route("/hooks/generic", guarded(generic.SOURCE, hook, metrics, "webhook-id"), methods=["POST"])]

@@ -22,11 +22,12 @@ from relay.github_api import GitHubApi
 from relay.intake import Intake, Queued
 from relay.logs import fields
 from relay.messages import Inbound, envelope_for
+from relay.metrics import Metrics
 from relay.routing import GitHubRule, Router
 from relay.settings import Settings
 from relay.sources import github as source
 from relay.sources.github import Comment, Delivery, Ignored, Ping
-from relay.web.common import guarded, read_body, unavailable
+from relay.web.common import count_queued, guarded, read_body, unavailable
 
 log = logging.getLogger("relay.web.github")
 
@@ -52,13 +53,14 @@ def admitted(comment: Comment, rule: GitHubRule, delivery: Delivery) -> list[Inb
 
 
 def routes(settings: Settings, intake: Intake, router: Router, github: GitHubApi | None,
-           clock: Callable[[], float]) -> list[Route]:
+           clock: Callable[[], float], metrics: Metrics) -> list[Route]:
     secret = settings.github_webhook_secret
     if secret is None:
         return []
 
     def ignored(delivery: Delivery, reason: str) -> Response:
         log.info("ignored", extra=fields(source="github", delivery_id=delivery.delivery_id, reason=reason))
+        metrics.request(source.SOURCE, "ignored")
         return JSONResponse({"ignored": reason})
 
     async def webhook(request: Request) -> Response:
@@ -79,6 +81,7 @@ def routes(settings: Settings, intake: Intake, router: Router, github: GitHubApi
         if isinstance(inbounds, str):
             return ignored(delivery, inbounds)
         results = await intake.enqueue_all([envelope_for(i, route, clock()) for i in inbounds])
+        count_queued(metrics, source.SOURCE, results)
         if Queued.UNAVAILABLE in results:
             return unavailable()
         answer = {"client_message_ids": [i.client_message_id for i in inbounds],
@@ -88,7 +91,7 @@ def routes(settings: Settings, intake: Intake, router: Router, github: GitHubApi
             background = BackgroundTask(eyes, github, event)
         return JSONResponse(answer, status_code=202, background=background)
 
-    return [Route("/github/webhook", guarded(source.SOURCE, webhook, "x-github-delivery"), methods=["POST"])]
+    return [Route("/github/webhook", guarded(source.SOURCE, webhook, metrics, "x-github-delivery"), methods=["POST"])]
 
 
 async def eyes(github: GitHubApi, comment: Comment) -> None:

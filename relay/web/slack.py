@@ -20,13 +20,14 @@ from relay.errors import NoRoute, QueueUnavailable, UpstreamError
 from relay.intake import Intake, Queued
 from relay.logs import fields
 from relay.messages import envelope_for
+from relay.metrics import Metrics
 from relay.routing import Route as Destinations
 from relay.routing import Router
 from relay.settings import Settings
 from relay.slack_api import SlackApi
 from relay.sources import slack as source
 from relay.sources.slack import Card, Challenge, Click, Decision, Ignored, ReasonGiven
-from relay.web.common import guarded, read_body, unavailable
+from relay.web.common import count_queued, guarded, read_body, unavailable
 
 log = logging.getLogger("relay.web.slack")
 
@@ -44,7 +45,7 @@ def already_text(card: Card) -> str:
 
 
 def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi | None,
-           cards: Cards | None, clock: Callable[[], float]) -> list[Route]:
+           cards: Cards | None, clock: Callable[[], float], metrics: Metrics) -> list[Route]:
     secret = settings.slack_signing_secret
     if secret is None or slack is None:
         return []
@@ -79,8 +80,10 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         except NoRoute as exc:
             log.warning("not routed", extra=fields(source="slack", team=command.team, channel=command.channel,
                                                    reason=exc.reason))
+            metrics.request(source.SOURCE, "ignored")
             return ephemeral(f"Not sent: {exc.reason}.")
         result = await intake.enqueue(envelope_for(command.inbound(), route, clock()))
+        count_queued(metrics, source.SOURCE, [result])
         if result is Queued.UNAVAILABLE:
             return ephemeral("Not sent: relay could not queue the message just now. Please try again.")
         if result is Queued.DUPLICATE:
@@ -93,15 +96,19 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             return JSONResponse({"challenge": event.value})
         if isinstance(event, Ignored):
             log.debug("ignored", extra=fields(source="slack", reason=event.reason))
+            metrics.request(source.SOURCE, "ignored")
             return JSONResponse({"ok": True})
         try:
             route = router.for_slack(event.team, event.channel)
         except NoRoute as exc:
             log.warning("not routed", extra=fields(source="slack", delivery_id=event.event_id, team=event.team,
                                                    channel=event.channel, reason=exc.reason))
+            metrics.request(source.SOURCE, "ignored")
             return JSONResponse({"ok": True})
         envelope = envelope_for(event.inbound(), route, clock())
-        if await intake.enqueue(envelope) is Queued.UNAVAILABLE:
+        result = await intake.enqueue(envelope)
+        count_queued(metrics, source.SOURCE, [result])
+        if result is Queued.UNAVAILABLE:
             return unavailable()  # Slack retries the event
         return JSONResponse({"ok": True})
 
@@ -138,6 +145,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             result = await cards.decide(card, decision)
         except QueueUnavailable:
             result = Queued.UNAVAILABLE
+        count_queued(metrics, source.SOURCE, [result])
         if result is Queued.UNAVAILABLE:
             return tell(c.response_url, "relay could not record your decision just now; please click again.")
         if result is Queued.DUPLICATE:
@@ -177,6 +185,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             result = await cards.decide(card, decision)
         except QueueUnavailable:
             result = Queued.UNAVAILABLE
+        count_queued(metrics, source.SOURCE, [result])
         if result is Queued.UNAVAILABLE:
             return error("relay could not record your decision just now; please submit again.")
         if result is Queued.DUPLICATE:
@@ -188,7 +197,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         return Response(status_code=200, background=later(slack.update_message, card.channel, card.ts, decided))
 
     return [
-        Route("/slack/commands", guarded(source.SOURCE, commands), methods=["POST"]),
-        Route("/slack/events", guarded(source.SOURCE, events), methods=["POST"]),
-        Route("/slack/interactions", guarded(source.SOURCE, interactions), methods=["POST"]),
+        Route("/slack/commands", guarded(source.SOURCE, commands, metrics), methods=["POST"]),
+        Route("/slack/events", guarded(source.SOURCE, events, metrics), methods=["POST"]),
+        Route("/slack/interactions", guarded(source.SOURCE, interactions, metrics), methods=["POST"]),
     ]

@@ -1,0 +1,205 @@
+"""`relay check`: is this configuration ready to run?
+
+The checks are pure functions: settings (or the ConfigError loading them raised), Redis's INFO
+and the queue's durability findings, and how each route's destination resolved → `Problem`s.
+`run` does the I/O around them: load settings, ask Redis, and (with LETTA_API_KEY) ask Letta's
+environments API for each route, the way the worker resolves it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping
+from urllib.parse import urlsplit
+
+from relay.errors import ConfigError, QueueUnavailable
+from relay.letta import LettaClient
+from relay.queue import Queue, connect
+from relay.routing import Route
+from relay.settings import Settings, load
+
+MIN_REDIS = (7, 0)
+LETTA_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: Literal["error", "warning"]  # error: relay will not work; warning: it may lose work
+    what: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How one route's destination resolved: a live connection id, nothing, or an error asking."""
+
+    route: Route
+    connection_id: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Report:
+    ok: list[str] = field(default_factory=list)  # what passed, one line each
+    skipped: list[str] = field(default_factory=list)  # what could not be checked, and why
+    problems: list[Problem] = field(default_factory=list)
+
+
+# -- the checks (pure) ---------------------------------------------------------------------------
+
+def config_problem(error: ConfigError) -> Problem:
+    text = str(error)
+    if "RELAY_ROUTES" in text or "routes file" in text:
+        fix = "correct the routes file (deploy/routes.example.toml shows every key)"
+    else:
+        fix = "correct the setting it names (the README's Configuration section lists them all)"
+    return Problem("error", text, fix)
+
+
+def settings_problems(settings: Settings) -> list[Problem]:
+    """What `relay serve` and `relay worker` would refuse to start without."""
+    problems = []
+    if not settings.redis_url:
+        problems.append(Problem("error", "REDIS_URL is not set: relay serve and relay worker need Redis",
+                                "set REDIS_URL=redis://HOST:6379/0 (only relay dev runs without it)"))
+    if not sources(settings):
+        problems.append(Problem("error", "no source is configured: relay serve would accept nothing",
+                                "set RELAY_HOOK_SECRET (`relay secret` makes one), SLACK_SIGNING_SECRET "
+                                "and/or GITHUB_WEBHOOK_SECRET"))
+    if not settings.routes:
+        problems.append(Problem("error", "no destination is configured",
+                                "set LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / LETTA_DEVICE_ID / "
+                                "LETTA_CONNECTION_NAME, or RELAY_ROUTES"))
+    return problems
+
+
+def sources(settings: Settings) -> list[str]:
+    return [name for name, secret in (("generic webhook", settings.hook_secret),
+                                      ("Slack", settings.slack_signing_secret),
+                                      ("GitHub", settings.github_webhook_secret)) if secret is not None]
+
+
+def settings_summary(settings: Settings) -> str:
+    names = ", ".join(route.name for route in settings.routes) or "none"
+    return f"settings: {len(settings.routes)} route(s) ({names}); sources: {', '.join(sources(settings)) or 'none'}"
+
+
+def redis_problems(info: Mapping[str, Any], durability: Iterable[str]) -> list[Problem]:
+    """INFO's server section, and Queue.durability_warnings() (what could lose queued work)."""
+    problems = []
+    version = str(info.get("redis_version", ""))
+    parsed = _version(version)
+    if parsed is None or parsed < MIN_REDIS:
+        problems.append(Problem("error", f"Redis {version or '(version unknown)'} is older than 7",
+                                "upgrade to Redis 7 or later (relay's queue scripts are written and tested for it)"))
+    for warning in durability:
+        what, _, fix = warning.partition("; ")
+        problems.append(Problem("warning", what, fix or "see the README's Redis settings"))
+    return problems
+
+
+def unreachable_redis(location: str, error: str) -> Problem:
+    return Problem("error", f"Redis at {location} does not answer ({error})",
+                   "start Redis, or correct REDIS_URL (host, port, password; rediss:// for TLS)")
+
+
+def destination_problems(resolutions: Iterable[Resolution]) -> list[Problem]:
+    """Routes whose destination names no online connection, and Letta refusing to be asked."""
+    problems = []
+    failed: dict[str, list[str]] = {}
+    for resolution in resolutions:
+        route = resolution.route
+        if resolution.error is not None:
+            failed.setdefault(resolution.error, []).append(route.name)
+        elif resolution.connection_id is None:
+            kind, value = route.destination.selector
+            problems.append(Problem(
+                "error", f"route {route.name}: no online connection has {kind}={value} "
+                         "(Letta does not know it, or its device sent no heartbeat in 2 minutes)",
+                f"start Letta Code's listener on that device, or correct {kind} of route {route.name}"))
+    for error, names in failed.items():
+        refused = re.search(r"\bHTTP 40[13]\b", error) is not None
+        problems.append(Problem(
+            "error", f"Letta's environments API could not resolve route(s) {', '.join(names)}: {error}",
+            "check LETTA_API_KEY (Letta refused it)" if refused else "check LETTA_BASE_URL and the network"))
+    return problems
+
+
+def redis_location(url: str) -> str:
+    """host:port/db of a Redis URL, never its password (for messages)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        return "REDIS_URL"
+    return f"{parts.hostname or 'localhost'}:{port}/{parts.path.lstrip('/') or '0'}"
+
+
+def _version(text: str) -> tuple[int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+# -- the runner (I/O) ----------------------------------------------------------------------------
+
+async def run(environ: Mapping[str, str]) -> Report:
+    report = Report()
+    try:
+        settings = load(environ)
+    except ConfigError as exc:
+        report.problems.append(config_problem(exc))
+        report.skipped.append("Redis and destinations: the settings must load first")
+        return report
+    found = settings_problems(settings)
+    if not found:
+        report.ok.append(settings_summary(settings))
+    report.problems += found
+    if settings.redis_url:
+        await _check_redis(settings.redis_url, settings.key_prefix, report)
+    if not settings.letta_api_key:
+        report.skipped.append("destinations: LETTA_API_KEY is not set (relay worker needs it)")
+    elif settings.routes:
+        await _check_destinations(settings, report)
+    return report
+
+
+async def _check_redis(url: str, prefix: str, report: Report) -> None:
+    location = redis_location(url)
+    redis = connect(url, socket_timeout=5.0)
+    queue = Queue(redis, prefix=prefix)
+    try:
+        try:
+            info = await queue.server_info()
+        except QueueUnavailable as exc:
+            report.problems.append(unreachable_redis(location, str(exc).removeprefix("redis: ")))
+            return
+        found = redis_problems(info, await queue.durability_warnings())
+    finally:
+        await redis.aclose()
+    if not found:
+        report.ok.append(f"Redis {info.get('redis_version')} at {location}: persistent, never evicts")
+    report.problems += found
+
+
+async def _check_destinations(settings: Settings, report: Report) -> None:
+    letta = LettaClient(settings.letta_base_url, settings.letta_api_key or "", timeout=LETTA_TIMEOUT)
+    resolutions = []
+    try:
+        for route in settings.routes:
+            try:
+                resolutions.append(Resolution(route, await letta.connection_for(route.destination)))
+            except Exception as exc:  # letta's resolve failure (Letta refused, or could not be reached)
+                resolutions.append(Resolution(route, error=str(exc) or type(exc).__name__))
+    finally:
+        await letta.aclose()
+    for resolution in resolutions:
+        route = resolution.route
+        if resolution.connection_id is not None:
+            given = route.destination.selector[0] == "connection_id"
+            report.ok.append(f"route {route.name}: {route.destination.describe()}"
+                             + (" (a connection id is used as given, not looked up)" if given
+                                else f" → connection {resolution.connection_id}"))
+    report.problems += destination_problems(resolutions)

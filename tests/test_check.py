@@ -1,0 +1,216 @@
+"""relay check: the pure checks, and `relay check` through the CLI against real parts (a bad
+routes file, a Redis port nobody answers, a test-owned redis-server set up to lose work, and the
+Letta stand-in with a route whose device it does not know)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route as WebRoute
+
+from relay.check import (
+    Problem,
+    Resolution,
+    config_problem,
+    destination_problems,
+    redis_location,
+    redis_problems,
+    settings_problems,
+)
+from relay.cli import main
+from relay.dev import DEV_HOOK_SECRET
+from relay.errors import ConfigError
+from relay.routing import Destination, Route
+from relay.settings import Settings
+from tests.support import ServerThread, free_port
+
+DURABLE = {"redis_version": "7.2.4"}
+NAMED = Route("named", Destination(agent_id="agent-1", connection_name="ops-box"))
+BY_DEVICE = Route("laptop", Destination(agent_id="agent-2", device_id="dev-laptop"))
+
+
+# -- the pure checks -------------------------------------------------------------------------------
+
+def test_redis_older_than_7_is_an_error_and_7_or_later_passes() -> None:
+    [problem] = redis_problems({"redis_version": "6.2.14"}, [])
+    assert problem.severity == "error" and "6.2.14" in problem.what and "7" in problem.fix
+    assert redis_problems(DURABLE, []) == []
+    assert redis_problems({"redis_version": "8.0.1"}, []) == []
+    assert redis_problems({}, [])[0].what == "Redis (version unknown) is older than 7"
+
+
+def test_durability_findings_become_warnings_with_their_fix() -> None:
+    finding = ("maxmemory-policy is allkeys-lru: when Redis fills up it may evict queued messages or "
+               "de-duplication markers; set maxmemory-policy noeviction")
+    assert redis_problems(DURABLE, [finding]) == [Problem(
+        "warning", "maxmemory-policy is allkeys-lru: when Redis fills up it may evict queued messages or "
+                   "de-duplication markers", "set maxmemory-policy noeviction")]
+
+
+def test_unresolved_destinations_name_the_route_and_selector() -> None:
+    problems = destination_problems([Resolution(NAMED, "conn-1"), Resolution(BY_DEVICE, None)])
+    [problem] = problems
+    assert "route laptop" in problem.what and "device_id=dev-laptop" in problem.what
+    assert "device_id of route laptop" in problem.fix
+
+
+def test_letta_refusing_the_key_is_one_problem_for_every_route() -> None:
+    error = 'HTTP 401: resolving the connection: {"message": "unauthorized"}'
+    [problem] = destination_problems([Resolution(NAMED, error=error), Resolution(BY_DEVICE, error=error)])
+    assert "named, laptop" in problem.what and "LETTA_API_KEY" in problem.fix
+    [problem] = destination_problems([Resolution(NAMED, error="connect: ConnectError: refused")])
+    assert "LETTA_BASE_URL" in problem.fix
+
+
+def test_what_serve_would_refuse_is_reported_together() -> None:
+    problems = settings_problems(Settings())
+    assert [p.what.split(" ")[0] for p in problems] == ["REDIS_URL", "no", "no"]
+    assert settings_problems(Settings(redis_url="redis://r:6379/0", hook_secret=b"s" * 24, routes=(NAMED,))) == []
+
+
+def test_routes_file_errors_point_at_the_routes_file() -> None:
+    problem = config_problem(ConfigError("RELAY_ROUTES='r.toml': [routes.x]: unknown key 'agent'"))
+    assert problem.severity == "error" and "routes file" in problem.fix
+
+
+def test_redis_location_never_shows_the_password() -> None:
+    assert redis_location("redis://:s3cret@db.internal:6380/2") == "db.internal:6380/2"
+    assert redis_location("rediss://user:s3cret@db.internal") == "db.internal:6379/0"
+    assert redis_location("unix:///run/redis.sock") == "unix:/run/redis.sock"
+
+
+# -- relay check through the CLI -----------------------------------------------------------------------
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A clean relay environment with a source and a destination, for in-process `main()` calls."""
+    for name in list(os.environ):
+        if name.startswith(("RELAY_", "LETTA_")) or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("RELAY_HOOK_SECRET", DEV_HOOK_SECRET)
+    monkeypatch.setenv("LETTA_AGENT_ID", "agent-1")
+    monkeypatch.setenv("LETTA_DEVICE_ID", "device-test")
+    return monkeypatch
+
+
+def check(capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["check"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out
+    return code, out, err
+
+
+def numbered(out: str) -> list[str]:
+    """The problem lines ("[error] …"), in order."""
+    return [line.split(". ", 1)[1] for line in out.splitlines() if line[:3].strip().rstrip(".").isdigit()]
+
+
+def test_a_clean_configuration_passes_with_ok_lines(env: Any, capsys: Any, redis_server: Any, stand_in: Any) -> None:
+    _standin, letta_url = stand_in
+    env.setenv("REDIS_URL", redis_server.url)
+    env.setenv("LETTA_API_KEY", "key")
+    env.setenv("LETTA_BASE_URL", letta_url)
+    code, out, _ = check(capsys)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "ok  settings: 1 route(s) (default); sources: generic webhook"
+    assert lines[1].startswith("ok  Redis 7.") and f"127.0.0.1:{redis_server.port}/0" in lines[1]
+    assert lines[2] == "ok  route default: agent agent-1 via device_id=device-test → connection conn-test"
+    assert "problem" not in out
+
+
+@pytest.mark.parametrize("routes, complaint", [
+    ('[routes.ops]\nagent_id = "a"\ndevice = "d"\n', "unknown key 'device'"),
+    ("[routes.ops\n", "is not valid TOML"),
+    ('[routes.ops]\nagent_id = "a"\n', "set exactly one of"),
+])
+def test_a_bad_routes_file_is_one_readable_problem(routes: str, complaint: str, env: Any, capsys: Any,
+                                                   tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(routes)
+    env.setenv("RELAY_ROUTES", str(path))
+    code, out, err = check(capsys)
+    assert code == 1 and err == ""
+    [problem] = numbered(out)
+    assert problem.startswith("[error] RELAY_ROUTES=") and complaint in problem
+    assert "fix: correct the routes file" in out
+    assert "not checked: Redis and destinations" in out
+
+
+def test_a_missing_routes_file_is_reported(env: Any, capsys: Any, tmp_path: Path) -> None:
+    env.setenv("RELAY_ROUTES", str(tmp_path / "nowhere.toml"))
+    code, out, _ = check(capsys)
+    assert code == 1 and "cannot be read" in numbered(out)[0]
+
+
+def test_an_unreachable_redis_is_reported_with_its_address(env: Any, capsys: Any) -> None:
+    port = free_port()
+    env.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
+    code, out, _ = check(capsys)
+    assert code == 1
+    [problem] = numbered(out)
+    assert problem.startswith(f"[error] Redis at 127.0.0.1:{port}/0 does not answer")
+    assert "hunter2" not in out
+
+
+def test_a_redis_that_could_lose_work_gets_one_problem_per_setting(env: Any, capsys: Any, redis_server: Any) -> None:
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_server.url)  # the test's own server
+    client.config_set("appendonly", "no")
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    env.setenv("REDIS_URL", redis_server.url)
+    code, out, _ = check(capsys)
+    assert code == 1
+    assert numbered(out) == [
+        "[warning] maxmemory-policy is allkeys-lru: when Redis fills up it may evict queued messages or "
+        "de-duplication markers",
+        "[warning] appendonly is off (no persistence at all): a Redis restart loses recently accepted messages",
+    ]
+    assert "fix: set maxmemory-policy noeviction" in out and "fix: set appendonly yes" in out
+    assert "ok  settings:" in out and "not checked: destinations: LETTA_API_KEY is not set" in out
+
+
+def test_a_route_whose_device_letta_does_not_know_is_reported(env: Any, capsys: Any, redis_server: Any,
+                                                               stand_in: Any, tmp_path: Path) -> None:
+    standin, letta_url = stand_in
+    standin.devices[1].online = False  # device-ops: known, but offline
+    path = tmp_path / "routes.toml"
+    path.write_text('[routes.typo]\nagent_id = "agent-2"\ndevice_id = "device-tset"\n'
+                    '[routes.asleep]\nagent_id = "agent-3"\nconnection_name = "ops-box"\n')
+    env.setenv("RELAY_ROUTES", str(path))
+    env.setenv("REDIS_URL", redis_server.url)
+    env.setenv("LETTA_API_KEY", "key")
+    env.setenv("LETTA_BASE_URL", letta_url)
+    code, out, _ = check(capsys)
+    assert code == 1
+    assert "ok  route default: agent agent-1 via device_id=device-test → connection conn-test" in out
+    assert numbered(out) == [
+        "[error] route typo: no online connection has device_id=device-tset (Letta does not know it, "
+        "or its device sent no heartbeat in 2 minutes)",
+        "[error] route asleep: no online connection has connection_name=ops-box (Letta does not know it, "
+        "or its device sent no heartbeat in 2 minutes)",
+    ]
+    assert standin.list_requests >= 3  # each route was looked up
+
+
+def test_letta_refusing_the_api_key_is_reported_once(env: Any, capsys: Any, redis_server: Any) -> None:
+    async def refuse(request: Any) -> JSONResponse:
+        return JSONResponse({"message": "invalid api key"}, status_code=401)
+
+    refusing = Starlette(routes=[WebRoute("/v1/environments/{rest:path}", refuse)])
+    with ServerThread(refusing) as server:
+        env.setenv("REDIS_URL", redis_server.url)
+        env.setenv("LETTA_API_KEY", "wrong")
+        env.setenv("LETTA_BASE_URL", server.url)
+        code, out, _ = check(capsys)
+    assert code == 1
+    [problem] = numbered(out)
+    assert "could not resolve route(s) default: HTTP 401" in problem
+    assert "fix: check LETTA_API_KEY" in out
