@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -338,3 +339,39 @@ def test_relay_worker_serves_metrics_on_its_own_port(real_redis_url: str, prefix
     names = {family.name for family in text_string_to_metric_families(response.text)}
     assert {"relay_delivery_attempts", "relay_delivery_call_seconds", "relay_queue_wait_seconds",
             "relay_end_to_end_seconds", "relay_connection_cache_lookups", "process_resident_memory_bytes"} <= names
+
+
+def test_relay_dev_serves_one_registry_for_its_web_and_worker_and_logs_text(tmp_path: Path) -> None:
+    from relay.dev import DEV_HOOK_SECRET
+    from relay.sources.generic import decode_secret
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "err", "wb") as err:
+        dev = subprocess.Popen([sys.executable, "-m", "relay", "dev", "--port", str(port)], env=relay_env(),
+                               stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{base}/readyz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and dev.poll() is None, (tmp_path / "err").read_text()
+                time.sleep(0.1)
+        raw, headers = signed({"text": "count me"}, decode_secret(DEV_HOOK_SECRET))
+        assert httpx.post(f"{base}/hooks/generic", content=raw, headers=headers, timeout=5).status_code == 202
+        while True:
+            scraped = samples(httpx.get(f"{base}/metrics", timeout=5).text)
+            if value(scraped, "relay_delivery_attempts_total", outcome="delivered", status_class="2xx") == 1:
+                break
+            assert time.monotonic() < deadline + 10, (tmp_path / "err").read_text()
+            time.sleep(0.1)
+    finally:
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(timeout=30) == 0, (tmp_path / "err").read_text()
+    assert value(scraped, "relay_requests_total", source="generic", outcome="accepted", reason="") == 1
+    assert value(scraped, "relay_end_to_end_seconds_count") == 1
+    log = (tmp_path / "err").read_text()
+    assert f"metrics: {base}/metrics" in log
+    assert " INFO relay.worker delivered " in log and '{"ts"' not in log
