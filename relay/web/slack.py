@@ -44,6 +44,10 @@ def already_text(card: Card) -> str:
             f"<!date^{int(decision.at)}^{{date_short_pretty}} at {{time}}|earlier>; nothing changed.")
 
 
+def closed_text(card: Card) -> str:
+    return f"This approval request is no longer pending ({source.escape(card.closed or '')}); nothing was sent."
+
+
 def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi | None,
            cards: Cards | None, clock: Callable[[], float], metrics: Metrics) -> list[Route]:
     secret = settings.slack_signing_secret
@@ -129,6 +133,8 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             return tell(c.response_url, "This approval request is unknown or has expired; nothing was sent.")
         if card.decision is not None:
             return show_decided(c, card)
+        if card.closed is not None:
+            return show_closed(c, card)
         refusal = await cards.refusal(card, c.team, c.user)
         if refusal is not None:
             log.warning("decision refused", extra=fields(card=card.card_id, user=c.user, reason=refusal))
@@ -165,6 +171,14 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
                                                  "text": already_text(card)})
         return Response(status_code=200, background=later(run))
 
+    def show_closed(c: Click, card: Card) -> Response:
+        """Tell the clicker the request ended elsewhere, and make sure the card shows it."""
+        async def run() -> None:
+            await slack.respond(c.response_url, {"replace_original": True, **source.closed_message(card)})
+            await slack.respond(c.response_url, {"response_type": "ephemeral", "replace_original": False,
+                                                 "text": closed_text(card)})
+        return Response(status_code=200, background=later(run))
+
     async def reason_given(cards: Cards, r: ReasonGiven) -> Response:
         def error(text: str) -> Response:
             return JSONResponse({"response_action": "errors", "errors": {source.REASON_BLOCK: text}})
@@ -177,6 +191,8 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             return error("This approval request is unknown or has expired; nothing was sent.")
         if card.decision is not None:
             return error(already_text(card))
+        if card.closed is not None:
+            return error(closed_text(card))
         refusal = await cards.refusal(card, r.team, r.user)
         if refusal is not None:
             return error(f"Not allowed: {refusal}. Nothing was sent.")
