@@ -229,7 +229,7 @@ function done(summary, latency, requests)
     latency:percentile(50) / 1000.0, latency:percentile(99) / 1000.0))
 end
 """)
-    result = subprocess.run([binary, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+    result = subprocess.run([binary, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
                              "--timeout", "10s", "-s", str(workdir / "script.lua"), url],
                             capture_output=True, text=True, cwd=workdir)
     shutil.rmtree(workdir, ignore_errors=True)
