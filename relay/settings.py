@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from relay.errors import ConfigError
-from relay.routing import DEFAULT_ASSOCIATIONS, DEFAULT_ROUTE, SELECTORS, Destination, GitHubRule, Route, SlackRule
+from relay.routing import (APPROVAL_PATHS, DEFAULT_ASSOCIATIONS, DEFAULT_ROUTE, SELECTORS, Destination, GitHubRule,
+                           Route, SlackRule, WatchRule)
 from relay.sources.generic import decode_secret
 
 DEFAULT_LETTA_BASE_URL = "https://api.letta.com"
@@ -302,14 +303,16 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> di
             raise ConfigError(f"{where}: a route name may use only letters, digits, '_', '.', '-'")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a table")
-        extra = sorted(set(spec) - set(DESTINATION_KEYS) - {"slack", "github"})
+        extra = sorted(set(spec) - set(DESTINATION_KEYS) - {"slack", "github", "watch"})
         if extra:
             raise ConfigError(f"{where}: unknown key {extra[0]!r} "
-                              f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, slack, github)")
-        destination = destination_from({k: v for k, v in spec.items() if k not in ("slack", "github")}, where)
+                              f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, slack, github, watch)")
+        destination = destination_from({k: v for k, v in spec.items() if k not in ("slack", "github", "watch")},
+                                        where)
         slack = _slack_rule(spec["slack"], f"{origin}: [routes.{name}.slack]") if "slack" in spec else None
         github = _github_rule(spec["github"], f"{origin}: [routes.{name}.github]") if "github" in spec else None
-        routes[name] = Route(name, destination, slack=slack, github=github)
+        watch = _watch_rule(spec["watch"], f"{origin}: [routes.{name}.watch]") if "watch" in spec else None
+        routes[name] = Route(name, destination, slack=slack, github=github, watch=watch)
     return routes
 
 
@@ -368,6 +371,28 @@ def _github_rule(spec: Any, where: str) -> GitHubRule:
                          "GitHub logins")
     return GitHubRule(repositories=repositories, trigger=trigger, associations=associations,
                       approvers=approvers, actions=actions)
+
+
+def _watch_rule(spec: Any, where: str) -> WatchRule:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a table")
+    allowed = {"enabled", "slack_channel", "approvals"}
+    extra = sorted(set(spec) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    enabled = spec.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where}: enabled must be true or false")
+    channel = spec.get("slack_channel")
+    if channel is not None and not (isinstance(channel, str) and re.fullmatch(r"[CGD][A-Z0-9]{2,31}", channel)):
+        raise ConfigError(f"{where}: slack_channel must be a Slack channel id such as \"C0123ABC\"")
+    approvals = spec.get("approvals", "rest")
+    if approvals not in APPROVAL_PATHS:
+        raise ConfigError(f"{where}: approvals must be \"rest\" or \"socket\"")
+    if approvals == "socket" and not enabled:
+        raise ConfigError(f"{where}: approvals = \"socket\" needs the watcher (enabled = true): it learns "
+                          "the request id each decision must answer")
+    return WatchRule(enabled=enabled, slack_channel=channel, approvals=approvals)
 
 
 def _strings(value: Any, where: str, pattern: str, example: str) -> tuple[str, ...]:

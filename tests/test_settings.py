@@ -894,3 +894,60 @@ def test_a_blank_signing_secret_is_refused_not_used_as_an_empty_key(name: str, b
     # An empty HMAC key is one anyone can sign with: loading it would fail open.
     with pytest.raises(ConfigError, match=f"{name} is blank"):
         load({name: blank})
+
+
+# --- [routes.NAME.watch]: the opt-in to relay watch -------------------------------------------
+
+
+def watch_route(body: str) -> str:
+    return '[routes.ops]\nagent_id = "a"\ndevice_id = "d"\n\n[routes.ops.watch]\n' + body
+
+
+def watched(body: str) -> Route:
+    return load({"RELAY_ROUTES": ROUTES_PATH}, routes_file(watch_route(body))).routes[0]
+
+
+def test_a_watch_table_opts_the_route_in_with_rest_approvals_by_default() -> None:
+    from relay.routing import WatchRule
+
+    route = watched("")
+    assert route.watch == WatchRule(enabled=True, slack_channel=None, approvals="rest")
+    assert route.watched and not route.approvals_by_socket
+
+
+def test_a_watch_table_reads_channel_and_socket_approvals() -> None:
+    route = watched('slack_channel = "C0123ABC"\napprovals = "socket"\n')
+    assert route.watch is not None and route.watch.slack_channel == "C0123ABC"
+    assert route.watched and route.approvals_by_socket
+
+
+def test_a_route_without_a_watch_table_is_not_watched() -> None:
+    route = load({"RELAY_ROUTES": ROUTES_PATH}, routes_file(TWO_ROUTES)).routes[0]
+    assert route.watch is None and not route.watched and not route.approvals_by_socket
+
+
+def test_a_disabled_watch_table_is_not_watched() -> None:
+    route = watched("enabled = false\n")
+    assert route.watch is not None and not route.watched
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ('chanel = "C0123ABC"\n', ["[routes.ops.watch]", "'chanel'", "slack_channel"]),
+    ('approvals = "webhook"\n', ["[routes.ops.watch]", "approvals", '"rest" or "socket"']),
+    ('enabled = "yes"\n', ["[routes.ops.watch]", "enabled", "true or false"]),
+    ('slack_channel = "#general"\n', ["[routes.ops.watch]", "slack_channel", "channel id"]),
+    ('enabled = false\napprovals = "socket"\n', ["[routes.ops.watch]", "socket", "enabled = true"]),
+])
+def test_a_bad_watch_table_names_the_route_and_the_key(body: str, words: list[str]) -> None:
+    message = routes_error(watch_route(body))
+    for word in words:
+        assert word in message
+
+
+def test_a_watch_value_that_is_not_a_table_is_an_error() -> None:
+    message = routes_error('[routes.ops]\nagent_id = "a"\ndevice_id = "d"\nwatch = true\n')
+    assert "[routes.ops.watch] must be a table" in message
+
+
+def test_the_unknown_route_key_message_lists_watch() -> None:
+    assert "watch" in routes_error('[routes.ops]\nagent_id = "a"\ndevice_id = "d"\nwatcher = 1\n')
