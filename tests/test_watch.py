@@ -1,0 +1,339 @@
+"""relay watch against real parts: the status socket stand-in on a loopback port, the Letta REST
+stand-in for resolution, Redis (fakeredis and real), real Cards/Origins/Replier over the Slack
+stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from dataclasses import replace
+from typing import Any, AsyncIterator, Iterator
+
+import pytest
+from tenacity import wait_none
+
+from relay.cards import Cards
+from relay.intake import Intake
+from relay.letta import LettaClient
+from relay.messages import Inbound, client_message_id, envelope_for, user_message
+from relay.origins import Origins
+from relay.policy import Backoff
+from relay.queue import Queue
+from relay.replies import Replier
+from relay.routing import Destination, Route, Router, SlackRule, WatchRule
+from relay.settings import Settings
+from relay.slack_api import SlackApi
+from relay.standin import Device, LettaStandIn
+from relay.status_socket import ANSWERED_ELSEWHERE, NO_LONGER_PENDING, TurnEnded
+from relay.watch import ANSWERED_KIND, REQUEST_KIND, Watcher, reply_texts, request_key
+from tests.conftest import APPROVER, SLACK_TEAM
+from tests.letta_socket_standin import CONTROL, STREAM, StatusSocketStandIn
+from tests.slack_standin import SlackStandIn
+from tests.support import ServerThread
+
+pytestmark = pytest.mark.anyio
+
+AGENT, CONVERSATION, DEVICE = "agent-watch", "conv-watch", "device-watch"
+SCOPE = (AGENT, CONVERSATION)
+CARD_CHANNEL = "C0CARDS"
+API_KEY = "test-key"
+
+
+@pytest.fixture
+def letta_sockets() -> Iterator[tuple[StatusSocketStandIn, str]]:
+    letta = LettaStandIn([Device(DEVICE, "watch-box", "conn-watch-1")])
+    sockets = StatusSocketStandIn(letta, API_KEY)
+    with ServerThread(sockets.app) as server:
+        yield sockets, server.url
+
+
+def watched_settings(settings: Settings, slack_url: str, approvals: str = "rest") -> Settings:
+    route = Route("watched", Destination(agent_id=AGENT, conversation_id=CONVERSATION, device_id=DEVICE),
+                  slack=SlackRule(teams=(SLACK_TEAM,), approvers=(APPROVER,)),
+                  watch=WatchRule(slack_channel=CARD_CHANNEL, approvals=approvals))
+    return replace(settings, routes=(*settings.routes, route), slack_bot_token="xoxb-test",
+                   slack_api_base_url=slack_url, letta_api_key=API_KEY, resolve_ttl=0.3)
+
+
+class World:
+    """Everything one watcher needs, and ways to run one or several."""
+
+    def __init__(self, settings: Settings, redis: Any, prefix: str, letta_url: str, slack_url: str) -> None:
+        self.settings, self.redis, self.prefix = settings, redis, prefix
+        self.letta_url, self.slack_url = letta_url, slack_url
+        self.queue = Queue(redis, prefix=prefix)
+        self.origins = Origins(redis, prefix)
+        self.route = next(r for r in settings.routes if r.name == "watched")
+
+    @contextlib.asynccontextmanager
+    async def watcher(self, *, ping_interval: float = 25.0) -> AsyncIterator[Watcher]:
+        letta = LettaClient(self.letta_url, API_KEY, retry_wait=wait_none(), resolve_ttl=0.2)
+        slack = SlackApi("xoxb-test", base_url=self.slack_url)
+        router = Router(self.settings.routes)
+        cards = Cards(self.queue, slack, router, Intake(self.queue))
+        watcher = Watcher(self.settings, self.queue, letta, cards, self.origins, Replier(slack),
+                          base_url=self.letta_url, rng=random.Random(7), backoff=Backoff(0.05, 0.2),
+                          ping_interval=ping_interval, recall_wait=0.5, check_every=0.3)
+        stop = asyncio.Event()
+        task = asyncio.create_task(watcher.run(stop))
+        try:
+            yield watcher
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, timeout=20)
+            await letta.aclose()
+            await slack.aclose()
+
+    async def remember(self, text: str, reply: dict[str, Any]) -> str:
+        """A message relay delivered for this route: its id, with its origin on record."""
+        message_id = client_message_id("slack", text)
+        inbound = Inbound("slack", text, message_id, user_message(text, message_id), route="watched", reply=reply)
+        await self.origins.remember(envelope_for(inbound, self.route, time.time()))
+        return message_id
+
+
+@pytest.fixture
+def world(settings: Settings, redis_client: Any, prefix: str, letta_sockets: tuple[StatusSocketStandIn, str],
+          slack_stand_in: SlackStandIn) -> World:
+    _, url = letta_sockets
+    return World(watched_settings(settings, slack_stand_in.api_url), redis_client, prefix, url,
+                 slack_stand_in.api_url)
+
+
+async def until(predicate: Any, timeout: float = 10.0) -> None:
+    assert await asyncio.to_thread(predicate, timeout)
+
+
+def cards_posted(slack: SlackStandIn) -> list[Any]:
+    return [c for c in slack.of("chat.postMessage") if "Approval needed" in c.body.get("text", "")]
+
+
+# -- connecting --------------------------------------------------------------------------
+
+
+async def test_the_watcher_opens_both_channels_with_bearer_auth_and_asks_for_the_state(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str]) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        await until(lambda t: sockets.wait_for(lambda s: len(s.of("sync")) >= 1, t))
+    opened = sockets.sockets
+    assert sorted(s.channel for s in opened) == [CONTROL, STREAM]
+    assert {s.connection_id for s in opened} == {"conn-watch-1"}
+    assert {s.authorization for s in opened} == {f"Bearer {API_KEY}"}
+    [sync] = sockets.of("sync")
+    assert sync.channel == CONTROL
+    assert sync.frame["recover_approvals"] is False and sync.frame["force_device_status"] is True
+    assert sync.frame["runtime"] == {"agent_id": AGENT, "conversation_id": CONVERSATION}
+
+
+async def test_every_sequenced_frame_is_acked_and_each_socket_pinged(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str]) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher(ping_interval=0.2):
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        sockets.reply(SCOPE, "run-x", "Nobody asked, but here it is.", ["not-from-relay"])
+        sockets.request_approval(SCOPE, "toolu_ack")
+        await until(lambda t: sockets.wait_for(
+            lambda s: all(x.pings >= 2 for x in s.sockets) and all(not x.unacked() for x in s.sockets)
+            and sum(len(x.sent) for x in s.sockets) >= 10, t))
+    forbidden = {"runtime_start", "change_device_state", "update_model", "abort_message"}
+    assert [c.frame["type"] for c in sockets.commands if c.frame["type"] in forbidden] == []
+
+
+async def test_a_bad_api_key_is_refused_and_retried_without_giving_up(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str]) -> None:
+    sockets, _ = letta_sockets
+    sockets.api_key = "another-key"
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for(lambda s: len(s.refused) >= 3, t))
+        sockets.api_key = API_KEY
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+    assert set(sockets.refused) == {"bad credentials"}
+
+
+async def test_a_dropped_socket_is_reopened_and_the_state_asked_for_again(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        sockets.request_approval(SCOPE, "toolu_drop")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+        first = max(s.id for s in sockets.sockets)
+        sockets.drop()
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, after=first, timeout=t))
+        await until(lambda t: sockets.wait_for(lambda s: len(s.of("sync")) >= 2, t))
+        await asyncio.sleep(0.3)  # the status after the sync lists the request again
+    assert len(cards_posted(slack_stand_in)) == 1
+
+
+async def test_a_rotated_connection_is_followed(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str]) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        new_id = sockets.letta.rotate(DEVICE)
+        await until(lambda t: sockets.wait_for(
+            lambda s: len([x for x in s.sockets if x.open and x.connection_id == new_id]) == 2, t))
+        await until(lambda t: sockets.wait_for(
+            lambda s: not [x for x in s.sockets if x.open and x.connection_id != new_id], t))
+
+
+# -- approvals ---------------------------------------------------------------------------
+
+
+async def test_an_approval_request_becomes_a_card_in_the_route_channel(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        request_id = sockets.request_approval(SCOPE, "toolu_1", "Bash", {"command": "make deploy"})
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+    [card] = cards_posted(slack_stand_in)
+    assert card.body["channel"] == CARD_CHANNEL and "thread_ts" not in card.body
+    assert "make deploy" in json.dumps(card.body["blocks"])
+    stored = json.loads(await world.queue.record(REQUEST_KIND, request_key(AGENT, "toolu_1")))
+    assert stored["request_id"] == request_id and stored["route"] == "watched"
+    assert stored["connection_id"] == "conn-watch-1"
+
+
+async def test_a_request_during_relay_s_turn_goes_to_the_thread_of_its_message(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    message_id = await world.remember("deploy please", {"via": "reaction", "channel": "C0TEAM", "ts": "1700.1"})
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        sockets.loop_status(SCOPE, "PROCESSING_API_RESPONSE", ["run-1"], {"run-1": [message_id]})
+        sockets.chunks(SCOPE, "run-1", "msg-1", "I will deploy.")
+        sockets.stop(SCOPE, "run-1", "requires_approval")
+        sockets.request_approval(SCOPE, "toolu_2")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+    [card] = cards_posted(slack_stand_in)
+    assert (card.body["channel"], card.body.get("thread_ts")) == ("C0TEAM", "1700.1")
+
+
+async def test_a_request_missed_while_away_is_carded_from_the_pending_list(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    sockets.redeliver = False
+    sockets.request_approval(SCOPE, "toolu_early")  # before the watcher is there: only the sync shows it
+    async with world.watcher():
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+
+
+async def test_an_approval_answered_elsewhere_closes_its_card(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        request_id = sockets.request_approval(SCOPE, "toolu_3")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+        sockets.answer_elsewhere(SCOPE, request_id)
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.update")) == 1, t))
+    [update] = slack_stand_in.of("chat.update")
+    assert update.body["ts"] == cards_posted(slack_stand_in)[0].body.get("ts", update.body["ts"])
+    shown = json.dumps(update.body["blocks"])
+    assert ANSWERED_ELSEWHERE in shown and '"type": "button"' not in shown and '"actions"' not in shown
+
+
+async def test_a_request_that_leaves_the_pending_list_closes_its_card(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        request_id = sockets.request_approval(SCOPE, "toolu_4")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+        await asyncio.sleep(2.1)  # past the grace in which a status may predate the request
+        sockets.forget_request(SCOPE, request_id)
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.update")) == 1, t))
+    assert NO_LONGER_PENDING in json.dumps(slack_stand_in.of("chat.update")[0].body["blocks"])
+
+
+async def test_two_watchers_at_once_post_one_card_and_one_reply(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    message_id = await world.remember("status?", {"via": "reaction", "channel": "C0TEAM", "ts": "1700.2"})
+    async with world.watcher(), world.watcher():
+        await until(lambda t: sockets.wait_for_open(4, SCOPE, timeout=t))
+        sockets.request_approval(SCOPE, "toolu_5")
+        sockets.reply(SCOPE, "run-2", "All green.", [message_id])
+        await until(lambda t: slack_stand_in.wait_for(
+            lambda s: len(cards_posted(s)) == 1 and any(c.body.get("text") == "All green."
+                                                        for c in s.of("chat.postMessage")), t))
+        await asyncio.sleep(0.5)  # room for a second post, were there one
+    posts = slack_stand_in.of("chat.postMessage")
+    assert len(cards_posted(slack_stand_in)) == 1
+    assert [c.body["thread_ts"] for c in posts if c.body.get("text") == "All green."] == ["1700.2"]
+
+
+async def test_a_restarted_watcher_closes_cards_of_requests_that_ended_meanwhile(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    sockets.redeliver = False
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        request_id = sockets.request_approval(SCOPE, "toolu_6")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+    sockets.forget_request(SCOPE, request_id)  # while nobody watches
+    async with world.watcher():
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.update")) == 1, t))
+    assert NO_LONGER_PENDING in json.dumps(slack_stand_in.of("chat.update")[0].body["blocks"])
+    assert len(cards_posted(slack_stand_in)) == 1
+
+
+# -- replies -----------------------------------------------------------------------------
+
+
+async def test_a_turn_relay_started_is_answered_in_its_thread_without_subagent_output(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    message_id = await world.remember("what broke?", {"via": "reaction", "channel": "C0TEAM", "ts": "1700.3"})
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        sockets.loop_status(SCOPE, "PROCESSING_API_RESPONSE", ["run-3"], {"run-3": [message_id]})
+        sockets.chunks(SCOPE, "run-3", "msg-a", "The cache expired.")
+        sockets.delta(SCOPE, {"message_type": "assistant_message", "id": "sub-1", "run_id": "run-sub",
+                              "content": "subagent notes"}, subagent_id="subagent-1")
+        sockets.stop(SCOPE, "run-3")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.postMessage")) == 1, t))
+        await asyncio.sleep(0.3)
+    [post] = slack_stand_in.of("chat.postMessage")
+    assert (post.body["channel"], post.body["thread_ts"], post.body["text"]) == ("C0TEAM", "1700.3",
+                                                                                 "The cache expired.")
+
+
+async def test_a_turn_relay_did_not_start_is_not_answered(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        sockets.reply(SCOPE, "run-4", "Hello desktop user.", ["typed-in-the-desktop-app"])
+        sockets.request_approval(SCOPE, "toolu_marker")  # something that does get posted, after it
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+        await asyncio.sleep(0.8)  # longer than the watcher waits for an origin
+    assert [c for c in slack_stand_in.of("chat.postMessage") if "desktop" in c.body.get("text", "")] == []
+    assert await world.redis.keys(f"{world.prefix}:rec:{ANSWERED_KIND}:*") == []
+
+
+def test_a_silent_failed_turn_gets_a_note_and_a_quiet_one_nothing() -> None:
+    assert reply_texts(TurnEnded(("m",), ("a", "b"), "end_turn")) == ["a", "b"]
+    assert reply_texts(TurnEnded(("m",), (), "end_turn")) == []
+    assert reply_texts(TurnEnded(("m",), (), None)) == []
+    assert reply_texts(TurnEnded(("m",), (), "llm_api_error")) == [
+        "The agent stopped without answering (stop reason: llm_api_error)."]
+
+
+async def test_a_route_that_does_not_opt_in_is_not_watched(
+        settings: Settings, redis_client: Any, prefix: str, letta_sockets: tuple[StatusSocketStandIn, str],
+        slack_stand_in: SlackStandIn) -> None:
+    sockets, url = letta_sockets
+    quiet = World(watched_settings(settings, slack_stand_in.api_url), redis_client, prefix, url,
+                  slack_stand_in.api_url)
+    quiet.settings = replace(quiet.settings, routes=tuple(replace(r, watch=None) for r in quiet.settings.routes))
+    async with quiet.watcher() as watcher:
+        assert watcher.routes == []
+        await asyncio.sleep(0.3)
+    assert sockets.sockets == []
