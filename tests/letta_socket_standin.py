@@ -78,6 +78,7 @@ class StatusSocketStandIn(Watched):
         self.pending: dict[Scope, dict[str, dict[str, Any]]] = {}
         #: Called on the server's loop after an approval was accepted: (scope, request_id, decision).
         self.after_decision: Callable[[Scope, str, dict[str, Any]], None] | None = None
+        self.answer_inputs = True  # False: a device that takes inputs and never answers
         self._buffer: dict[tuple[Scope, str], list[dict[str, Any]]] = {}
         self._event_seq: dict[Scope, int] = {}
         self._ids = itertools.count(1)
@@ -162,7 +163,7 @@ class StatusSocketStandIn(Watched):
         elif kind == "sync":
             sock.outbox.put_nowait({"type": "sync_response", "request_id": frame.get("request_id"), "success": True})
             self.status(sock.scope)
-        elif kind == "input" and frame.get("payload", {}).get("kind") == "approval_response":
+        elif kind == "input" and frame.get("payload", {}).get("kind") == "approval_response" and self.answer_inputs:
             self._approval(sock, frame)
 
     def _approval(self, sock: Sock, frame: dict[str, Any]) -> None:
