@@ -2,6 +2,8 @@
 
     relay serve [--host H] [--port P]   the web process (Procfile: web)
     relay worker                        the delivery process (Procfile: worker)
+    relay watch                         carry agents' approval requests and replies back to chat
+                                        (Procfile: watch; routes opt in with [routes.NAME.watch])
     relay dev [--host H] [--port P]     everything in one process, no Redis or Letta needed
     relay send TEXT | --approve ID | --deny ID [--reason R]   sign and post a generic webhook
     relay dlq list | replay ID…|--all | drop ID…             inspect and replay dead letters
@@ -62,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run the delivery process (needs REDIS_URL, LETTA_API_KEY)")
     worker.set_defaults(run=cmd_worker)
+
+    watch = commands.add_parser("watch", help="carry agents' approval requests and replies back to chat "
+                                              "(needs REDIS_URL, LETTA_API_KEY, routes with [routes.NAME.watch])")
+    watch.set_defaults(run=cmd_watch)
 
     send = commands.add_parser("send", help="sign and post a generic webhook to a running relay")
     what = send.add_mutually_exclusive_group(required=True)
@@ -209,6 +215,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relay.replies import Replier
     from relay.serving import EmbeddedServer, server_config
     from relay.slack_api import SlackApi
+    from relay.socket_approvals import deliverer_for
     from relay.worker import Worker, consumer_name
 
     settings = _settings()
@@ -238,12 +245,49 @@ def cmd_worker(args: argparse.Namespace) -> int:
             serving_metrics = asyncio.create_task(exporter.serve(sockets=[metrics_sock]))
         try:
             origins = Origins(redis, settings.key_prefix, settings.origin_ttl)
-            await Worker(queue, letta, settings, replier=Replier(slack, github), origins=origins,
+            deliverer = deliverer_for(settings, letta, queue, slack)
+            await Worker(queue, deliverer, settings, replier=Replier(slack, github), origins=origins,
                          metrics=metrics).run(stop)
         finally:
             if exporter is not None:
                 exporter.should_exit = True
                 await serving_metrics
+            for client in (letta, slack, github):
+                if client is not None:
+                    await client.aclose()
+            await redis.aclose()
+
+    serving.run(run())
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from relay.github_api import GitHubApi
+    from relay.letta import LettaClient
+    from relay.queue import Queue, connect
+    from relay.slack_api import SlackApi
+    from relay.watch import watcher_for
+
+    settings = _settings()
+    url = _require_redis(settings, "watch")
+    if not settings.letta_api_key:
+        raise ConfigError("LETTA_API_KEY is not set; `relay watch` needs it to open Letta's status sockets")
+    if not any(route.watched for route in settings.routes):
+        raise ConfigError("no route opts in to `relay watch`: add [routes.NAME.watch] (slack_channel = \"C…\", "
+                          "approvals = \"rest\" or \"socket\") to the routes file (RELAY_ROUTES)")
+
+    async def run() -> None:
+        redis = connect(url)
+        queue = Queue(redis, prefix=settings.key_prefix)
+        letta = LettaClient.from_settings(settings)
+        slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await watcher_for(settings, redis, queue, letta, slack, github).run(stop)
+        finally:
             for client in (letta, slack, github):
                 if client is not None:
                     await client.aclose()

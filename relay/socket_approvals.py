@@ -129,3 +129,17 @@ class SocketApprovals:
                 answers.update({e.command_id: e for e in step.events
                                 if isinstance(e, InputAnswered) and e.command_id in commands})
         return [answers[c] for c in commands]
+
+
+def deliverer_for(settings: Settings, letta: LettaClient, queue: Queue, slack: Any, *,
+                  base_url: str | None = None, api_key: str | None = None) -> LettaClient | SocketApprovals:
+    """The worker's deliverer: the Letta client, wrapped when some route sends approvals by socket."""
+    if not any(route.approvals_by_socket for route in settings.routes):
+        return letta
+    from relay.cards import Cards
+    from relay.intake import Intake
+    from relay.routing import Router
+
+    cards = Cards(queue, slack, Router(settings.routes, settings.slack_fallback, settings.github_fallback),
+                  Intake(queue)) if slack is not None and slack.can_post else None
+    return SocketApprovals(letta, queue, settings, cards=cards, base_url=base_url, api_key=api_key)

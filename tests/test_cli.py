@@ -46,7 +46,7 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
     return code, out, err
 
 
-@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize("command", ["serve", "worker", "watch"])
 def test_production_processes_refuse_to_start_without_redis(command: str, env: Any, capsys: Any) -> None:
     code, _, err = run_main(capsys, command)
     assert code == 2
@@ -57,6 +57,46 @@ def test_worker_refuses_to_start_without_an_api_key(env: Any, capsys: Any) -> No
     env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
     code, _, err = run_main(capsys, "worker")
     assert code == 2 and "LETTA_API_KEY" in err
+
+
+def test_watch_refuses_to_start_without_an_api_key(env: Any, capsys: Any) -> None:
+    env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    code, _, err = run_main(capsys, "watch")
+    assert code == 2 and "LETTA_API_KEY" in err and "status sockets" in err
+
+
+def test_watch_refuses_to_start_when_no_route_opts_in(env: Any, capsys: Any) -> None:
+    env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    env.setenv("LETTA_API_KEY", "key")
+    env.setenv("LETTA_AGENT_ID", "agent-1")
+    env.setenv("LETTA_DEVICE_ID", "device-1")
+    code, _, err = run_main(capsys, "watch")
+    assert code == 2 and err.count("\n") == 1 and "[routes.NAME.watch]" in err
+
+
+def test_watch_opens_the_status_sockets_of_opted_in_routes_and_stops_on_sigterm(
+        tmp_path: Path, real_redis_url: str, prefix: str) -> None:
+    from relay.standin import Device, LettaStandIn
+    from tests.letta_socket_standin import StatusSocketStandIn
+
+    sockets = StatusSocketStandIn(LettaStandIn([Device("device-w", "w-box", "conn-w")]), "real-key")
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[routes.ops]\nagent_id = "agent-w"\ndevice_id = "device-w"\n\n'
+                      '[routes.ops.watch]\nslack_channel = "C0OPS"\n')
+    with ServerThread(sockets.app) as server, open(tmp_path / "err", "wb") as err:
+        watch = subprocess.Popen([sys.executable, "-m", "relay", "watch"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                 stderr=err, env=relay_env(REDIS_URL=real_redis_url, RELAY_KEY_PREFIX=prefix,
+                                                           LETTA_API_KEY="real-key", LETTA_BASE_URL=server.url,
+                                                           RELAY_ROUTES=str(routes)))
+        try:
+            assert sockets.wait_for_open(2, ("agent-w", "default"), timeout=20), (tmp_path / "err").read_text()
+        finally:
+            watch.send_signal(signal.SIGTERM)
+            code = watch.wait(timeout=30)
+            asyncio.run(_cleanup(real_redis_url, prefix))
+    assert code == 0, (tmp_path / "err").read_text()
+    log = (tmp_path / "err").read_text()
+    assert "status sockets open" in log and "watch stopped" in log and "real-key" not in log
 
 
 def test_serve_refuses_to_start_without_a_source_secret(env: Any, capsys: Any) -> None:
