@@ -118,7 +118,20 @@ class StatusSocketStandIn(Watched):
             writer.cancel()
             with self._changed:
                 sock.open = False
+                self._keep_for_next(sock)
                 self._changed.notify_all()
+
+    def _keep_for_next(self, sock: Sock) -> None:
+        """A socket closed: device frames it did not get acked go to the next one (the redelivery guess)."""
+        if not self.redeliver:
+            return
+        left = [f for f in sock.sent if f.get("seq") not in sock.acked]
+        while not sock.outbox.empty():
+            left.append(sock.outbox.get_nowait())
+        older = [{k: v for k, v in f.items() if k != "seq"} for f in left
+                 if f is not _CLOSE and (f.get("idempotency_key") or f.get("type") == "control_request")]
+        kept = self._buffer.setdefault((sock.scope, sock.channel), [])
+        kept[:0] = older  # before what was emitted since the drop
 
     def _refusal(self, connection_id: str, channel: str, authorization: str) -> str | None:
         if authorization != f"Bearer {self.api_key}":
@@ -278,6 +291,8 @@ class StatusSocketStandIn(Watched):
         """Close every open socket from the server side (the relay restarts, the network blips)."""
         with self._changed:
             targets = [s for s in self.sockets if s.open]
+            for sock in targets:
+                sock.open = False  # from now on, frames wait for the next socket
             loop = self._loop
         for sock in targets:
             assert loop is not None
