@@ -197,9 +197,34 @@ class Queue:
         self._scripts = {name: redis.register_script(src) for name, src in _SCRIPTS.items()}
         self._pending: list[tuple[list[Envelope], asyncio.Future[list[bool]]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._calls: list[tuple[tuple[str, list[str], list[Any]], asyncio.Future[Any]]] = []
+        self._caller: asyncio.Task[None] | None = None
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._guard(self._scripts[script](keys=keys, args=args))
+        """One script call. Calls made while a round trip is out go together in the next one
+        (one pipeline), so a busy worker's acks, fetches and retries share round trips."""
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls.append(((script, keys, args), waiter))
+        if self._caller is None or self._caller.done():
+            self._caller = asyncio.create_task(self._send_calls())
+        return await waiter
+
+    async def _send_calls(self) -> None:
+        while self._calls:
+            batch, self._calls = self._calls, []
+            try:
+                results = await self._evalsha_many([call for call, _ in batch])
+            except Exception as exc:  # Redis away (QueueUnavailable) or a bug: every caller sees it
+                results = [exc] * len(batch)
+            for (_, waiter), result in zip(batch, results):
+                if waiter.done():
+                    continue
+                if isinstance(result, QueueUnavailable):
+                    waiter.set_exception(QueueUnavailable(str(result)))
+                elif isinstance(result, Exception):
+                    waiter.set_exception(result)
+                else:
+                    waiter.set_result(result)
 
     async def _guard(self, call: Awaitable[T]) -> T:
         try:
@@ -308,22 +333,32 @@ class Queue:
         return flags
 
     async def _evalsha_batch(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run one script several times in one pipelined round trip. (redis-py's pipelines check
-        every script with SCRIPT EXISTS first, an extra round trip; this loads only on NOSCRIPT.)"""
-        script = self._scripts[name]
-        for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            results = await self._guard(pipe.execute(raise_on_error=False))
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                await self._guard(self.redis.script_load(script.script))  # Redis restarted: load, run again
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise QueueUnavailable(f"redis: {type(result).__name__}: {result}")
-            return results
-        raise QueueUnavailable(f"redis: the {name} script could not be loaded")
+        """Run one script several times in one round trip; raise if any call failed."""
+        results = await self._evalsha_many([(name, keys, args) for keys, args in calls])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _evalsha_many(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Script calls in one pipelined round trip; each result, or a QueueUnavailable for a
+        call that failed. (redis-py's pipelines ask SCRIPT EXISTS first, an extra round trip;
+        this loads a script only when Redis answers NOSCRIPT, e.g. after a restart.)"""
+        results = await self._pipelined(calls)
+        unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if unknown:
+            for name in {calls[i][0] for i in unknown}:
+                await self._guard(self.redis.script_load(self._scripts[name].script))
+            for i, result in zip(unknown, await self._pipelined([calls[i] for i in unknown])):
+                results[i] = result
+        return [QueueUnavailable(f"redis: {type(r).__name__}: {r}") if isinstance(r, Exception) else r
+                for r in results]
+
+    async def _pipelined(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, keys, args in calls:
+            pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
+        return list(await self._guard(pipe.execute(raise_on_error=False)))
 
     # -- worker ----------------------------------------------------------------------------
 

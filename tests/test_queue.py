@@ -545,3 +545,25 @@ async def test_stats_survive_a_round_trip_through_json(timed: Queue) -> None:
     assert QueueStats.from_dict(json.loads(json.dumps(asdict(stats)))) == stats
     with pytest.raises(ValueError):
         QueueStats.from_dict({"ready": "many"})
+
+
+async def test_concurrent_acks_share_round_trips_and_each_gets_its_own_answer(
+        redis_client: Any, prefix: str) -> None:
+    counter = RoundTripCounter(redis_client)
+    queue = Queue(counter, prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    await queue.ensure_groups()
+    routes = [Route(f"r{n}", Destination(agent_id="a", conversation_id=f"conv-{n}", device_id="d"))
+              for n in range(24)]
+    await asyncio.gather(*(queue.enqueue(message(n, route)) for n, route in enumerate(routes)))
+    tokens = [t for p in range(PARTITIONS) for t in await queue.read(p, 100, 10)]
+    heads = await queue.fetch(tokens)
+    assert len(heads) == 24
+    stolen = heads[0].token  # another consumer's claim by now: its ack must answer False alone
+    other = Queue(redis_client, prefix=prefix, consumer="other")
+    await redis_client.xclaim(other.keys.ready(stolen.partition), GROUP, "other", 0, [stolen.entry_id])
+    counter.round_trips = 0
+    acked = await asyncio.gather(*(queue.done(h.token, h.message_id) for h in heads))
+    assert acked == [False] + [True] * 23
+    assert counter.round_trips < 24 / 4
+    depth = await queue.depth()
+    assert (depth.ready, depth.in_flight) == (0, 1)
