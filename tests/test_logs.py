@@ -145,7 +145,7 @@ async def test_one_message_is_followed_from_ingest_to_delivery(
         assert (await http.post("/hooks/generic", content=raw, headers=headers)).status_code == 401
     async with running_worker(redis_client, prefix, settings, letta_url):
         deadline = time.monotonic() + 15
-        while not standin.delivered():
+        while not standin.delivered() or (await queue.depth()).in_flight:  # delivered and acked
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
     text = capsys.readouterr().err
