@@ -21,8 +21,8 @@ from __future__ import annotations
 import itertools
 import json
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 from relay.messages import ApprovalRequest
@@ -36,6 +36,9 @@ PING_INTERVAL = 25.0  # a guess: no source names the interval (docs/letta-status
 PENDING_GRACE = 2.0
 #: A turn that ended before any client_message_id was known waits this long for one.
 END_GRACE = 0.5
+#: An approval request seen before its turn's messages are known (it travels on the control
+#: socket, loop status on the stream socket) waits this long for them, to find its thread.
+HOLD_GRACE = 0.5
 #: A hole in event_seq must stay open this long before it counts as missed events.
 GAP_GRACE = 1.0
 #: Never ask for a sync more often than this.
@@ -236,14 +239,16 @@ class Session:
     def __init__(self, agent_id: str, conversation_id: str | None = None, *,
                  known_pending: Iterable[ApprovalRequest] = (), ping_interval: float = PING_INTERVAL,
                  pending_grace: float = PENDING_GRACE, end_grace: float = END_GRACE,
-                 gap_grace: float = GAP_GRACE, sync_spacing: float = SYNC_SPACING) -> None:
+                 hold_grace: float = HOLD_GRACE, gap_grace: float = GAP_GRACE,
+                 sync_spacing: float = SYNC_SPACING) -> None:
         self.runtime = runtime_of(agent_id, conversation_id)
         self.ping_interval = ping_interval
-        self.pending_grace, self.end_grace = pending_grace, end_grace
+        self.pending_grace, self.end_grace, self.hold_grace = pending_grace, end_grace, hold_grace
         self.gap_grace, self.sync_spacing = gap_grace, sync_spacing
         # Requests remembered from before a restart count as seen long ago: a status that
         # omits one closes its card at once.
         self._pending: dict[str, _Pending] = {r.request_id: _Pending(r, float("-inf")) for r in known_pending}
+        self._held: dict[str, float] = {}  # request_id → when it was first seen, not yet announced
         self._closed = _Bounded(SEEN_KEYS)
         self._seen = _Bounded(SEEN_KEYS)
         self._holes = _Holes()
@@ -275,6 +280,7 @@ class Session:
             deadlines.append(self._turn.ending_since + self.end_grace)
         if self._holes.since is not None:
             deadlines.append(self._holes.since + self.gap_grace)
+        deadlines += [since + self.hold_grace for since in self._held.values()]
         return min(deadlines, default=float("inf"))
 
     def tick(self, now: float) -> Step:
@@ -288,6 +294,7 @@ class Session:
             step.events.append(self._finish())
         if self._holes.lost(now, self.gap_grace) and now - self._last_sync >= self.sync_spacing:
             step.send.append(self._sync(now))
+        self._release(step, lambda since: now >= since + self.hold_grace)
         return step
 
     def receive(self, channel: str, text: str | bytes, now: float) -> Step:
@@ -314,6 +321,8 @@ class Session:
         handler = _HANDLERS.get(kind)
         if handler is not None:
             handler(self, frame, now, step)
+        if self._held:
+            self._release(step)
         return step
 
     # -- frames --------------------------------------------------------------------------
@@ -428,12 +437,29 @@ class Session:
         if request.request_id in self._pending or request.request_id in self._closed:
             return
         self._pending[request.request_id] = _Pending(request, now)
-        step.events.append(ApprovalRequested(request))
+        if request.turn_message_id is None and self.hold_grace > 0:
+            self._held[request.request_id] = now
+        else:
+            step.events.append(ApprovalRequested(request))
+
+    def _release(self, step: Step, due: Callable[[float], bool] = lambda since: False) -> None:
+        """Announce held requests: those whose turn is now known, and those `due`."""
+        turn = self._turn
+        known = turn.client_message_ids[0] if turn is not None and turn.client_message_ids else None
+        for request_id, since in list(self._held.items()):
+            if known is None and not due(since):
+                continue
+            del self._held[request_id]
+            pending = self._pending[request_id]
+            if known is not None:
+                pending.request = replace(pending.request, turn_message_id=known)
+            step.events.append(ApprovalRequested(pending.request))
 
     def _close(self, request_id: str, reason: str, step: Step) -> None:
         pending = self._pending.pop(request_id)
         self._closed.put(request_id)
-        step.events.append(ApprovalClosed(pending.request.tool_call_id, request_id, reason))
+        if self._held.pop(request_id, None) is None:  # never announced: nothing to close
+            step.events.append(ApprovalClosed(pending.request.tool_call_id, request_id, reason))
 
     def _went_ahead(self, tool_call_id: str | None, step: Step) -> None:
         for request_id, pending in list(self._pending.items()):

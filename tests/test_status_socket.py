@@ -94,7 +94,7 @@ class Feed:
     """A session plus a device, collecting every event and outgoing frame."""
 
     def __init__(self, session: Session | None = None) -> None:
-        self.session = session or Session(AGENT, CONVERSATION)
+        self.session = session or Session(AGENT, CONVERSATION, hold_grace=0.0)
         self.device = Device()
         self.now = 100.0
         self.events: list[Any] = []
@@ -276,6 +276,33 @@ def test_a_control_request_becomes_one_approval_request() -> None:
     assert set(feed.session.pending) == {"perm-toolu_1"}
 
 
+def test_a_request_ahead_of_its_turn_s_loop_status_waits_for_it_to_learn_its_thread() -> None:
+    feed = Feed(Session(AGENT, CONVERSATION, hold_grace=0.5))
+    feed.frame(control_request("toolu_1"), CONTROL)  # the control socket was quicker
+    assert feed.events == [] and feed.session.next_deadline() == feed.now + 0.5
+    feed.device_event(loop_status("WAITING_ON_APPROVAL", ["run-1"], {"run-1": ["m-1"]}))
+    [asked] = feed.of(ApprovalRequested)
+    assert asked.request.turn_message_id == "m-1"
+
+
+def test_a_request_whose_turn_stays_unknown_is_announced_after_the_grace() -> None:
+    feed = Feed(Session(AGENT, CONVERSATION, hold_grace=0.5))
+    feed.frame(control_request("toolu_1"), CONTROL)
+    feed.tick(0.4)
+    assert feed.events == []
+    feed.tick(0.1)
+    [asked] = feed.of(ApprovalRequested)
+    assert asked.request.turn_message_id is None
+
+
+def test_a_held_request_that_ends_first_is_never_announced() -> None:
+    feed = Feed(Session(AGENT, CONVERSATION, hold_grace=0.5))
+    feed.frame(control_request("toolu_1"), CONTROL)
+    feed.device_event(delta("tool_return_message", tool_call_id="toolu_1"))
+    feed.tick(1.0)
+    assert feed.of(ApprovalRequested) == [] and feed.of(ApprovalClosed) == []
+
+
 def test_a_request_missed_on_the_wire_is_learned_from_the_pending_list() -> None:
     feed = Feed()
     feed.device_event(device_status("toolu_1", "toolu_2"), CONTROL)
@@ -289,7 +316,7 @@ def test_other_control_requests_are_not_approvals() -> None:
 
 
 def test_a_request_that_leaves_the_pending_list_is_closed() -> None:
-    feed = Feed(Session(AGENT, CONVERSATION, pending_grace=2.0))
+    feed = Feed(Session(AGENT, CONVERSATION, pending_grace=2.0, hold_grace=0.0))
     feed.frame(control_request("toolu_1"), CONTROL)
     feed.now += 2.0
     feed.device_event(device_status(), CONTROL)
@@ -300,7 +327,7 @@ def test_a_request_that_leaves_the_pending_list_is_closed() -> None:
 
 
 def test_a_status_that_may_predate_the_request_does_not_close_it() -> None:
-    feed = Feed(Session(AGENT, CONVERSATION, pending_grace=2.0))
+    feed = Feed(Session(AGENT, CONVERSATION, pending_grace=2.0, hold_grace=0.0))
     feed.frame(control_request("toolu_1"), CONTROL)
     feed.now += 1.0
     feed.device_event(device_status(), CONTROL)
@@ -320,7 +347,7 @@ def test_a_tool_call_that_went_ahead_was_answered_elsewhere() -> None:
 def test_requests_remembered_from_before_a_restart_are_closed_by_the_first_status() -> None:
     remembered = [ApprovalRequest("perm-toolu_1", "toolu_1", "Bash", {}, AGENT, CONVERSATION),
                   ApprovalRequest("perm-toolu_2", "toolu_2", "Bash", {}, AGENT, CONVERSATION)]
-    feed = Feed(Session(AGENT, CONVERSATION, known_pending=remembered))
+    feed = Feed(Session(AGENT, CONVERSATION, known_pending=remembered, hold_grace=0.0))
     feed.device_event(device_status("toolu_2"), CONTROL)
     assert feed.events == [ApprovalClosed("toolu_1", "perm-toolu_1", NO_LONGER_PENDING)]
 
