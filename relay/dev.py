@@ -31,6 +31,8 @@ from relay.settings import Settings
 from relay.sources.generic import decode_secret
 from relay.standin import DEV_AGENT_ID, DEV_DEVICE_ID, Device, LettaStandIn
 from relay.web import create_app
+from relay.socket_approvals import deliverer_for
+from relay.watch import watcher_for
 from relay.worker import Worker, consumer_name
 
 log = logging.getLogger("relay.dev")
@@ -115,8 +117,16 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     await web_queue.ensure_groups()
     app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics)
     web = EmbeddedServer(server_config(app, host, port))
-    worker = Worker(worker_queue, letta, settings, replier=Replier(slack, github),
-                    origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics)
+    # The stand-in speaks a minimal status socket too; the real API takes the real key.
+    socket_access = {} if settings.letta_api_key else {"base_url": stand_in_url, "api_key": "relay-dev"}
+    worker = Worker(worker_queue, deliverer_for(settings, letta, worker_queue, slack, **socket_access), settings,
+                    replier=Replier(slack, github), origins=Origins(redis, settings.key_prefix, settings.origin_ttl),
+                    metrics=metrics)
+    watcher = None
+    if any(route.watched for route in settings.routes):
+        watcher = watcher_for(settings, redis, Queue(redis, prefix=settings.key_prefix), letta, slack, github,
+                              **socket_access)
+        notes.append("watch: status sockets of " + ", ".join(r.name for r in watcher.routes))
     if settings.web_metrics:
         notes.append(f"metrics: http://{host}:{port}/metrics")
 
@@ -129,6 +139,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     tasks = [asyncio.create_task(web.serve(sockets=[listener])), asyncio.create_task(worker.run(stop))]
     if stand_in_server is not None:
         tasks.append(asyncio.create_task(stand_in_server.serve(sockets=[sock])))
+    if watcher is not None:
+        tasks.append(asyncio.create_task(watcher.run(stop)))
     await stop.wait()
     web.should_exit = True
     await tasks[1]  # the worker drains while the stand-in still answers

@@ -5,6 +5,8 @@ It speaks the parts of the contract relay uses:
     GET  /v1/environments                          paged list of connections
     GET  /v1/environments/{deviceId}               one device's connection
     POST /v1/environments/{connectionId}/messages  accept a message → {"message", "success"}
+    WS   /v1/environments/{connectionId}/status/ws  a minimal status socket for `relay watch`:
+         a device with no pending approvals that answers each user message with a short turn
 
 and records every attempt. Tests script failures with `add_fault` (status, Retry-After,
 a hang, a predicate for poison messages) and move a device with `rotate`.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 import threading
 import time
@@ -25,11 +28,13 @@ from typing import Any, Callable
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 DEV_AGENT_ID = "agent-relay-dev"
 DEV_DEVICE_ID = "relay-dev-device"
 DEV_CONNECTION_NAME = "relay-dev"
+STAND_IN_ANSWER = "The Letta stand-in got your message. A real agent would answer here."
 
 
 @dataclass
@@ -108,7 +113,9 @@ class LettaStandIn(Watched):
             Route("/v1/environments", self._list, methods=["GET"]),
             Route("/v1/environments/{device_id}", self._get, methods=["GET"]),
             Route("/v1/environments/{connection_id}/messages", self._post, methods=["POST"]),
+            WebSocketRoute("/v1/environments/{connection_id}/status/ws", self._status),
         ])
+        self._streams: dict[tuple[str, str], list[WebSocket]] = {}  # touched on the server's loop only
 
     # -- scripting (test thread) -------------------------------------------------------------
 
@@ -203,7 +210,67 @@ class LettaStandIn(Watched):
             self._changed.notify_all()
         if 200 <= status < 300 and self._echo:
             self._echo(describe(connection_id, attempt.body))
+        if 200 <= status < 300:
+            await self._answer_on_sockets(attempt.body)
         return JSONResponse(payload, status_code=status, headers=headers)
+
+    async def _status(self, ws: WebSocket) -> None:
+        connection_id = ws.path_params["connection_id"]
+        with self._changed:
+            live = any(d.connection_id == connection_id and d.online for d in self.devices)
+        if not live:
+            await ws.close(code=1008)
+            return
+        await ws.accept()
+        scope = (ws.query_params.get("agentId", ""), ws.query_params.get("conversationId") or "default")
+        runtime = {"agent_id": scope[0], "conversation_id": scope[1]}
+        if ws.query_params.get("channel") == "stream":
+            self._streams.setdefault(scope, []).append(ws)
+        try:
+            while True:
+                try:
+                    frame = json.loads(await ws.receive_text())
+                except ValueError:
+                    continue
+                kind = frame.get("type") if isinstance(frame, dict) else None
+                if kind == "sync":
+                    await ws.send_json({"type": "sync_response", "request_id": frame.get("request_id"), "success": True})
+                    await ws.send_json({"type": "update_device_status", "runtime": runtime, "device_status": {
+                        "is_online": True, "is_processing": False, "pending_control_requests": []}})
+                elif kind == "input":
+                    await ws.send_json({"type": "input_accepted", "request_id": frame.get("request_id"),
+                                        "runtime": runtime, "accepted": False,
+                                        "error": "the stand-in device has no pending approvals"})
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if ws in self._streams.get(scope, []):
+                self._streams[scope].remove(ws)
+
+    async def _answer_on_sockets(self, body: dict[str, Any]) -> None:
+        """Each user message gets a short turn on the stream sockets watching its conversation."""
+        scope = (str(body.get("agentId", "")), str(body.get("conversationId") or "default"))
+        ids = [m.get("client_message_id") for m in body.get("messages", [])
+               if isinstance(m, dict) and m.get("role") == "user"]
+        if not ids or not self._streams.get(scope):
+            return
+        runtime = {"agent_id": scope[0], "conversation_id": scope[1]}
+        run_id = "run-" + uuid.uuid4().hex[:8]
+        frames = [
+            {"type": "update_loop_status", "loop_status": {"status": "PROCESSING_API_RESPONSE",
+                                                           "active_run_ids": [run_id],
+                                                           "client_message_ids_by_run_id": {run_id: ids}}},
+            {"type": "stream_delta", "delta": {"message_type": "assistant_message", "id": f"msg-{run_id}",
+                                               "run_id": run_id, "content": STAND_IN_ANSWER}},
+            {"type": "stream_delta", "delta": {"message_type": "stop_reason", "stop_reason": "end_turn",
+                                               "run_id": run_id}},
+        ]
+        for ws in list(self._streams[scope]):
+            try:
+                for frame in frames:
+                    await ws.send_json({**frame, "runtime": runtime})
+            except (RuntimeError, OSError, WebSocketDisconnect):
+                pass
 
     def _take_fault(self, body: dict[str, Any]) -> Fault | None:
         ids = [m.get("client_message_id") for m in body.get("messages", []) if isinstance(m, dict)]

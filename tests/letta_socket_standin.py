@@ -83,7 +83,7 @@ class StatusSocketStandIn(Watched):
         self._event_seq: dict[Scope, int] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.app = Starlette(routes=[*letta.app.routes, WebSocketRoute(PATH, self._socket)])
+        self.app = Starlette(routes=[WebSocketRoute(PATH, self._socket), *letta.app.routes])  # ahead of the minimal one
 
     # -- the socket (server loop) ----------------------------------------------------------
 

@@ -333,6 +333,24 @@ def test_relay_dev_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> 
     assert "delivered" in log
 
 
+def test_relay_dev_runs_the_watcher_for_routes_that_opt_in(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[routes.default]\nagent_id = "agent-relay-dev"\ndevice_id = "relay-dev-device"\n\n'
+                      '[routes.default.watch]\nslack_channel = "C0DEV"\n')
+    with relay_dev(tmp_path, RELAY_ROUTES=str(routes)) as url:
+        deadline = time.monotonic() + 15
+        while b"status sockets open" not in (tmp_path / "err").read_bytes():
+            assert time.monotonic() < deadline, (tmp_path / "err").read_text()
+            time.sleep(0.1)
+        send(url, "hello watcher")
+        while b"hello watcher" not in (tmp_path / "out").read_bytes():
+            assert time.monotonic() < deadline, (tmp_path / "err").read_text()
+            time.sleep(0.1)
+    log = (tmp_path / "err").read_text()
+    assert "watch: status sockets of default" in log and "watch stopped" in log
+    assert "status socket failed" not in log and "refused" not in log
+
+
 def test_relay_dev_uses_real_redis_and_letta_when_configured(tmp_path: Path, real_redis_url: str,
                                                              prefix: str, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, letta_url = stand_in  # plays the real Letta API

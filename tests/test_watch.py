@@ -337,3 +337,29 @@ async def test_a_route_that_does_not_opt_in_is_not_watched(
         assert watcher.routes == []
         await asyncio.sleep(0.3)
     assert sockets.sockets == []
+
+
+async def test_the_built_in_stand_in_answers_relay_s_messages_over_its_status_socket(
+        settings: Settings, redis_client: Any, prefix: str, slack_stand_in: SlackStandIn) -> None:
+    import httpx
+
+    from relay.standin import STAND_IN_ANSWER
+
+    letta = LettaStandIn([Device(DEVICE, "watch-box", "conn-plain")])
+    with ServerThread(letta.app) as server:
+        world = World(watched_settings(settings, slack_stand_in.api_url), redis_client, prefix, server.url,
+                      slack_stand_in.api_url)
+        message_id = await world.remember("hi stand-in", {"via": "reaction", "channel": "C0TEAM", "ts": "1700.9"})
+        async with world.watcher():
+            body = {"agentId": AGENT, "conversationId": CONVERSATION,
+                    "messages": [user_message("hi stand-in", message_id)]}
+            for _ in range(100):  # until the watcher's stream socket is there to hear the turn
+                await asyncio.sleep(0.05)
+                if letta._streams.get(SCOPE):
+                    break
+            async with httpx.AsyncClient() as http:
+                sent = await http.post(f"{server.url}/v1/environments/conn-plain/messages", json=body)
+            assert sent.status_code == 200
+            await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.postMessage")) == 1, t))
+    [post] = slack_stand_in.of("chat.postMessage")
+    assert (post.body["thread_ts"], post.body["text"]) == ("1700.9", STAND_IN_ANSWER)
