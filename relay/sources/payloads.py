@@ -4,6 +4,7 @@ BadRequest with a reason fit for the sender (never an exception of another kind)
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -24,7 +25,22 @@ def json_object(body: bytes | str, *, strict: bool = False) -> dict[str, Any]:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(data):
+        raise BadRequest("body is not valid JSON: an escaped surrogate has no partner (not Unicode)")
     return data
+
+
+# JSON may escape half of a surrogate pair alone ("\ud800"), which decodes to a str that is not
+# Unicode text: it cannot be stored, logged or sent on as UTF-8. Only escapes can produce one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def form_fields(body: bytes, max_fields: int = 200) -> dict[str, str]:

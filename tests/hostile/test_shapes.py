@@ -59,11 +59,16 @@ def bad_bodies(door: Door) -> dict[str, bytes]:
     elif door.form == "payload":
         bodies = {"deeply nested": b"payload=" + nested,
                   "invalid UTF-8": b"payload=\xff", "missing payload": b"text=hello",
-                  "payload not an object": urlencode({"payload": "[1]"}).encode()}
+                  "payload not an object": urlencode({"payload": "[1]"}).encode(),
+                  # json.dumps escapes it as \ud800: valid JSON syntax, not Unicode text
+                  "unpaired surrogate": urlencode({"payload": json.dumps({"type": "block_actions\ud800"})}).encode()}
     else:
         sample = json.loads(door.sample)
         first = sorted(sample)[0]
         bodies[f"missing {first}"] = json.dumps({k: v for k, v in sample.items() if k != first}).encode()
+        text_key = next((k for k, v in sorted(sample.items()) if isinstance(v, str)), None)
+        if text_key:
+            bodies["unpaired surrogate"] = json.dumps({**sample, text_key: sample[text_key] + "\ud800"}).encode()
     return bodies
 
 
