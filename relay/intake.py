@@ -35,11 +35,11 @@ class Intake:
             for envelope in envelopes:
                 log.error("queue unavailable", extra=fields(**envelope.log_fields(), error=str(exc)))
             return [Queued.UNAVAILABLE] * len(envelopes)
-        results = []
-        for envelope, queued in zip(envelopes, flags):
-            if queued:
-                log.info("accepted", extra=fields(**envelope.log_fields(), kind=envelope.kind))
-            else:
-                log.info("duplicate", extra=fields(**envelope.log_fields()))
-            results.append(Queued.QUEUED if queued else Queued.DUPLICATE)
+        results = [Queued.QUEUED if queued else Queued.DUPLICATE for queued in flags]
+        if log.isEnabledFor(logging.INFO):  # the hot path: build no fields nobody will read
+            for envelope, queued in zip(envelopes, flags):
+                if queued:
+                    log.info("accepted", extra=fields(**envelope.log_fields(), kind=envelope.kind))
+                else:
+                    log.info("duplicate", extra=fields(**envelope.log_fields()))
         return results

@@ -11,6 +11,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import orjson
+
 from relay.routing import Destination, Route
 
 #: uuid5 namespace for client_message_id; changing it would re-id every message ever sent.
@@ -131,25 +133,25 @@ def envelope_for(inbound: Inbound, route: Route, now: float) -> Envelope:
 
 
 def encode(envelope: Envelope) -> str:
-    return json.dumps(
-        {
-            "v": ENVELOPE_VERSION,
-            "id": envelope.client_message_id,
-            "kind": envelope.kind,
-            "source": envelope.source,
-            "delivery": envelope.delivery_id,
-            "route": envelope.route,
-            "dest": envelope.destination.to_dict(),
-            "msg": envelope.message,
-            "received": envelope.received_at,
-            "queued": envelope.queued_at,
-            "attempts": envelope.attempts,
-            "error": envelope.last_error,
-            "reply": envelope.reply,
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    data = {
+        "v": ENVELOPE_VERSION,
+        "id": envelope.client_message_id,
+        "kind": envelope.kind,
+        "source": envelope.source,
+        "delivery": envelope.delivery_id,
+        "route": envelope.route,
+        "dest": envelope.destination.to_dict(),
+        "msg": envelope.message,
+        "received": envelope.received_at,
+        "queued": envelope.queued_at,
+        "attempts": envelope.attempts,
+        "error": envelope.last_error,
+        "reply": envelope.reply,
+    }
+    try:
+        return orjson.dumps(data).decode()  # on every accepted webhook: ~5x faster than json
+    except TypeError:  # what orjson refuses and json writes: integers past 64 bits
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode(text: str | bytes) -> Envelope:

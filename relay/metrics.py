@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import prometheus_client
 from prometheus_client import (
@@ -97,6 +97,7 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         self.queue: QueueGauges | None = None
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def watch(self, queue: Queue, *, timeout: float = 2.0, max_age: float = 1.0) -> None:
         """Export this queue's contents (once per process: web and worker in `relay dev` share one)."""
@@ -107,13 +108,21 @@ class Metrics:
     # -- what the web, the worker and the Letta client report ------------------------------------
 
     def request(self, source: str, outcome: str, reason: str = "") -> None:
-        self.requests.labels(source, outcome, reason).inc()
+        self._child(self.requests, source, outcome, reason).inc()
 
     def rejected(self, source: str, exc: Rejected) -> None:
         self.request(source, "rejected", reject_reason(exc))
 
     def answered(self, source: str, seconds: float) -> None:
-        self.ingest_ack.labels(source).observe(seconds)
+        self._child(self.ingest_ack, source).observe(seconds)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), remembered: the hot path skips prometheus-client's lookup and lock."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def attempt(self, outcome: str, status: int | None, seconds: float) -> None:
         label = status_class(status)

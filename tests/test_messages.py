@@ -220,3 +220,10 @@ def test_envelope_for_an_approval_is_of_kind_approval() -> None:
     env = envelope_for(Inbound("generic", "msg_1", "id-1", message), Route("ops", DEST), now=1.0)
     assert env.kind == "approval"
     assert env.route == "ops"
+
+
+def test_envelope_round_trips_text_in_any_script_and_integers_past_64_bits() -> None:
+    message_id = client_message_id("test", "big")
+    message = user_message("déploiement 完了 \U0001F680", message_id) | {"extra": 2**70}
+    envelope = envelope_for(Inbound("test", "big", message_id, message), Route("r", Destination(agent_id="a")), 1.5)
+    assert decode(encode(envelope)) == envelope

@@ -33,6 +33,8 @@ def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[
             return unavailable()
         if result is Queued.DUPLICATE:
             return JSONResponse({"client_message_id": envelope.client_message_id, "duplicate": True})
-        return JSONResponse({"client_message_id": envelope.client_message_id}, status_code=202)
+        # The id is a UUID: no escaping needed, and no JSON encoder on the hot path.
+        return Response(b'{"client_message_id":"%s"}' % envelope.client_message_id.encode(), status_code=202,
+                        media_type="application/json")
 
     return [Route("/hooks/generic", guarded(generic.SOURCE, hook, metrics, "webhook-id"), methods=["POST"])]
