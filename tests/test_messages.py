@@ -7,8 +7,11 @@ import uuid
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.messages import (
+    ID_NAMESPACE,
     Envelope,
     Inbound,
     approval_decision,
@@ -227,3 +230,16 @@ def test_envelope_round_trips_text_in_any_script_and_integers_past_64_bits() -> 
     message = user_message("déploiement 完了 \U0001F680", message_id) | {"extra": 2**70}
     envelope = envelope_for(Inbound("test", "big", message_id, message), Route("r", Destination(agent_id="a")), 1.5)
     assert decode(encode(envelope)) == envelope
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.lists(st.text(), max_size=3))
+def test_client_message_id_is_exactly_uuid5_of_source_and_identity(source: str, identity: list[str]) -> None:
+    name = "\x1f".join((source, *identity))
+    try:
+        expected = str(uuid.uuid5(ID_NAMESPACE, name))
+    except UnicodeEncodeError:  # a lone surrogate: neither can encode it
+        with pytest.raises(UnicodeEncodeError):
+            client_message_id(source, *identity)
+        return
+    assert client_message_id(source, *identity) == expected

@@ -74,7 +74,10 @@ def verify(
     tolerance: int = TOLERANCE_SECONDS,
 ) -> str:
     """Check the signature; return the webhook-id. Raises BadSignature."""
-    lowered = {k.lower(): v for k, v in headers.items()}
+    return _verify({k.lower(): v for k, v in headers.items()}, body, secret, now, tolerance)
+
+
+def _verify(lowered: Mapping[str, str], body: bytes, secret: bytes, now: float, tolerance: int) -> str:
     msg_id = lowered.get("webhook-id", "")
     timestamp = lowered.get("webhook-timestamp", "")
     signatures = lowered.get("webhook-signature", "")
@@ -134,8 +137,9 @@ def parse(body: bytes) -> GenericRequest:
 
 def receive(headers: Mapping[str, str], body: bytes, secret: bytes, now: float) -> Inbound:
     """Verify, parse and normalize one generic webhook into an unrouted message."""
-    msg_id = verify(headers, body, secret, now)
-    _require_json(headers)
+    lowered = {k.lower(): v for k, v in headers.items()}
+    msg_id = _verify(lowered, body, secret, now, TOLERANCE_SECONDS)
+    _require_json(lowered)
     request = parse(body)
     message_id = client_message_id(SOURCE, msg_id)
     if request.text is not None:
@@ -146,9 +150,9 @@ def receive(headers: Mapping[str, str], body: bytes, secret: bytes, now: float) 
     return Inbound(SOURCE, msg_id, message_id, message, request.route)
 
 
-def _require_json(headers: Mapping[str, str]) -> None:
+def _require_json(lowered: Mapping[str, str]) -> None:
     """A declared content type must be JSON; an absent one is accepted (the body decides)."""
-    declared = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    declared = lowered.get("content-type", "")
     media = declared.split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMedia("content-type must be application/json")
