@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from relay.serving import server_config
+from relay.serving import server_config, tune_gc
 
 
 async def accept(request: Request) -> Response:
@@ -26,4 +26,5 @@ app = Starlette(routes=[Route("/hooks/generic", accept, methods=["POST"]), Route
                         Route("/healthz", healthz)])
 
 if __name__ == "__main__":
+    tune_gc()  # the same process tuning as relay's, so the ratio compares the work per request
     uvicorn.Server(server_config(app, "127.0.0.1", int(sys.argv[1]))).run()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 from relay.errors import BadRequest, NoRoute, quoted
@@ -39,7 +40,7 @@ class Destination:
                 return name, value
         raise ValueError("destination names no connection")  # settings make this unreachable
 
-    @property
+    @cached_property  # routes are long-lived: computed once per destination, not per message
     def conversation_key(self) -> str:
         """Stable short key of the conversation; messages with the same key keep their order."""
         conversation = self.conversation_id or "default"
