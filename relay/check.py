@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping
 from urllib.parse import urlsplit
 
-from relay.errors import ConfigError, QueueUnavailable
+from relay.errors import ConfigError, QueueUnavailable, ResolveFailed
 from relay.letta import LettaClient
 from relay.queue import Queue, connect
 from relay.routing import Route
@@ -191,8 +191,8 @@ async def _check_destinations(settings: Settings, report: Report) -> None:
         for route in settings.routes:
             try:
                 resolutions.append(Resolution(route, await letta.connection_for(route.destination)))
-            except Exception as exc:  # letta's resolve failure (Letta refused, or could not be reached)
-                resolutions.append(Resolution(route, error=str(exc) or type(exc).__name__))
+            except ResolveFailed as failed:  # Letta refused, or could not be reached
+                resolutions.append(Resolution(route, error=failed.outcome.describe()))
     finally:
         await letta.aclose()
     for resolution in resolutions:

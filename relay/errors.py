@@ -9,13 +9,20 @@
     │   └── TooLarge         413: body over the configured limit
     ├── NoRoute              no configured route accepts this request's workspace/channel/repository
     ├── QueueUnavailable     Redis did not answer; the caller may try again later
-    └── UpstreamError        a source's API (Slack, GitHub) refused or failed a call
+    ├── UpstreamError        a source's API (Slack, GitHub) refused or failed a call
+    └── ResolveFailed        Letta's environments API could not say which connection a
+                             destination names; carries the attempt as an `Outcome`
 
 Reasons are written for the person who sent the request and for the log; they never
 contain secrets, signatures or message bodies.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.policy import Outcome
 
 
 class RelayError(Exception):
@@ -71,6 +78,16 @@ class UpstreamError(RelayError):
     def __init__(self, api: str, method: str, code: str) -> None:
         super().__init__(f"{api} {method}: {code}")
         self.api, self.method, self.code = api, method, code
+
+
+class ResolveFailed(RelayError):
+    """Resolving a device id or connection name failed: Letta refused, answered something
+    unreadable, or could not be reached. `outcome` is that attempt, for `policy.decide` to
+    judge like a failed delivery (a 5xx or transport trouble is retried, a 401 is not)."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.describe())
+        self.outcome = outcome
 
 
 def quoted(value: object, limit: int = 40) -> str:

@@ -11,7 +11,8 @@
   the figures. Tests may pass any httpx transport.
 - `connection_for` resolves a destination named by device id or connection name to the live
   connectionId (`GET /v1/environments…`), cached for `resolve_ttl` seconds; `forget` drops
-  the cache entry after a 404.
+  the cache entry after a 404. It returns None for a device that is not online, and raises
+  `relay.errors.ResolveFailed` (carrying an `Outcome`) when Letta cannot be asked.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from relay import __version__
+from relay.errors import ResolveFailed
 from relay.messages import Envelope
 from relay.metrics import Metrics
 from relay.policy import Outcome
@@ -42,12 +44,6 @@ from relay.settings import Settings
 RESPONSE_BODY_LIMIT = 4000
 PAGE_SIZE = 100
 MAX_PAGES = 50
-
-
-class _ResolveFailed(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        super().__init__(outcome.describe())
-        self.outcome = outcome
 
 
 def _failure_kind(exc: httpx.TransportError) -> str:
@@ -128,7 +124,7 @@ class LettaClient:
         destination = envelope.destination
         try:
             connection_id = await self.connection_for(destination)
-        except _ResolveFailed as failed:
+        except ResolveFailed as failed:
             return failed.outcome
         if connection_id is None:
             kind, value = destination.selector
@@ -176,7 +172,7 @@ class LettaClient:
             data = await self._get_json("/v1/environments", params)
             page = data.get("connections") if isinstance(data, dict) else None
             if not isinstance(page, list):
-                raise _ResolveFailed(Outcome(error="resolve", detail="environment list without connections"))
+                raise ResolveFailed(Outcome(error="resolve", detail="environment list without connections"))
             found.extend(c for c in page if isinstance(c, dict))
             if not data.get("hasNextPage") or not page:
                 break
@@ -187,18 +183,18 @@ class LettaClient:
         try:
             response = await self._request("GET", path, params=params)
         except httpx.TransportError as exc:
-            raise _ResolveFailed(_transport_outcome(exc, while_="resolving the connection")) from exc
+            raise ResolveFailed(_transport_outcome(exc, while_="resolving the connection")) from exc
         if missing_ok and response.status_code == 404:
             return None
         if not 200 <= response.status_code < 300:
             # A 404 of the list itself must not read as "connection gone, resolve again".
             status = 502 if response.status_code == 404 else response.status_code
-            raise _ResolveFailed(Outcome(status=status, body=f"resolving the connection: {response.text[:500]}",
+            raise ResolveFailed(Outcome(status=status, body=f"resolving the connection: {response.text[:500]}",
                                          retry_after=response.headers.get("retry-after")))
         try:
             return response.json()
         except (ValueError, RecursionError):
-            raise _ResolveFailed(Outcome(error="resolve", detail="environment list is not JSON")) from None
+            raise ResolveFailed(Outcome(error="resolve", detail="environment list is not JSON")) from None
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         async for attempt in AsyncRetrying(**self._retrying):

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from relay.errors import ResolveFailed
 from relay.letta import LettaClient
 from relay.logs import fields
 from relay.messages import Envelope
@@ -78,11 +79,8 @@ class SocketApprovals:
             requests.append((decision, json.loads(raw)))
         try:
             connection_id = await self.letta.connection_for(destination)
-        except Exception as exc:  # letta.py reports resolution trouble as an exception carrying an Outcome
-            outcome = getattr(exc, "outcome", None)
-            if isinstance(outcome, Outcome):
-                return outcome
-            raise
+        except ResolveFailed as failed:
+            return failed.outcome
         if connection_id is None:
             kind, value = destination.selector
             return Outcome(error="unresolved", detail=f"no online connection for {kind}={value}")

@@ -36,7 +36,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from relay import __version__
-from relay.errors import QueueUnavailable, UpstreamError
+from relay.errors import QueueUnavailable, ResolveFailed, UpstreamError
 from relay.logs import fields
 from relay.messages import ApprovalRequest
 from relay.origins import Origin
@@ -187,10 +187,8 @@ class RouteWatch:
         """Resolve, open both sockets and pump frames until one drops. True if they opened."""
         try:
             connection_id = await self.w.letta.connection_for(self.destination)
-        except Exception as exc:  # letta.py reports resolution trouble as an exception carrying an Outcome
-            outcome = getattr(exc, "outcome", None)
-            log.warning("could not resolve the connection", **self._log(
-                error=outcome.describe() if outcome is not None else type(exc).__name__))
+        except ResolveFailed as failed:
+            log.warning("could not resolve the connection", **self._log(error=failed.outcome.describe()))
             return False
         if connection_id is None:
             kind, value = self.destination.selector
@@ -260,7 +258,7 @@ class RouteWatch:
         """Has the device moved to another connectionId (it re-registered)?"""
         try:
             current = await self.w.letta.connection_for(self.destination)
-        except Exception:  # noqa: BLE001 - a failed check is not a rotation; the socket decides
+        except ResolveFailed:  # a failed check is not a rotation; the socket decides
             return False
         if current is not None and current != self.connection_id:
             log.info("connection rotated; reconnecting", **self._log(to=current))

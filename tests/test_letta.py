@@ -8,6 +8,7 @@ import httpx
 import pytest
 from tenacity import wait_none
 
+from relay.errors import ResolveFailed
 from relay.letta import LettaClient
 from relay.messages import Inbound, client_message_id, envelope_for, user_message
 from relay.routing import Destination, Route
@@ -167,6 +168,22 @@ async def test_failed_environment_listing_is_a_retryable_outcome_not_a_404(stand
     await letta.aclose()
     assert outcome.status == 502
     assert "resolving the connection" in outcome.body
+
+
+async def test_a_resolution_letta_cannot_answer_raises_resolve_failed_with_its_outcome(stand_in) -> None:  # type: ignore[no-untyped-def]
+    _standin, url = stand_in
+    letta = client(url + "/nowhere")
+    unreachable = client(f"http://127.0.0.1:{free_port()}")
+    try:
+        with pytest.raises(ResolveFailed) as refused:
+            await letta.connection_for(Destination(agent_id="a", connection_name="box"))
+        with pytest.raises(ResolveFailed) as away:
+            await unreachable.connection_for(Destination(agent_id="a", device_id="box"))
+    finally:
+        await letta.aclose()
+        await unreachable.aclose()
+    assert refused.value.outcome.status == 502 and str(refused.value) == refused.value.outcome.describe()
+    assert (away.value.outcome.status, away.value.outcome.error) == (None, "connect")
 
 
 async def test_peer_closing_without_an_answer_is_resent_on_the_real_transport() -> None:

@@ -28,7 +28,7 @@ from relay.watch import REQUEST_KIND, request_key
 from tests.conftest import APPROVER, SLACK_TEAM
 from tests.letta_socket_standin import CONTROL, StatusSocketStandIn
 from tests.slack_standin import SlackStandIn
-from tests.support import ServerThread
+from tests.support import ServerThread, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -161,6 +161,19 @@ async def test_an_offline_device_is_retried(rig: Rig, letta_sockets: tuple[Statu
     envelope = approval("socket", "toolu_5", True)
     outcome = await rig.deliverer.deliver(envelope)
     assert outcome.error == "unresolved"
+    assert isinstance(judged(envelope, outcome), Retry)
+
+
+async def test_an_environments_api_out_of_reach_is_retried(rig: Rig) -> None:
+    await rig.watched("perm-toolu_9", "toolu_9")
+    letta = LettaClient(f"http://127.0.0.1:{free_port()}", API_KEY, retry_wait=wait_none())
+    deliverer = SocketApprovals(letta, rig.queue, rig.settings, cards=rig.cards, answer_timeout=1.0)
+    envelope = approval("socket", "toolu_9", True)
+    try:
+        outcome = await deliverer.deliver(envelope)
+    finally:
+        await letta.aclose()
+    assert outcome.error == "connect" and "resolving the connection" in outcome.detail
     assert isinstance(judged(envelope, outcome), Retry)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from dataclasses import replace
@@ -16,11 +17,12 @@ import pytest
 from tenacity import wait_none
 
 from relay.cards import Cards
+from relay.errors import ResolveFailed
 from relay.intake import Intake
 from relay.letta import LettaClient
 from relay.messages import Inbound, client_message_id, envelope_for, user_message
 from relay.origins import Origins
-from relay.policy import Backoff
+from relay.policy import Backoff, Outcome
 from relay.queue import Queue
 from relay.replies import Replier
 from relay.routing import Destination, Route, Router, SlackRule, WatchRule
@@ -69,12 +71,13 @@ class World:
         self.route = next(r for r in settings.routes if r.name == "watched")
 
     @contextlib.asynccontextmanager
-    async def watcher(self, *, ping_interval: float = 25.0) -> AsyncIterator[Watcher]:
+    async def watcher(self, *, ping_interval: float = 25.0, resolver: Any = None) -> AsyncIterator[Watcher]:
         letta = LettaClient(self.letta_url, API_KEY, retry_wait=wait_none(), resolve_ttl=0.2)
         slack = SlackApi("xoxb-test", base_url=self.slack_url)
         router = Router(self.settings.routes)
         cards = Cards(self.queue, slack, router, Intake(self.queue))
-        watcher = Watcher(self.settings, self.queue, letta, cards, self.origins, Replier(slack),
+        resolving = resolver(letta) if resolver is not None else letta
+        watcher = Watcher(self.settings, self.queue, resolving, cards, self.origins, Replier(slack),
                           base_url=self.letta_url, rng=random.Random(7), backoff=Backoff(0.05, 0.2),
                           ping_interval=ping_interval, recall_wait=0.5, check_every=0.3)
         stop = asyncio.Event()
@@ -153,6 +156,32 @@ async def test_a_bad_api_key_is_refused_and_retried_without_giving_up(
         sockets.api_key = API_KEY
         await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
     assert set(sockets.refused) == {"bad credentials"}
+
+
+class FailingFirst:
+    """LettaClient's resolution, refused by Letta the first `times` times."""
+
+    def __init__(self, letta: LettaClient, times: int) -> None:
+        self.letta, self.left = letta, times
+
+    async def connection_for(self, destination: Destination) -> str | None:
+        if self.left > 0:
+            self.left -= 1
+            raise ResolveFailed(Outcome(status=503, body="resolving the connection: try later"))
+        return await self.letta.connection_for(destination)
+
+    def forget(self, destination: Destination) -> None:
+        self.letta.forget(destination)
+
+
+async def test_a_failed_resolution_is_logged_with_letta_s_answer_and_tried_again(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], caplog: pytest.LogCaptureFixture) -> None:
+    sockets, _ = letta_sockets
+    caplog.set_level(logging.WARNING, logger="relay.watch")
+    async with world.watcher(resolver=lambda letta: FailingFirst(letta, 2)):
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+    failures = [r for r in caplog.records if r.getMessage() == "could not resolve the connection"]
+    assert [r.fields["error"] for r in failures] == ["HTTP 503: resolving the connection: try later"] * 2  # type: ignore[attr-defined]
 
 
 async def test_a_dropped_socket_is_reopened_and_the_state_asked_for_again(
