@@ -1,7 +1,8 @@
 """`relay check`: is this configuration ready to run?
 
-The checks are pure functions: settings (or the ConfigError loading them raised), Redis's INFO
-and the queue's durability findings, and how each route's destination resolved → `Problem`s.
+The checks are pure functions: settings (or the ConfigError loading them raised), what the
+routes that opt in to `relay watch` need, Redis's INFO and the queue's durability findings,
+and how each route's destination resolved → `Problem`s.
 `run` does the I/O around them: load settings, ask Redis, and (with LETTA_API_KEY) ask Letta's
 environments API for each route, the way the worker resolves it.
 """
@@ -85,6 +86,63 @@ def settings_summary(settings: Settings) -> str:
     return f"settings: {len(settings.routes)} route(s) ({names}); sources: {', '.join(sources(settings)) or 'none'}"
 
 
+def watch_problems(settings: Settings) -> list[Problem]:
+    """What `relay watch` needs for the routes that opt in ([routes.NAME.watch], enabled).
+
+    Cards go to the Slack thread of the message that started the turn, else to the route's
+    `slack_channel`; answers go back where each message came from. Posting either in Slack
+    takes the bot token, answering on GitHub the GitHub token.
+    """
+    watched = [route for route in settings.routes if route.watched]
+    if not watched:
+        return []
+    problems = []
+    if not settings.letta_api_key:
+        problems.append(Problem(
+            "error", f"route(s) {_names(watched)} opt in to relay watch, which needs LETTA_API_KEY "
+                     "to open Letta's status sockets",
+            "set LETTA_API_KEY, or remove [routes.NAME.watch] from the routes file"))
+    to_slack = [r for r in watched if _channel(r) is not None or _takes_slack(r, settings)]
+    if to_slack and not settings.slack_bot_token:
+        problems.append(Problem(
+            "error", f"route(s) {_names(to_slack)}: relay watch posts approval cards and thread answers in "
+                     "Slack, and without SLACK_BOT_TOKEN it posts none (nobody in Slack sees the agent's requests)",
+            "set SLACK_BOT_TOKEN=xoxb-… (the Slack app's bot token, with chat:write)"))
+    to_github = [r for r in watched if r.github is not None or settings.github_fallback == r.name]
+    if to_github and not settings.github_token:
+        problems.append(Problem(
+            "error", f"route(s) {_names(to_github)}: relay watch answers GitHub comments on their issue, "
+                     "and without GITHUB_TOKEN it answers none",
+            "set GITHUB_TOKEN (a token that may comment on the routed repositories)"))
+    for route in watched:
+        if _channel(route) is None:
+            problems.append(Problem(
+                "warning", f"route {route.name}: relay watch has no Slack channel for approval requests of "
+                           "turns that no Slack mention started (a slash command, a generic webhook, GitHub, "
+                           "another client): they get no card; answers still come back",
+                f"set slack_channel = \"C…\" in [routes.{route.name}.watch] (the channel id)"))
+    return problems
+
+
+def watch_summary(settings: Settings) -> str:
+    parts = [f"{route.name} (cards in {_channel(route) or 'the thread only'}, "
+             f"decisions over {route.watch.approvals if route.watch else 'rest'})"
+             for route in settings.routes if route.watched]
+    return f"relay watch: {', '.join(parts)}"
+
+
+def _channel(route: Route) -> str | None:
+    return route.watch.slack_channel if route.watch is not None else None
+
+
+def _takes_slack(route: Route, settings: Settings) -> bool:
+    return route.slack is not None or settings.slack_fallback == route.name
+
+
+def _names(routes: Iterable[Route]) -> str:
+    return ", ".join(route.name for route in routes)
+
+
 def redis_problems(info: Mapping[str, Any], durability: Iterable[str]) -> list[Problem]:
     """INFO's server section, and Queue.durability_warnings() (what could lose queued work)."""
     problems = []
@@ -157,6 +215,10 @@ async def run(environ: Mapping[str, str]) -> Report:
     if not found:
         report.ok.append(settings_summary(settings))
     report.problems += found
+    watching = watch_problems(settings)
+    if any(route.watched for route in settings.routes) and not watching:
+        report.ok.append(watch_summary(settings))
+    report.problems += watching
     if settings.redis_url:
         await _check_redis(settings.redis_url, settings.key_prefix, report)
     if not settings.letta_api_key:

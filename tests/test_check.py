@@ -5,6 +5,7 @@ Letta stand-in with a route whose device it does not know)."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,12 @@ from relay.check import (
     redis_location,
     redis_problems,
     settings_problems,
+    watch_problems,
 )
 from relay.cli import main
 from relay.dev import DEV_HOOK_SECRET
 from relay.errors import ConfigError
-from relay.routing import Destination, Route
+from relay.routing import Destination, GitHubRule, Route, SlackRule, WatchRule
 from relay.settings import Settings
 from tests.support import ServerThread, free_port
 
@@ -71,6 +73,50 @@ def test_what_serve_would_refuse_is_reported_together() -> None:
     problems = settings_problems(Settings())
     assert [p.what.split(" ")[0] for p in problems] == ["REDIS_URL", "no", "no"]
     assert settings_problems(Settings(redis_url="redis://r:6379/0", hook_secret=b"s" * 24, routes=(NAMED,))) == []
+
+
+def watching(route: Route, **rule: Any) -> Route:
+    return replace(route, watch=WatchRule(**rule))
+
+
+READY = Settings(letta_api_key="key", slack_bot_token="xoxb-1", github_token="ghp-1")
+
+
+def test_routes_that_do_not_watch_need_nothing_for_relay_watch() -> None:
+    assert watch_problems(Settings(routes=(NAMED, watching(BY_DEVICE, enabled=False)))) == []
+
+
+def test_watching_without_letta_api_key_is_one_error_naming_every_watched_route() -> None:
+    routes = (watching(NAMED, slack_channel="C0CARDS"), watching(BY_DEVICE, slack_channel="C0CARDS"))
+    [problem] = watch_problems(replace(READY, letta_api_key=None, routes=routes))
+    assert problem.severity == "error" and "named, laptop" in problem.what and "LETTA_API_KEY" in problem.what
+    assert watch_problems(replace(READY, routes=routes)) == []
+
+
+def test_cards_bound_for_slack_need_the_bot_token() -> None:
+    in_channel = watching(NAMED, slack_channel="C0CARDS")
+    from_slack = replace(watching(BY_DEVICE), slack=SlackRule(teams=("T1",)))
+    problems = watch_problems(replace(READY, slack_bot_token=None, routes=(in_channel, from_slack)))
+    [token] = [p for p in problems if "SLACK_BOT_TOKEN" in p.what]
+    assert token.severity == "error" and "named, laptop" in token.what and "xoxb-" in token.fix
+    fallback = replace(READY, slack_bot_token=None, routes=(watching(NAMED),), slack_fallback="named")
+    assert any("SLACK_BOT_TOKEN" in p.what for p in watch_problems(fallback))
+    webhooks_only = replace(READY, slack_bot_token=None, routes=(watching(NAMED),))
+    assert [p.severity for p in watch_problems(webhooks_only)] == ["warning"]  # no channel; nothing for Slack
+
+
+def test_answers_bound_for_github_need_the_github_token() -> None:
+    route = replace(watching(NAMED, slack_channel="C0CARDS"), github=GitHubRule(repositories=("octo/*",)))
+    [problem] = watch_problems(replace(READY, github_token=None, routes=(route,)))
+    assert problem.severity == "error" and "GITHUB_TOKEN" in problem.what and "named" in problem.what
+    assert watch_problems(replace(READY, routes=(route,))) == []
+
+
+def test_a_watched_route_without_a_slack_channel_is_warned_with_the_key_to_set() -> None:
+    [problem] = watch_problems(replace(READY, routes=(watching(NAMED), watching(BY_DEVICE, slack_channel="C0X1"))))
+    assert problem.severity == "warning" and problem.what.startswith("route named:")
+    assert "no card" in problem.what and "answers still come back" in problem.what
+    assert problem.fix == 'set slack_channel = "C…" in [routes.named.watch] (the channel id)'
 
 
 def test_routes_file_errors_point_at_the_routes_file() -> None:
@@ -214,3 +260,50 @@ def test_letta_refusing_the_api_key_is_reported_once(env: Any, capsys: Any, redi
     [problem] = numbered(out)
     assert "could not resolve route(s) default: HTTP 401" in problem
     assert "fix: check LETTA_API_KEY" in out
+
+
+WATCHED_ROUTES = """
+[routes.ops]
+agent_id = "agent-2"
+device_id = "device-test"
+
+[routes.ops.slack]
+teams = ["T0001"]
+
+[routes.ops.watch]
+approvals = "socket"
+"""
+
+
+def test_a_watch_route_missing_what_relay_watch_needs_is_reported(env: Any, capsys: Any, redis_server: Any,
+                                                                   tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(WATCHED_ROUTES)
+    env.setenv("RELAY_ROUTES", str(path))
+    env.setenv("SLACK_SIGNING_SECRET", "slack-signing-secret-for-tests")
+    env.setenv("REDIS_URL", redis_server.url)
+    code, out, _ = check(capsys)
+    assert code == 1
+    problems = numbered(out)
+    assert [p.split("]")[0] + "]" for p in problems] == ["[error]", "[error]", "[warning]"]
+    assert "route(s) ops opt in to relay watch, which needs LETTA_API_KEY" in problems[0]
+    assert "route(s) ops: relay watch posts approval cards" in problems[1] and "SLACK_BOT_TOKEN" in problems[1]
+    assert problems[2].startswith("[warning] route ops: relay watch has no Slack channel")
+    assert 'fix: set slack_channel = "C…" in [routes.ops.watch] (the channel id)' in out
+    assert "ok  relay watch" not in out
+
+
+def test_a_ready_watch_route_is_an_ok_line(env: Any, capsys: Any, redis_server: Any, stand_in: Any,
+                                           tmp_path: Path) -> None:
+    _standin, letta_url = stand_in
+    path = tmp_path / "routes.toml"
+    path.write_text(WATCHED_ROUTES + 'slack_channel = "C0CARDS"\n')
+    env.setenv("RELAY_ROUTES", str(path))
+    env.setenv("SLACK_SIGNING_SECRET", "slack-signing-secret-for-tests")
+    env.setenv("SLACK_BOT_TOKEN", "xoxb-for-tests")
+    env.setenv("REDIS_URL", redis_server.url)
+    env.setenv("LETTA_API_KEY", "key")
+    env.setenv("LETTA_BASE_URL", letta_url)
+    code, out, _ = check(capsys)
+    assert code == 0, out
+    assert "ok  relay watch: ops (cards in C0CARDS, decisions over socket)" in out.splitlines()
