@@ -85,6 +85,7 @@ class Worker:
         self.paused_until = 0.0
         self._stopping = asyncio.Event()  # stop taking new work
         self._closed = asyncio.Event()  # in-flight work settled: helper loops end
+        self._watched = {r.destination.conversation_key for r in settings.routes if r.watched}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -346,6 +347,8 @@ class Worker:
         """Note where a delivered user message came from, for its answer. Best-effort."""
         if self.origins is None or envelope.kind != "user":
             return
+        if envelope.destination.conversation_key not in self._watched:
+            return  # no watcher follows this conversation: nobody would read it
         try:
             await self.origins.remember(envelope)
         except QueueUnavailable as exc:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -19,7 +20,7 @@ from relay.messages import Envelope, Inbound, approval_decision, approval_messag
 from relay.messages import envelope_for, user_message
 from relay.origins import DEFAULT_TTL, Origin, Origins
 from relay.queue import Keys, Queue
-from relay.routing import Destination, Route
+from relay.routing import Destination, Route, WatchRule
 from relay.settings import Settings, load
 from relay.worker import Worker
 from tests.support import free_port
@@ -127,7 +128,9 @@ def test_slack_thread_is_the_messages_thread_or_none(reply: dict[str, Any], thre
 
 @contextlib.asynccontextmanager
 async def worker(redis_client: Any, prefix: str, settings: Settings, url: str,
-                 origins: Origins) -> AsyncIterator[None]:
+                 origins: Origins, watched: bool = True) -> AsyncIterator[None]:
+    if watched:  # origins are kept only for conversations a watcher follows
+        settings = replace(settings, routes=tuple(replace(r, watch=WatchRule()) for r in settings.routes))
     queue = Queue(redis_client, prefix=prefix, consumer="worker-origins")
     letta = LettaClient(url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none())
     stop = asyncio.Event()
@@ -159,6 +162,23 @@ async def test_the_worker_remembers_a_delivered_user_message_but_not_a_decision(
         await until(lambda: _known(origins, said))
         await until(lambda: _delivered(standin, 2))
     assert await origins.recall(decided.client_message_id) is None
+
+
+async def test_a_conversation_no_watcher_follows_keeps_no_origins(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    origins = Origins(redis_client, prefix)
+    said = message(13)
+    await queue.enqueue(said)
+    async with worker(redis_client, prefix, settings, url, origins, watched=False):
+        await until(lambda: _delivered(standin, 1))
+        await until(lambda: _acked(queue))
+    assert await origins.recall(said.client_message_id) is None
+
+
+async def _acked(queue: Queue) -> bool:
+    depth = await queue.depth()
+    return (depth.ready, depth.in_flight) == (0, 0)
 
 
 async def test_a_message_that_fails_is_not_remembered(queue: Queue, redis_client: Any, prefix: str,
