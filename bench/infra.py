@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import redis
@@ -74,12 +74,7 @@ def redis_server(appendonly: bool = True) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def nginx_letta() -> Iterator[str]:
-    """nginx answering every request with Letta's success body: a receiver that is not the bottleneck."""
-    binary = need("nginx", "nginx-light")
-    port, workdir = free_port(), Path(tempfile.mkdtemp(prefix="relay-bench-nginx-"))
-    (workdir / "nginx.conf").write_text(f"""
+NGINX_HTTP = """
 worker_processes 1;
 daemon off;
 pid {workdir}/nginx.pid;
@@ -89,22 +84,39 @@ http {{
   access_log off;
   keepalive_requests 1000000;
   client_body_buffer_size 64k;
-  server {{
-    listen 127.0.0.1:{port} reuseport backlog=4096;
-    location / {{ default_type application/json; return 200 '{LETTA_ANSWER}'; }}
-  }}
+{servers}
 }}
-""")
+"""
+
+
+@contextlib.contextmanager
+def nginx(servers: Callable[[Path, int], str]) -> Iterator[str]:
+    """An nginx on a free port, its http block's servers written by `servers(workdir, port)`."""
+    binary = need("nginx", "nginx-light")
+    port, workdir = free_port(), Path(tempfile.mkdtemp(prefix="relay-bench-nginx-"))
+    workdir.chmod(0o755)  # nginx's workers (not root) may need to reach sockets in it
+    (workdir / "nginx.conf").write_text(NGINX_HTTP.format(workdir=workdir, servers=servers(workdir, port)))
     process = subprocess.Popen([binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: httpx.post(f"{url}/v1/environments/x/messages").status_code == 200, "nginx")
+        wait_until(lambda: httpx.get(f"{url}/ready").status_code == 200, "nginx")  # a GET: recorders count POSTs
         yield url
     finally:
         process.send_signal(signal.SIGQUIT)
         process.wait(timeout=20)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def nginx_letta() -> Iterator[str]:
+    """nginx answering every request with Letta's success body: a receiver that is not the bottleneck."""
+    with nginx(lambda workdir, port: f"""
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location / {{ default_type application/json; return 200 '{LETTA_ANSWER}'; }}
+  }}""") as url:
+        yield url
 
 
 @dataclass

@@ -146,21 +146,12 @@ class Recorder:
 def nginx_recording() -> Iterator[Recorder]:
     """nginx answering Letta's success body, as infra.nginx_letta, logging each request's time, path
     and body. nginx reads a body only to pass it on, so it proxies to a second server that answers."""
-    binary = infra.need("nginx", "nginx-light")
-    port, workdir = infra.free_port(), Path(tempfile.mkdtemp(prefix="relay-bench-nginx-"))
-    workdir.chmod(0o755)  # nginx's workers (not root) connect to the socket in it
-    log = workdir / "posts.log"
-    log.touch()
-    (workdir / "nginx.conf").write_text(f"""
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_buffer_size 64k;
+    log: list[Path] = []
+
+    def servers(workdir: Path, port: int) -> str:
+        log.append(workdir / "posts.log")
+        log[0].touch()
+        return f"""
   log_format posts escape=json '$msec\\t$request_method\\t$request_uri\\t$request_body';
   upstream answer {{ server unix:{workdir}/answer.sock; keepalive 64; }}
   server {{
@@ -170,21 +161,12 @@ http {{
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
     location / {{
-      access_log {log} posts;
+      access_log {log[0]} posts;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_pass http://answer;
     }}
-  }}
-}}
-""")
-    process = subprocess.Popen([binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf")],
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        infra.wait_until(lambda: httpx.get(f"{url}/ready").status_code == 200, "nginx (recording)")
-        yield Recorder(url, log)
-    finally:
-        process.send_signal(signal.SIGQUIT)
-        process.wait(timeout=20)
-        shutil.rmtree(workdir, ignore_errors=True)
+  }}"""
+
+    with infra.nginx(servers) as url:
+        yield Recorder(url, log[0])

@@ -27,23 +27,10 @@ from starlette.routing import Route
 
 from bench.arq_peer.shared import FUNCTION, HOOK_SECRET_ENV, ROUTE, SETTINGS
 from relay import serving
-from relay.errors import Rejected, TooLarge
+from relay.errors import Rejected
 from relay.messages import encode, envelope_for
 from relay.sources import generic
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """relay.web.common.read_body: the raw body, refusing (413) past `limit` bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"body is larger than {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+from relay.web.common import read_body
 
 
 def create_app(pool: ArqRedis, secret: bytes) -> Starlette:
