@@ -70,6 +70,9 @@ OPEN_TIMEOUT = 10.0
 #: Stop reasons that are a normal end; after any other, an empty turn still gets a note.
 QUIET_STOPS = frozenset({None, "end_turn", "tool_rule", "requires_approval", "cancelled"})
 CARD_ATTEMPTS = 3
+#: How long a stopping watcher waits for the answers it is posting (each is claimed before it is
+#: posted, so one cut short is posted by no other watcher).
+REPLY_DRAIN = 10.0
 
 
 class Resolver(Protocol):
@@ -179,7 +182,7 @@ class RouteWatch:
             actions.put_nowait(None)
             await actor
             if self._replies:
-                await asyncio.wait(self._replies, timeout=10.0)
+                await asyncio.wait(self._replies, timeout=REPLY_DRAIN)
 
     # -- sockets -------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import inspect
 import json
 import re
 import shlex
@@ -25,6 +26,8 @@ from redis.backoff import NoBackoff
 from relay import settings as relay_settings
 from relay.queue import Queue
 from relay.settings import Settings, load, parse_duration, parse_routes
+from relay.slack_api import SlackApi
+from relay.watch import REPLY_DRAIN
 from relay.web import create_app
 from relay.worker import READ_BLOCK_MS
 from tests.support import free_port, unique_prefix
@@ -37,6 +40,11 @@ ROUTES_EXAMPLE = DEPLOY / "routes.example.toml"
 #: After the grace period the worker cancels what is left, hands it back and closes its
 #: clients; the container must be given this much longer than RELAY_SHUTDOWN_GRACE.
 HAND_BACK_MARGIN = 10.0
+#: On SIGTERM the watcher finishes the card it is posting (one Slack call), then waits
+#: REPLY_DRAIN for the answers it is posting; the container must be given longer than both.
+WATCH_STOP = inspect.signature(SlackApi).parameters["timeout"].default + REPLY_DRAIN + HAND_BACK_MARGIN
+RELAY_SERVICES = ("web", "worker", "watch")
+RELAY_DEPLOYMENTS = ("relay-web", "relay-worker", "relay-watch")
 
 
 # -- reading the files -------------------------------------------------------------------------
@@ -299,14 +307,23 @@ def test_compose_redis_7_keeps_an_append_only_file_on_a_volume_and_never_evicts(
     assert volume.split(":")[0] in data["volumes"]  # a named volume, not the container's layer
 
 
-def test_compose_web_and_worker_run_one_image_built_from_the_dockerfile() -> None:
-    web, worker = (compose()["services"][name] for name in ("web", "worker"))
-    assert web["image"] == worker["image"] == container("relay-web")["image"]
-    for service in (web, worker):
+def test_compose_web_worker_and_watch_run_one_image_built_from_the_dockerfile() -> None:
+    web, worker, watch = (compose()["services"][name] for name in RELAY_SERVICES)
+    assert web["image"] == worker["image"] == watch["image"] == container("relay-web")["image"]
+    for service in (web, worker, watch):
         build = service["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
     assert web["command"] == image_command()
     assert worker["command"] == ["relay", "worker"]
+    assert watch["command"] == ["relay", "watch"]
+
+
+def test_compose_processes_that_serve_no_web_do_not_run_the_images_web_healthcheck() -> None:
+    services = compose()["services"]
+    assert "healthcheck" not in services["web"]  # the image's HEALTHCHECK
+    for name in ("worker", "watch"):
+        assert services[name]["healthcheck"] == {"disable": True}
+        assert "ports" not in services[name]
 
 
 def test_compose_publishes_the_port_the_web_listens_on() -> None:
@@ -321,16 +338,34 @@ def test_compose_worker_is_given_longer_to_stop_than_its_shutdown_grace() -> Non
         grace + READ_BLOCK_MS / 1000 + HAND_BACK_MARGIN
 
 
+def test_compose_watch_is_given_longer_to_stop_than_its_last_card_and_answers() -> None:
+    watch = compose()["services"]["watch"]
+    assert parse_duration("stop_grace_period", watch["stop_grace_period"]) >= WATCH_STOP
+
+
 def test_compose_settings_load_with_the_mounted_routes_file() -> None:
     expected = parse_routes(relay_settings.read_routes_file(str(ROUTES_EXAMPLE), lambda p: Path(p).read_text()))
-    for name in ("web", "worker"):
+    for name in RELAY_SERVICES:
         settings = compose_settings(name)
         assert {route.name: route for route in settings.routes} == expected
         assert settings.redis_url == "redis://redis:6379/0"
 
 
+def watch_would_start(settings: Settings, env_names: set[str]) -> None:
+    """What `relay watch` refuses to start without: Redis, a route that opts in, and LETTA_API_KEY
+    (empty in relay.env.example, so its name must be there for the operator to fill in)."""
+    assert settings.redis_url
+    assert [route.name for route in settings.routes if route.watched]
+    assert "LETTA_API_KEY" in env_names
+
+
+def test_compose_watch_has_what_relay_watch_refuses_to_start_without() -> None:
+    watch = compose()["services"]["watch"]
+    watch_would_start(compose_settings("watch"), set(env_file(ENV_EXAMPLE)) | set(watch.get("environment", {})))
+
+
 def test_compose_relay_containers_are_read_only_without_new_privileges() -> None:
-    for name in ("web", "worker"):
+    for name in RELAY_SERVICES:
         service = compose()["services"][name]
         assert "user" not in service  # the image's non-root user
         assert service["read_only"] is True
@@ -346,15 +381,15 @@ def test_every_k8s_document_is_a_named_object_of_a_known_kind() -> None:
         key = (doc["kind"], doc["metadata"]["name"])
         assert key not in seen
         seen.add(key)
-    assert {("Deployment", "relay-web"), ("Deployment", "relay-worker"), ("Service", "relay-web")} <= seen
+    assert {("Deployment", name) for name in RELAY_DEPLOYMENTS} | {("Service", "relay-web")} <= seen
 
 
 def test_k8s_deployments_select_their_own_pods() -> None:
     for deployment in deployments():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    web, worker = (k8s("Deployment", n)["spec"]["selector"]["matchLabels"] for n in ("relay-web", "relay-worker"))
-    assert web != worker
+    selectors = [k8s("Deployment", n)["spec"]["selector"]["matchLabels"] for n in RELAY_DEPLOYMENTS]
+    assert len({tuple(sorted(s.items())) for s in selectors}) == len(RELAY_DEPLOYMENTS)
 
 
 def test_k8s_service_sends_to_the_web_pods_on_the_port_relay_serve_listens_on() -> None:
@@ -385,11 +420,30 @@ def test_k8s_web_liveness_asks_a_route_that_answers_while_redis_is_down() -> Non
     assert answer(path, k8s_settings("relay-web"), redis_up=False) == 200
 
 
-def test_k8s_web_and_worker_run_the_images_command_and_relay_worker_from_one_image() -> None:
-    web, worker = container("relay-web"), container("relay-worker")
-    assert web["image"] == worker["image"]
+def test_k8s_web_worker_and_watch_run_their_commands_from_one_image() -> None:
+    web, worker, watch = (container(name) for name in RELAY_DEPLOYMENTS)
+    assert web["image"] == worker["image"] == watch["image"]
     assert web["command"] == image_command()
     assert worker["command"] == ["relay", "worker"]
+    assert watch["command"] == ["relay", "watch"]
+
+
+def test_k8s_watch_runs_with_the_workers_security_and_settings() -> None:
+    worker, watch = pod("relay-worker"), pod("relay-watch")
+    assert watch["securityContext"] == worker["securityContext"]
+    assert watch["automountServiceAccountToken"] is False
+    assert container("relay-watch")["securityContext"] == container("relay-worker")["securityContext"]
+    assert container("relay-watch")["envFrom"] == container("relay-worker")["envFrom"]
+    assert container("relay-watch")["volumeMounts"] == container("relay-worker")["volumeMounts"]
+    assert watch["volumes"] == worker["volumes"]
+
+
+def test_k8s_watch_is_given_longer_to_stop_than_its_last_card_and_answers() -> None:
+    assert pod("relay-watch")["terminationGracePeriodSeconds"] >= WATCH_STOP
+
+
+def test_k8s_watch_has_what_relay_watch_refuses_to_start_without() -> None:
+    watch_would_start(k8s_settings("relay-watch"), set(k8s_environment("relay-watch")))
 
 
 def test_k8s_pods_run_as_the_images_non_root_user_without_privilege_escalation() -> None:
@@ -410,7 +464,7 @@ def test_k8s_worker_is_given_longer_to_stop_than_its_shutdown_grace() -> None:
 
 def test_k8s_settings_load_with_the_mounted_routes_file_which_matches_the_example() -> None:
     expected = parse_routes(relay_settings.read_routes_file(str(ROUTES_EXAMPLE), lambda p: Path(p).read_text()))
-    for deployment in ("relay-web", "relay-worker"):
+    for deployment in RELAY_DEPLOYMENTS:
         assert {route.name: route for route in k8s_settings(deployment).routes} == expected
 
 
@@ -418,9 +472,9 @@ def test_every_variable_the_deploy_files_set_is_one_relay_reads() -> None:
     known = names_settings_reads()
     assert {"REDIS_URL", "LETTA_API_KEY", "LETTA_AGENT_ID", "RELAY_HOOK_SECRET"} <= known  # the scan works
     used = set(env_file(ENV_EXAMPLE))
-    for name in ("web", "worker"):
+    for name in RELAY_SERVICES:
         used |= set(compose()["services"][name].get("environment", {}))
-    for deployment in ("relay-web", "relay-worker"):
+    for deployment in RELAY_DEPLOYMENTS:
         used |= set(k8s_environment(deployment))
     assert sorted(used - known) == []
 
