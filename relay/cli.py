@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import secrets
-import signal
 import socket
 import sys
 import time
@@ -197,9 +196,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             await uvicorn.Server(server_config(app, args.host, args.port)).serve(sockets=[sock])
         finally:
-            for client in (slack, github):
-                if client is not None:
-                    await client.aclose()
+            await serving.close_all(slack, github)
             await queue.redis.aclose()
 
     serving.run(run())
@@ -234,10 +231,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics.watch(queue)
         letta = LettaClient.from_settings(settings, metrics=metrics)
         slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = serving.stop_on_signals()
         exporter = None
         if metrics_sock is not None:
             host, port = metrics_sock.getsockname()[:2]
@@ -252,9 +246,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if exporter is not None:
                 exporter.should_exit = True
                 await serving_metrics
-            for client in (letta, slack, github):
-                if client is not None:
-                    await client.aclose()
+            await serving.close_all(letta, slack, github)
             await redis.aclose()
 
     serving.run(run())
@@ -281,16 +273,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
         queue = Queue(redis, prefix=settings.key_prefix)
         letta = LettaClient.from_settings(settings)
         slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = serving.stop_on_signals()
         try:
             await watcher_for(settings, redis, queue, letta, slack, github).run(stop)
         finally:
-            for client in (letta, slack, github):
-                if client is not None:
-                    await client.aclose()
+            await serving.close_all(letta, slack, github)
             await redis.aclose()
 
     serving.run(run())

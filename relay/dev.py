@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import signal
 import socket
 import sys
 from dataclasses import replace
@@ -25,6 +24,7 @@ from relay.origins import Origins
 from relay.queue import Queue, connect
 from relay.replies import Replier
 from relay.routing import Destination, Route
+from relay import serving
 from relay.serving import EmbeddedServer, bound_socket, server_config
 from relay.slack_api import SlackApi
 from relay.settings import Settings
@@ -130,10 +130,7 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     if settings.web_metrics:
         notes.append(f"metrics: http://{host}:{port}/metrics")
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = serving.stop_on_signals()
     _banner(notes, host, port, [r.name for r in settings.routes])
 
     tasks = [asyncio.create_task(web.serve(sockets=[listener])), asyncio.create_task(worker.run(stop))]
@@ -147,9 +144,7 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     if stand_in_server is not None:
         stand_in_server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
-    for client in (letta, slack, github):
-        if client is not None:
-            await client.aclose()
+    await serving.close_all(letta, slack, github)
     await redis.aclose()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import signal
 import socket
 from typing import Any, Coroutine, Iterator
 
@@ -33,6 +34,31 @@ def run(main: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGINT and SIGTERM set: the process's cue to finish its work and stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def close_all(*clients: Any) -> None:
+    """aclose() each client that was made (None: that part was not configured)."""
+    for client in clients:
+        if client is not None:
+            await client.aclose()
+
+
+async def wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; True if it is set."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
+    return event.is_set()
 
 
 class EmbeddedServer(uvicorn.Server):
