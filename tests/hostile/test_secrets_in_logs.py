@@ -1,7 +1,8 @@
 """No secret, token, signature or message body ever appears in the logs.
 
 A run through every door and the worker, valid and invalid, with known secrets, logged exactly
-as in production (relay.logs at DEBUG), then searched."""
+as in production (relay.logs at DEBUG) in each format (JSON, the default, and text), then
+searched; leaks planted after the run show that the search finds them in that format."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from relay.github_api import GitHubApi
-from relay.logs import KeyValueFormatter, configure
+from relay.logs import FORMATS, configure, fields, formatter
 from relay.replies import Replier
 from relay.routing import Destination, GitHubRule, Route, SlackRule
 from relay.settings import Settings
@@ -42,32 +43,73 @@ SECRETS = {
     "admin token": "admin-token-KNOWN-0123456789",
     "response_url secret": "RESPONSE-URL-SECRET-KNOWN",
 }
-BODY_MARKER = "BODY-MARKER-never-logged"
+#: Quoted, so that a body in a log line is escaped (both formats write a quote as \"): a search
+#: for the marker as sent would miss it there.
+BODY_MARKER = 'BODY-MARKER-"never"-logged'
 
 
-async def test_a_full_run_logs_no_secret_token_signature_or_body(stand_in, slack_stand_in, github_stand_in,  # type: ignore[no-untyped-def]
-                                                                 settings: Settings, prefix: str) -> None:
+def escaped(value: str) -> set[str]:
+    """The ways a value can appear in a line of either format: as is, or escaped as a JSON
+    string (the JSON formatter encodes every field so, the text one any value with a space,
+    a quote or an equals sign), once or twice (a JSON body logged as a field)."""
+    forms = {value}
+    for _ in range(2):
+        forms |= {json.dumps(form, ensure_ascii=ascii)[1:-1] for form in forms for ascii in (True, False)}
+    return forms
+
+
+def leaks_in(text: str, signatures: list[str]) -> list[str]:
+    def found(value: str) -> bool:
+        return any(form in text for form in escaped(value))
+
+    leaks = [name for name, value in SECRETS.items() if found(value)]
+    leaks += [f"signature {v[:12]}…" for v in signatures if found(v)]
+    leaks += ["a message body"] if found(BODY_MARKER) else []
+    leaks += ["an Authorization header"] if "Bearer " in text else []
+    return leaks
+
+
+def plant_leaks(signatures: list[str]) -> None:
+    """Log every kind of leak the search looks for, the ways a careless call site would."""
+    log = logging.getLogger("relay.planted")
+    for name, value in SECRETS.items():
+        log.warning("planted", extra=fields(what=name, value=value))
+    log.info("planted", extra=fields(signatures=signatures))
+    log.debug("planted", extra=fields(body=json.dumps({"text": BODY_MARKER, "note": 'a "quoted" word'})))
+    try:
+        raise ValueError(f"refused Authorization: Bearer {SECRETS['letta api key']}")
+    except ValueError:
+        log.exception("planted")
+
+
+@pytest.mark.parametrize("log_format", FORMATS)
+async def test_a_full_run_logs_no_secret_token_signature_or_body(log_format: str, stand_in, slack_stand_in,  # type: ignore[no-untyped-def]
+                                                                 github_stand_in, settings: Settings,
+                                                                 prefix: str) -> None:
     letta, letta_url = stand_in
-    configure("DEBUG")  # production formatting and logger levels
+    configure("DEBUG", log_format)  # production formatting and logger levels
     captured = io.StringIO()
     handler = logging.StreamHandler(captured)
-    handler.setFormatter(KeyValueFormatter("%(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(formatter(log_format))  # the formatter production uses for this format
     logging.getLogger().addHandler(handler)
     sent_signatures: list[str] = []
     try:
         await run_everything(letta, letta_url, slack_stand_in, github_stand_in, settings, prefix, sent_signatures)
+        text = captured.getvalue()
+        values = [s.partition(",")[2] if s.startswith("v1,") else s.partition("=")[2] for s in sent_signatures]
+        plant_leaks(values)
+        planted = captured.getvalue()[len(text):]
     finally:
         logging.getLogger().removeHandler(handler)
         logging.getLogger().handlers.clear()
-    text = captured.getvalue()
     assert "delivered" in text and "rejected" in text and "dead-lettered" in text  # the run was logged
-    leaks = [name for name, value in SECRETS.items() if value in text]
-    values = [s.partition(",")[2] if s.startswith("v1,") else s.partition("=")[2] for s in sent_signatures]
+    if log_format == "json":
+        assert all(json.loads(line)["event"] for line in text.splitlines())  # and in this format
     assert len(values) >= 8 and all(len(v) >= 40 for v in values)
-    leaks += [f"signature {v[:12]}…" for v in values if v in text]
-    leaks += ["a message body"] if BODY_MARKER in text else []
-    leaks += ["an Authorization header"] if "Bearer " in text else []
-    assert leaks == [], leaks
+    # The search finds each kind of leak as this format writes it, so finding none below means something.
+    assert sorted(leaks_in(planted, values)) == sorted(
+        [*SECRETS, *(f"signature {v[:12]}…" for v in values), "a message body", "an Authorization header"])
+    assert leaks_in(text, values) == []
 
 
 async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github_stand_in: Any, settings: Settings,
