@@ -8,6 +8,7 @@ unique key prefix and deletes only those keys.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -32,6 +33,17 @@ DEVICE = "device-test"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """relay.logs.configure (run by in-process CLI calls) replaces the root handlers with one
+    bound to this test's captured stderr; later tests must not write to that closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
