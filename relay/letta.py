@@ -95,7 +95,7 @@ class LettaClient:
         )
         self._retrying = dict(
             stop=stop_after_attempt(retry_attempts) | stop_after_delay(10),
-            wait=retry_wait if retry_wait is not None else wait_exponential_jitter(initial=0.1, max=1.0),
+            wait=retry_wait if retry_wait is not None else wait_exponential_jitter(multiplier=0.1, max=1.0),
             retry=retry_if_exception(_worth_resending),
             reraise=True,
         )
