@@ -44,6 +44,7 @@ from relay.policy import Backoff
 from relay.queue import Queue
 from relay.routing import Destination, Route
 from relay.settings import Settings
+from relay.serving import wait
 from relay.status_socket import (
     CHANNELS,
     PING_INTERVAL,
@@ -174,7 +175,7 @@ class RouteWatch:
             while not stop.is_set():
                 if attempt:
                     self.w.letta.forget(self.destination)
-                    if await _wait(stop, self.w.backoff.delay(attempt, self.w.rng)):
+                    if await wait(stop, self.w.backoff.delay(attempt, self.w.rng)):
                         break
                 opened = await self._connect_once(stop, actions)
                 attempt = 1 if opened else attempt + 1
@@ -391,14 +392,6 @@ async def _read(channel: str, socket: ClientConnection,
     finally:
         inbox.put_nowait((channel, None))
 
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to `seconds` for `event`; True if it is set."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
-    return event.is_set()
 
 
 def watcher_for(settings: Settings, redis: Any, queue: Queue, letta: Resolver, slack: Any, github: Any, *,

@@ -35,6 +35,7 @@ from relay.queue import PARTITIONS, Head, Queue, Token
 from relay.origins import Origins
 from relay.replies import Replier
 from relay.settings import Settings
+from relay.serving import wait
 
 log = logging.getLogger("relay.worker")
 
@@ -119,7 +120,7 @@ class Worker:
                 return
             except Exception:
                 log.exception("worker loop failed; restarting it", extra=fields(loop=name))
-                await _wait(until, 1.0)
+                await wait(until, 1.0)
 
     async def _until_ready(self) -> None:
         delay = 0.5
@@ -231,11 +232,11 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the worker starts stopping (readers)."""
-        await _wait(self._stopping, seconds)
+        await wait(self._stopping, seconds)
 
     async def _rest(self, seconds: float) -> bool:
         """Sleep, waking early when the worker closes (helper loops). True: keep going."""
-        return not await _wait(self._closed, seconds)
+        return not await wait(self._closed, seconds)
 
     async def _redis_trouble(self, what: str, exc: QueueUnavailable) -> None:
         log.warning("redis unavailable", extra=fields(during=what, error=str(exc)))
@@ -370,11 +371,3 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to `seconds` for `event`; True if it is set."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
-    return event.is_set()
