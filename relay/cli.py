@@ -485,8 +485,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                     return QueueStats.from_dict(response.json())
                 except ValueError:
                     raise ConfigError("relay's admin API answered something other than queue stats") from None
-        try:
-            while True:
+        stop = serving.stop_on_signals()  # an event, not a cancellation: redis-py may swallow
+        try:                               # a CancelledError mid-command (redis/redis-py#2028)
+            while not stop.is_set():
                 try:
                     text = render(await fetch(), source=source, now=time.time())
                 except (QueueUnavailable, httpx.HTTPError) as exc:
@@ -497,16 +498,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if args.watch and sys.stdout.isatty():
                     print("\x1b[H\x1b[2J", end="")  # clear the screen: the table redraws in place
                 print(text, end="\n\n" if args.watch else "\n", flush=True)
-                if not args.watch:
+                if not args.watch or await serving.wait(stop, args.interval):
                     return 0
-                await asyncio.sleep(args.interval)
+            return 0  # Ctrl-C (or SIGTERM) is how --watch ends
         finally:
             await close()
 
-    try:
-        return asyncio.run(run())
-    except KeyboardInterrupt:  # how --watch ends
-        return 0
+    return asyncio.run(run())
 
 
 def cmd_check(args: argparse.Namespace) -> int:
