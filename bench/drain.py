@@ -15,25 +15,10 @@ from typing import Any, Awaitable, Callable
 import redis as sync_redis
 
 from bench import infra
-from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
+from bench.workload import envelopes
 from relay.queue import PARTITIONS, Keys, Queue, connect
-from relay.routing import Destination, Route
 
 PREFIX = "bench"
-
-
-def envelopes(count: int, conversations: int) -> list[Envelope]:
-    now = time.time()
-    out = []
-    for n in range(count):
-        conversation = n % conversations
-        route = Route("bench", Destination(agent_id="agent-bench", conversation_id=f"conv-{conversation}",
-                                           connection_id="conn-bench"))
-        message_id = client_message_id("bench", f"{count}-{n}")
-        text = f"deploy {n} finished, please summarize the log"
-        inbound = Inbound("generic", f"msg_{n}", message_id, user_message(text, message_id))
-        out.append(envelope_for(inbound, route, now))
-    return out
 
 
 async def prefill(redis_url: str, count: int, conversations: int) -> None:

@@ -197,7 +197,7 @@ def signed_requests(count: int, route: str | None = None) -> list[str]:
         body = json.dumps({"text": f"deploy {n} finished, please summarize the log", "route": route}
                           if route else {"text": f"deploy {n} finished, please summarize the log"}).encode()
         headers = signed_headers(HOOK_SECRET, f"msg_{uuid.uuid4().hex}", now, body)
-        lines = [f"POST /hooks/generic HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}",
+        lines = ["POST /hooks/generic HTTP/1.1", "Host: bench", f"Content-Length: {len(body)}",
                  *(f"{k}: {v}" for k, v in headers.items())]
         out.append("\r\n".join(lines) + "\r\n\r\n" + body.decode())
     return out

@@ -12,17 +12,13 @@ import contextlib
 import json
 import pickle
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import redis
 
 from bench import infra
@@ -83,7 +79,7 @@ def arq_worker(redis_url: str, letta_url: str, *, client: str = "relay", poll_de
 
 
 def prefill_arq(redis_url: str, count: int, conversations: int) -> None:
-    """Queue `count` jobs (bench.arq_peer.shared.envelopes: the messages bench/drain.py gives relay)."""
+    """Queue `count` jobs (bench.workload.envelopes, the messages bench/drain.py gives relay)."""
     subprocess.run([arq_python(), "-m", "bench.arq_peer.prefill", redis_url, str(count), str(conversations)],
                    cwd=infra.ROOT, env=infra.relay_env(), check=True)
 

@@ -17,7 +17,8 @@ from arq.constants import expires_extra_ms, job_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
-from bench.arq_peer.shared import FUNCTION, QUEUE, envelopes
+from bench.arq_peer.shared import FUNCTION, QUEUE
+from bench.workload import envelopes
 from relay.messages import encode
 
 BATCH = 2000

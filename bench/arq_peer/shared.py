@@ -3,9 +3,6 @@ modules only, so it loads in both venvs."""
 
 from __future__ import annotations
 
-import time
-
-from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
 from relay.routing import Destination, Route
 from relay.settings import Settings
 
@@ -27,17 +24,3 @@ POLL_DELAY = 0.01
 
 class Undeliverable(Exception):
     """relay's policy dead-letters the message; arq records the job as failed, without retrying."""
-
-
-def envelopes(count: int, conversations: int) -> list[Envelope]:
-    """The drain benchmark's messages: the same shapes bench/drain.py queues for relay."""
-    now = time.time()
-    out = []
-    for n in range(count):
-        route = Route("bench", Destination(agent_id="agent-bench", conversation_id=f"conv-{n % conversations}",
-                                           connection_id="conn-bench"))
-        message_id = client_message_id("bench", f"{count}-{n}")
-        inbound = Inbound("generic", f"msg_{n}", message_id,
-                          user_message(f"deploy {n} finished, please summarize the log", message_id))
-        out.append(envelope_for(inbound, route, now))
-    return out
