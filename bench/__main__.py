@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis as sync_redis
 
@@ -118,7 +118,7 @@ def peer(run: Run) -> None:
         with infra.redis_server() as redis_url:
             peer_infra.prefill_arq(redis_url, count, 1000)
             with peer_infra.arq_worker(redis_url, letta) as proc:
-                arq_out = _watch(redis_url, count, proc, peer_infra.arq_remaining)
+                arq_out = drain.watch_drain(redis_url, count, proc, remaining=peer_infra.arq_remaining)
         with infra.redis_server() as redis_url:
             relay_out = drain.relay_drain(redis_url, letta, count, 1000)
     run.add(Row("peer", "arq drain", arq_out.rate, "msg/s"))
@@ -136,10 +136,6 @@ def peer(run: Run) -> None:
     run.add(Row("peer", "arq end to end, 200/s", arq_e2e.p50_ms, "ms p50", p50_ms=arq_e2e.p50_ms, p99_ms=arq_e2e.p99_ms))
     run.add(Row("peer", "relay end to end, 200/s", relay_e2e.p50_ms, "ms p50", "arq", arq_e2e.p99_ms / relay_e2e.p99_ms,
                 relay_e2e.p50_ms, relay_e2e.p99_ms, note="ratio: arq p99 / relay p99 (higher is better)"))
-
-
-def _watch(redis_url: str, count: int, proc: infra.Process, remaining: Callable[[Any], int]) -> drain.DrainResult:
-    return drain.watch_drain(redis_url, count, proc, remaining=remaining)
 
 
 def e2e(run: Run) -> None:
