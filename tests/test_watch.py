@@ -158,6 +158,21 @@ async def test_a_bad_api_key_is_refused_and_retried_without_giving_up(
     assert set(sockets.refused) == {"bad credentials"}
 
 
+async def test_the_api_key_stays_out_of_the_logs_even_at_debug(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn,
+        caplog: pytest.LogCaptureFixture) -> None:
+    sockets, _ = letta_sockets
+    caplog.set_level(logging.DEBUG)  # websockets logs each handshake header at DEBUG, Authorization too
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        sockets.request_approval(SCOPE, "toolu_quiet")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(cards_posted(s)) == 1, t))
+    watch_records = [r for r in caplog.records if r.name.startswith("relay.watch")]
+    assert any(r.getMessage() == "status sockets open" for r in watch_records)
+    ours = [r for r in caplog.records if not r.name.startswith("uvicorn")]  # uvicorn serves the stand-in
+    assert [r.getMessage() for r in ours if API_KEY in r.getMessage()] == []
+
+
 class FailingFirst:
     """LettaClient's resolution, refused by Letta the first `times` times."""
 
@@ -332,6 +347,20 @@ async def test_a_turn_relay_started_is_answered_in_its_thread_without_subagent_o
     [post] = slack_stand_in.of("chat.postMessage")
     assert (post.body["channel"], post.body["thread_ts"], post.body["text"]) == ("C0TEAM", "1700.3",
                                                                                  "The cache expired.")
+
+
+async def test_a_turn_answering_two_messages_of_one_thread_posts_there_once(
+        world: World, letta_sockets: tuple[StatusSocketStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    sockets, _ = letta_sockets
+    where = {"via": "reaction", "channel": "C0TEAM", "ts": "1700.4"}
+    first, second = await world.remember("is it up?", where), await world.remember("and the db?", where)
+    async with world.watcher():
+        await until(lambda t: sockets.wait_for_open(2, SCOPE, timeout=t))
+        sockets.reply(SCOPE, "run-5", "Both are up.", [first, second])
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.postMessage")) == 1, t))
+        await asyncio.sleep(0.5)  # room for a second post, were there one
+    assert [(c.body["thread_ts"], c.body["text"]) for c in slack_stand_in.of("chat.postMessage")] == [
+        ("1700.4", "Both are up.")]
 
 
 async def test_a_turn_relay_did_not_start_is_not_answered(
