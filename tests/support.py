@@ -20,6 +20,7 @@ import redis
 from tenacity import wait_none
 
 from relay.letta import LettaClient
+from relay.metrics import Metrics
 from relay.queue import Queue
 from relay.replies import Replier
 from relay.serving import EmbeddedServer, bound_socket, server_config
@@ -154,11 +155,13 @@ def relay_env(**overrides: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def running_worker(redis_client: Any, prefix: str, settings: Settings, letta_url: str, *,
-                         consumer: str = "worker-1", replier: Replier | None = None) -> AsyncIterator[Worker]:
+                         consumer: str = "worker-1", replier: Replier | None = None,
+                         metrics: Metrics | None = None) -> AsyncIterator[Worker]:
     """A worker delivering to `letta_url` for the duration of the block; stopped like SIGTERM."""
     queue = Queue(redis_client, prefix=prefix, consumer=consumer)
-    letta = LettaClient(letta_url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none())
-    worker = Worker(queue, letta, settings, poll_interval=0.01, replier=replier)
+    letta = LettaClient(letta_url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none(),
+                        metrics=metrics)
+    worker = Worker(queue, letta, settings, poll_interval=0.01, replier=replier, metrics=metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

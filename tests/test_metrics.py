@@ -21,19 +21,16 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from tenacity import wait_none
 
 from relay import cli
 from relay.errors import BadRequest, BadSignature, ConfigError, Rejected, TooLarge, UnsupportedMedia
-from relay.letta import LettaClient
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
 from relay.metrics import Metrics, QueueGauges, reject_reason, status_class
 from relay.queue import Queue
 from relay.routing import Destination, Route
 from relay.settings import Settings, load
 from relay.web import create_app
-from relay.worker import Worker
-from tests.support import SPEC_SECRET, free_port, relay_env, signed
+from tests.support import SPEC_SECRET, free_port, relay_env, running_worker, signed
 
 pytestmark = pytest.mark.anyio
 
@@ -210,23 +207,6 @@ def test_reject_reasons_are_a_fixed_set(exc: Rejected, label: str) -> None:
 # --- the worker: attempts, latencies, dead letters, connection cache --------------------------
 
 
-@contextlib.asynccontextmanager
-async def worker_with(metrics: Metrics, redis_client: Any, prefix: str, settings: Settings,
-                      letta_url: str) -> AsyncIterator[Worker]:
-    queue = Queue(redis_client, prefix=prefix, consumer="metrics-worker")
-    letta = LettaClient(letta_url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none(),
-                        metrics=metrics)
-    worker = Worker(queue, letta, settings, poll_interval=0.01, metrics=metrics)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, timeout=30)
-        await letta.aclose()
-
-
 async def test_worker_metrics_move_as_messages_are_delivered_retried_and_dead_lettered(
         queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, url = stand_in
@@ -239,7 +219,7 @@ async def test_worker_metrics_move_as_messages_are_delivered_retried_and_dead_le
     before = await scrape(http)
     for envelope in (message(1, received_at=time.time() - 30), flaky, poison):
         await queue.enqueue(envelope)
-    async with worker_with(metrics, redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url, consumer="metrics-worker", metrics=metrics):
         await until(lambda: len(standin.delivered()) == 2 and len(standin.attempts) == 4)
         await until(lambda: value(registry(metrics), "relay_dead_letters_total", reason="http_422") == 1)
     after = await scrape(http)
@@ -268,8 +248,8 @@ async def test_delivery_call_without_a_response_is_status_class_error(queue: Que
                                                                       settings: Settings) -> None:
     metrics = Metrics()
     await queue.enqueue(message("nobody-home"))
-    async with worker_with(metrics, redis_client, prefix, replace(settings, retry_base=5.0, retry_cap=5.0),
-                           f"http://127.0.0.1:{free_port()}"):
+    async with running_worker(redis_client, prefix, replace(settings, retry_base=5.0, retry_cap=5.0),
+                              f"http://127.0.0.1:{free_port()}", consumer="metrics-worker", metrics=metrics):
         await until(lambda: value(registry(metrics), "relay_delivery_attempts_total", outcome="retry",
                                   status_class="error") >= 1)
     scraped = registry(metrics)
