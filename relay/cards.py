@@ -20,7 +20,7 @@ import time
 from dataclasses import replace
 from typing import Callable
 
-from relay.errors import NoRoute, QueueUnavailable, UpstreamError
+from relay.errors import QueueUnavailable, UpstreamError
 from relay.logs import fields
 from relay.messages import ApprovalRequest, envelope_for
 from relay.queue import Queue
@@ -136,12 +136,6 @@ class Cards:
     async def load(self, card_id: str) -> Card | None:
         raw = await self.queue.record(KIND, card_id)
         return Card.from_json(raw) if raw else None
-
-    def route_of(self, card: Card) -> Route:
-        route = self.router.get(card.route)
-        if route is None:
-            raise NoRoute(f"route {card.route!r} is no longer configured")
-        return route
 
     async def refusal(self, card: Card, team: str, user: str) -> str | None:
         """Why this Slack user may not decide this card, or None if they may."""
