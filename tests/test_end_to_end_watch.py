@@ -22,7 +22,7 @@ from relay.origins import Origins
 from relay.policy import Backoff
 from relay.queue import Queue, connect
 from relay.replies import Replier
-from relay.routing import Route, WatchRule
+from relay.routing import WatchRule
 from relay.settings import Settings
 from relay.slack_api import SlackApi
 from relay.socket_approvals import deliverer_for
