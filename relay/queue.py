@@ -27,7 +27,8 @@ import time
 import zlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Awaitable, Callable, TypeVar
+from itertools import islice
+from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
@@ -44,6 +45,44 @@ FAILURE_WINDOW_HOURS = 24
 _HEADS_PER_CALL = 500  # mailboxes per oldest.lua call
 _DEAD_SCAN = 1000  # dead letters per XRANGE when stats.lua recounts them
 T = TypeVar("T")
+I = TypeVar("I")
+
+
+class _GroupCommit(Generic[I, T]):
+    """Items submitted while a round trip is out go together in the next one.
+
+    `send` takes the batch and returns one result per item: a value, or an exception for
+    that item's caller alone; if it raises, every caller in the batch sees it.
+    """
+
+    def __init__(self, send: Callable[[list[I]], Awaitable[list[T | Exception]]]) -> None:
+        self._send = send
+        self._pending: list[tuple[I, asyncio.Future[T]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: I) -> T:
+        waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, waiter))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._loop())
+        return await waiter
+
+    async def _loop(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await self._send([item for item, _ in batch])
+            except Exception as exc:  # Redis away (QueueUnavailable) or a bug: every caller sees it
+                results = [exc] * len(batch)
+            for (_, waiter), result in zip(batch, results):
+                if waiter.done():
+                    continue
+                if isinstance(result, QueueUnavailable):  # one instance per caller: each raises its own
+                    waiter.set_exception(QueueUnavailable(str(result)))
+                elif isinstance(result, Exception):
+                    waiter.set_exception(result)
+                else:
+                    waiter.set_result(result)
 
 
 class Keys:
@@ -195,36 +234,13 @@ class Queue:
         self.dedup_ms = int(dedup_window * 1000)
         self.clock = clock
         self._scripts = {name: redis.register_script(src) for name, src in _SCRIPTS.items()}
-        self._pending: list[tuple[list[Envelope], asyncio.Future[list[bool]]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._calls: list[tuple[tuple[str, list[str], list[Any]], asyncio.Future[Any]]] = []
-        self._caller: asyncio.Task[None] | None = None
+        self._writes: _GroupCommit[list[Envelope], list[bool]] = _GroupCommit(self._write)
+        self._calls: _GroupCommit[tuple[str, list[str], list[Any]], Any] = _GroupCommit(self._evalsha_many)
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """One script call. Calls made while a round trip is out go together in the next one
         (one pipeline), so a busy worker's acks, fetches and retries share round trips."""
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls.append(((script, keys, args), waiter))
-        if self._caller is None or self._caller.done():
-            self._caller = asyncio.create_task(self._send_calls())
-        return await waiter
-
-    async def _send_calls(self) -> None:
-        while self._calls:
-            batch, self._calls = self._calls, []
-            try:
-                results = await self._evalsha_many([call for call, _ in batch])
-            except Exception as exc:  # Redis away (QueueUnavailable) or a bug: every caller sees it
-                results = [exc] * len(batch)
-            for (_, waiter), result in zip(batch, results):
-                if waiter.done():
-                    continue
-                if isinstance(result, QueueUnavailable):
-                    waiter.set_exception(QueueUnavailable(str(result)))
-                elif isinstance(result, Exception):
-                    waiter.set_exception(result)
-                else:
-                    waiter.set_result(result)
+        return await self._calls.submit((script, keys, args))
 
     async def _guard(self, call: Awaitable[T]) -> T:
         try:
@@ -284,35 +300,11 @@ class Queue:
         conversation = envelopes[0].destination.conversation_key
         if any(e.destination.conversation_key != conversation for e in envelopes):
             raise ValueError("enqueue_all takes messages for one conversation")
-        waiter = asyncio.get_running_loop().create_future()
-        self._pending.append((envelopes, waiter))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return await waiter
+        return await self._writes.submit(envelopes)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                flags = await self._write([e for envelopes, _ in batch for e in envelopes])
-            except QueueUnavailable as exc:
-                for _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_exception(QueueUnavailable(str(exc)))
-                continue
-            except Exception as exc:  # a bug: each caller sees it, the flusher goes on
-                for _, waiter in batch:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
-                continue
-            position = 0
-            for envelopes, waiter in batch:
-                if not waiter.done():
-                    waiter.set_result(flags[position:position + len(envelopes)])
-                position += len(envelopes)
-
-    async def _write(self, envelopes: list[Envelope]) -> list[bool]:
+    async def _write(self, batches: list[list[Envelope]]) -> list[list[bool] | Exception]:
         """One round trip: per partition, one enqueue call with its messages in arrival order."""
+        envelopes = [e for batch in batches for e in batch]
         by_partition: dict[int, list[int]] = {}
         for index, envelope in enumerate(envelopes):
             by_partition.setdefault(self.keys.partition_of(envelope.destination.conversation_key), []).append(index)
@@ -330,7 +322,8 @@ class Queue:
         for (p, indexes), result in zip(by_partition.items(), results):
             for i, flag in zip(indexes, result):
                 flags[i] = flag == 1
-        return flags
+        answers = iter(flags)
+        return [list(islice(answers, len(batch))) for batch in batches]
 
     async def _evalsha_batch(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Run one script several times in one round trip; raise if any call failed."""
