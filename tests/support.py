@@ -145,12 +145,22 @@ def signed(body: dict[str, Any] | bytes, secret: bytes, *, webhook_id: str | Non
     return raw, signed_headers(secret, msg_id, int(time.time()) if timestamp is None else timestamp, raw)
 
 
+def is_relay_setting(name: str) -> bool:
+    return name.startswith(("RELAY_", "LETTA_")) or name == "REDIS_URL"
+
+
 def relay_env(**overrides: str) -> dict[str, str]:
     """The process environment minus any relay/Letta settings of the machine, plus overrides."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RELAY_", "LETTA_")) and k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if not is_relay_setting(k)}
     env.update(overrides)
     return env
+
+
+def clear_relay_env(monkeypatch: Any) -> None:
+    """Unset the machine's relay/Letta settings for an in-process `main()` call (a pytest MonkeyPatch)."""
+    for name in list(os.environ):
+        if is_relay_setting(name):
+            monkeypatch.delenv(name)
 
 
 @contextlib.asynccontextmanager

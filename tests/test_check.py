@@ -4,7 +4,6 @@ Letta stand-in with a route whose device it does not know)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from relay.dev import DEV_HOOK_SECRET
 from relay.errors import ConfigError
 from relay.routing import Destination, GitHubRule, Route, SlackRule, WatchRule
 from relay.settings import Settings
-from tests.support import ServerThread, free_port
+from tests.support import ServerThread, clear_relay_env, free_port
 
 DURABLE = {"redis_version": "7.2.4"}
 NAMED = Route("named", Destination(agent_id="agent-1", connection_name="ops-box"))
@@ -135,9 +134,7 @@ def test_redis_location_never_shows_the_password() -> None:
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A clean relay environment with a source and a destination, for in-process `main()` calls."""
-    for name in list(os.environ):
-        if name.startswith(("RELAY_", "LETTA_")) or name == "REDIS_URL":
-            monkeypatch.delenv(name)
+    clear_relay_env(monkeypatch)
     monkeypatch.setenv("RELAY_HOOK_SECRET", DEV_HOOK_SECRET)
     monkeypatch.setenv("LETTA_AGENT_ID", "agent-1")
     monkeypatch.setenv("LETTA_DEVICE_ID", "device-test")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ from relay.routing import Destination, Route
 from relay.settings import Settings
 from relay.sources.generic import decode_secret
 from relay.web import create_app
-from tests.support import ServerThread, delete_prefix, free_port, relay_env
+from tests.support import ServerThread, clear_relay_env, delete_prefix, free_port, relay_env
 
 ROOT = Path(__file__).parent.parent
 
@@ -34,9 +33,7 @@ ROOT = Path(__file__).parent.parent
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A clean relay environment for in-process `main()` calls."""
-    for name in list(os.environ):
-        if name.startswith(("RELAY_", "LETTA_")) or name == "REDIS_URL":
-            monkeypatch.delenv(name)
+    clear_relay_env(monkeypatch)
     return monkeypatch
 
 
