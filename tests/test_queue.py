@@ -340,6 +340,13 @@ async def test_a_shared_pause_reaches_every_partition_and_is_never_shortened(que
     assert all(25_000 < ttl <= 30_000 for ttl in ttls)  # it expires by itself
 
 
+async def test_pause_of_reads_the_shared_pause_of_one_partition(queue: Queue) -> None:
+    assert await queue.pause_of(3) == 0.0
+    until = time.time() + 30
+    await queue.pause_all(until)
+    assert await queue.pause_of(3) == pytest.approx(until, abs=0.01)
+
+
 async def test_each_takeover_of_a_claim_is_counted(queue: Queue, redis_client: Any, prefix: str) -> None:
     await queue.enqueue(message(1))
     token, _ = await take(queue)
