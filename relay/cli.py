@@ -369,10 +369,18 @@ class _HttpDeadLetters:
         return dict(response.json())
 
 
+def _admin_token(settings: Settings, command: str, url: str) -> str:
+    """Without REDIS_URL, dlq and status ask a running relay's admin API: say so, and with which token."""
+    from relay.dev import DEV_ADMIN_TOKEN
+
+    print(f"relay {command}: REDIS_URL is not set; asking the relay at {url}"
+          + ("" if settings.admin_token else " with the development admin token"), file=sys.stderr)
+    return settings.admin_token or DEV_ADMIN_TOKEN
+
+
 def _with_dead_letters(args: argparse.Namespace, action: Any) -> int:
     import httpx
 
-    from relay.dev import DEV_ADMIN_TOKEN
     from relay.queue import Queue, connect
 
     settings = _settings()
@@ -384,9 +392,7 @@ def _with_dead_letters(args: argparse.Namespace, action: Any) -> int:
                 return await action(_RedisDeadLetters(Queue(redis, prefix=settings.key_prefix)))
             finally:
                 await redis.aclose()
-        token = settings.admin_token or DEV_ADMIN_TOKEN
-        print(f"relay dlq: REDIS_URL is not set; asking the relay at {args.url}"
-              + ("" if settings.admin_token else " with the development admin token"), file=sys.stderr)
+        token = _admin_token(settings, "dlq", args.url)
         async with httpx.AsyncClient(base_url=args.url, timeout=10.0) as http:
             try:
                 return await action(_HttpDeadLetters(http, token))
@@ -458,7 +464,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     import httpx
 
     from relay.check import redis_location
-    from relay.dev import DEV_ADMIN_TOKEN
     from relay.errors import QueueUnavailable
     from relay.queue import Queue, QueueStats, connect
     from relay.status import render
@@ -471,9 +476,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             source = f"Redis {redis_location(settings.redis_url)}, prefix {settings.key_prefix}"
             fetch, close = Queue(redis, prefix=settings.key_prefix).stats, redis.aclose
         else:
-            token = settings.admin_token or DEV_ADMIN_TOKEN
-            print(f"relay status: REDIS_URL is not set; asking the relay at {args.url}"
-                  + ("" if settings.admin_token else " with the development admin token"), file=sys.stderr)
+            token = _admin_token(settings, "status", args.url)
             http = httpx.AsyncClient(base_url=args.url, timeout=10.0)
             source, close = f"relay at {args.url}", http.aclose
 
