@@ -392,13 +392,23 @@ class RoundTripCounter:
         return getattr(self.client, name)
 
 
-async def test_concurrent_enqueues_share_round_trips_and_each_gets_its_own_answer(
-        redis_client: Any, prefix: str) -> None:
+async def counted_queue(redis_client: Any, prefix: str) -> tuple[RoundTripCounter, Queue]:
     counter = RoundTripCounter(redis_client)
     queue = Queue(counter, prefix=prefix, consumer="c")  # type: ignore[arg-type]
     await queue.ensure_groups()
-    routes = [Route(f"r{n}", Destination(agent_id="a", conversation_id=f"conv-{n}", device_id="d"))
-              for n in range(40)]
+    return counter, queue
+
+
+def conversation_routes(count: int) -> list[Route]:
+    """One route per conversation, so the messages spread over the partitions."""
+    return [Route(f"r{n}", Destination(agent_id="a", conversation_id=f"conv-{n}", device_id="d"))
+            for n in range(count)]
+
+
+async def test_concurrent_enqueues_share_round_trips_and_each_gets_its_own_answer(
+        redis_client: Any, prefix: str) -> None:
+    counter, queue = await counted_queue(redis_client, prefix)
+    routes = conversation_routes(40)
     await queue.enqueue(message("dup", routes[7]))
     counter.round_trips = 0
     sent = [message("dup" if n == 7 else n, route) for n, route in enumerate(routes)]
@@ -556,11 +566,8 @@ async def test_stats_survive_a_round_trip_through_json(timed: Queue) -> None:
 
 async def test_concurrent_acks_share_round_trips_and_each_gets_its_own_answer(
         redis_client: Any, prefix: str) -> None:
-    counter = RoundTripCounter(redis_client)
-    queue = Queue(counter, prefix=prefix, consumer="c")  # type: ignore[arg-type]
-    await queue.ensure_groups()
-    routes = [Route(f"r{n}", Destination(agent_id="a", conversation_id=f"conv-{n}", device_id="d"))
-              for n in range(24)]
+    counter, queue = await counted_queue(redis_client, prefix)
+    routes = conversation_routes(24)
     await asyncio.gather(*(queue.enqueue(message(n, route)) for n, route in enumerate(routes)))
     tokens = [t for p in range(PARTITIONS) for t in await queue.read(p, 100, 10)]
     heads = await queue.fetch(tokens)
