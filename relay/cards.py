@@ -25,6 +25,7 @@ from relay.logs import fields
 from relay.messages import ApprovalRequest, envelope_for
 from relay.queue import Queue
 from relay.routing import Route, Router
+from relay.settings import Settings
 from relay.slack_api import SlackApi
 from relay.sources.slack import Card, Decision, card_id_for, card_message, closed_message
 from relay.intake import Intake, Queued
@@ -163,3 +164,11 @@ class Cards:
         if result is Queued.QUEUED:
             await self.queue.update_record(KIND, card.card_id, card.decided(decision).to_json())
         return result
+
+
+def cards_for(settings: Settings, queue: Queue, slack: SlackApi | None) -> Cards | None:
+    """relay's own Cards, as the watcher and the worker use them; None when Slack cannot post."""
+    if slack is None or not slack.can_post:
+        return None
+    return Cards(queue, slack, Router(settings.routes, settings.slack_fallback, settings.github_fallback),
+                 Intake(queue))

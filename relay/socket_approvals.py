@@ -134,10 +134,7 @@ def deliverer_for(settings: Settings, letta: LettaClient, queue: Queue, slack: A
     """The worker's deliverer: the Letta client, wrapped when some route sends approvals by socket."""
     if not any(route.approvals_by_socket for route in settings.routes):
         return letta
-    from relay.cards import Cards
-    from relay.intake import Intake
-    from relay.routing import Router
+    from relay.cards import cards_for
 
-    cards = Cards(queue, slack, Router(settings.routes, settings.slack_fallback, settings.github_fallback),
-                  Intake(queue)) if slack is not None and slack.can_post else None
-    return SocketApprovals(letta, queue, settings, cards=cards, base_url=base_url, api_key=api_key)
+    return SocketApprovals(letta, queue, settings, cards=cards_for(settings, queue, slack), base_url=base_url,
+                           api_key=api_key)

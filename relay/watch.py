@@ -393,17 +393,13 @@ async def _read(channel: str, socket: ClientConnection,
         inbox.put_nowait((channel, None))
 
 
-
 def watcher_for(settings: Settings, redis: Any, queue: Queue, letta: Resolver, slack: Any, github: Any, *,
                 base_url: str | None = None, api_key: str | None = None) -> Watcher:
     """A Watcher with relay's own cards, origins and replier (what `relay watch` and `relay dev` run)."""
-    from relay.cards import Cards
-    from relay.intake import Intake
+    from relay.cards import cards_for
     from relay.origins import Origins
     from relay.replies import Replier
-    from relay.routing import Router
 
-    cards = Cards(queue, slack, Router(settings.routes, settings.slack_fallback, settings.github_fallback),
-                  Intake(queue)) if slack is not None and slack.can_post else None
-    return Watcher(settings, queue, letta, cards, Origins(redis, settings.key_prefix, settings.origin_ttl),
-                   Replier(slack, github), base_url=base_url, api_key=api_key)
+    return Watcher(settings, queue, letta, cards_for(settings, queue, slack),
+                   Origins(redis, settings.key_prefix, settings.origin_ttl), Replier(slack, github),
+                   base_url=base_url, api_key=api_key)
