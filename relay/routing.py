@@ -6,7 +6,7 @@ Pure: no I/O. `letta.py` fetches the environment list; `choose_connection` decid
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cached_property
 from typing import Any, Iterable, Mapping
 
@@ -52,14 +52,15 @@ class Destination:
         return f"agent {self.agent_id} via {kind}={value}"
 
     def to_dict(self) -> dict[str, str]:
-        fields = (("agent_id", self.agent_id), ("conversation_id", self.conversation_id),
-                  ("connection_id", self.connection_id), ("device_id", self.device_id),
-                  ("connection_name", self.connection_name))
-        return {k: v for k, v in fields if v is not None}
+        # Not asdict(): it deep-copies, and this runs for every message encoded.
+        return {name: value for name in _DESTINATION_FIELDS if (value := getattr(self, name)) is not None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Destination:
         return cls(**{k: data.get(k) for k in ("agent_id", "conversation_id", *SELECTORS)})
+
+
+_DESTINATION_FIELDS = tuple(f.name for f in fields(Destination))
 
 
 @dataclass(frozen=True)
