@@ -12,16 +12,11 @@ from relay.answers import (GITHUB_COMMENT_MAX, SLACK_MESSAGE_MAX, SLACK_MESSAGES
                            joined, slack_messages, split, truncation_note)
 from relay.sources.github import OWN_MARKER
 from relay.sources.slack import escape
-from tests.test_purity import IO_LIBRARIES, ROOT, external_imports
 
 # Text with the characters that matter: boundaries, Slack's escaped three, and non-ASCII.
 TEXT = st.text(alphabet=st.sampled_from(list("ab c\n&<>é😀")) | st.characters(), max_size=3000)
 LIMITS = st.integers(min_value=answers.MIN_LIMIT, max_value=400)
 NOTE = re.compile(r"\n\n\(reply truncated: ([0-9,]+) more characters?\)")
-
-
-def test_answers_is_pure() -> None:
-    assert not set(external_imports(ROOT, "relay.answers")) & IO_LIBRARIES
 
 
 def test_joined_drops_blank_messages_and_separates_the_rest_by_a_blank_line() -> None:
