@@ -7,11 +7,13 @@ import asyncio
 import base64
 import contextlib
 import logging
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -255,6 +257,41 @@ async def test_delivery_call_without_a_response_is_status_class_error(queue: Que
     scraped = registry(metrics)
     assert value(scraped, "relay_delivery_attempts_total", outcome="retry", status_class="error") >= 1
     assert value(scraped, "relay_delivery_attempts_total", outcome="delivered", status_class="2xx") == 0
+
+
+async def test_metrics_labels_carry_no_id_secret_or_body(queue: Queue, redis_client: Any, prefix: str,
+                                                         settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    """Ids, secrets and bodies of real traffic (accepted, duplicate, refused, delivered, retried,
+    dead-lettered) appear in no label: label names and values stay a small fixed vocabulary."""
+    standin, url = stand_in
+    standin.add_fault(500, times=1)
+    standin.add_fault(422, times=None, body={"detail": "no"}, match=lambda b: "poison-body" in str(b))
+    claimed = f"msg_claimed_{uuid.uuid4().hex}"
+    metrics = Metrics()
+    metrics.watch(queue, max_age=0)
+    app = create_app(settings, queue, metrics=metrics)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as http:
+        sent = [await post(http, {"text": "secret-body-1"}, webhook_id="msg_label_one"),
+                await post(http, {"text": "poison-body"}, webhook_id="msg_label_two"),
+                await post(http, {"text": "secret-body-1"}, webhook_id="msg_label_one"),
+                await post(http, {"text": "x"}, secret=b"w" * 32, webhook_id=claimed)]
+        assert [r.status_code for r in sent] == [202, 202, 200, 401]
+        async with running_worker(redis_client, prefix, settings, url, metrics=metrics):
+            await until(lambda: len(standin.delivered()) == 1
+                        and value(registry(metrics), "relay_dead_letters_total", reason="http_422") == 1)
+        text = (await http.get("/metrics")).text
+    ids = [r.json()["client_message_id"] for r in sent[:2]]
+    destination = settings.routes[0].destination
+    for forbidden in (*ids, "msg_label_one", "msg_label_two", claimed, "secret-body-1", "poison-body", SECRET.hex(),
+                      "test-key", destination.agent_id, destination.device_id or "", "conn-test", prefix):
+        assert forbidden not in text, forbidden
+    names = {"source", "outcome", "reason", "status_class", "state", "result", "le",  # relay's own
+             "generation", "implementation", "major", "minor", "patchlevel", "version"}  # the Python collectors
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert set(sample.labels) <= names, sample
+            if family.name.startswith("relay_"):
+                assert all(re.fullmatch(r"[a-z0-9_.]{0,20}|\+Inf", v) for v in sample.labels.values()), sample
 
 
 # --- settings and the worker's own port ------------------------------------------------------
