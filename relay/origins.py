@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from relay.errors import QueueUnavailable
 from relay.messages import Envelope
-from relay.queue import Keys
+from relay.queue import Keys, guard
 
 KIND = "origin"
 DEFAULT_TTL = 7 * 24 * 3600.0  # RELAY_ORIGIN_TTL's default
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,11 +57,11 @@ class Origins:
         value = json.dumps({"route": envelope.route, "source": envelope.source, "reply": envelope.reply or {}},
                            separators=(",", ":"), ensure_ascii=False)
         key = self.keys.record(KIND, envelope.client_message_id)
-        await _guard(self.redis.set(key, value, px=max(1, int(self.ttl * 1000))))
+        await guard(self.redis.set(key, value, px=max(1, int(self.ttl * 1000))))
 
     async def recall(self, client_message_id: str) -> Origin | None:
         """The origin of a message relay delivered, or None (unknown, expired, or unreadable)."""
-        raw = await _guard(self.redis.get(self.keys.record(KIND, client_message_id)))
+        raw = await guard(self.redis.get(self.keys.record(KIND, client_message_id)))
         if raw is None:
             return None
         try:
@@ -76,10 +73,3 @@ class Origins:
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         return Origin(data["route"], data["source"], reply, client_message_id)
-
-
-async def _guard(call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except RedisError as exc:
-        raise QueueUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc

@@ -85,6 +85,14 @@ class _GroupCommit(Generic[I, T]):
                     waiter.set_result(result)
 
 
+async def guard(call: Awaitable[T]) -> T:
+    """Await a redis-py call; a Redis failure becomes QueueUnavailable."""
+    try:
+        return await call
+    except RedisError as exc:
+        raise QueueUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
 class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -242,16 +250,10 @@ class Queue:
         (one pipeline), so a busy worker's acks, fetches and retries share round trips."""
         return await self._calls.submit((script, keys, args))
 
-    async def _guard(self, call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except RedisError as exc:
-            raise QueueUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-
     # -- setup and health ------------------------------------------------------------------
 
     async def ping(self) -> None:
-        await self._guard(self.redis.ping())
+        await guard(self.redis.ping())
 
     async def durability_warnings(self) -> list[str]:
         """What in the server's configuration could lose queued work (empty when none; also when
@@ -341,7 +343,7 @@ class Queue:
         unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if unknown:
             for name in {calls[i][0] for i in unknown}:
-                await self._guard(self.redis.script_load(self._scripts[name].script))
+                await guard(self.redis.script_load(self._scripts[name].script))
             for i, result in zip(unknown, await self._pipelined([calls[i] for i in unknown])):
                 results[i] = result
         return [QueueUnavailable(f"redis: {type(r).__name__}: {r}") if isinstance(r, Exception) else r
@@ -351,7 +353,7 @@ class Queue:
         pipe = self.redis.pipeline(transaction=False)
         for name, keys, args in calls:
             pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
-        return list(await self._guard(pipe.execute(raise_on_error=False)))
+        return list(await guard(pipe.execute(raise_on_error=False)))
 
     # -- worker ----------------------------------------------------------------------------
 
@@ -477,26 +479,26 @@ class Queue:
     async def create_record(self, kind: str, key: str, value: str, ttl: float) -> str | None:
         """Store `value` unless the record exists; return the existing value if it does."""
         name = self.keys.record(kind, key)
-        if await self._guard(self.redis.set(name, value, nx=True, px=int(ttl * 1000))):
+        if await guard(self.redis.set(name, value, nx=True, px=int(ttl * 1000))):
             return None
-        return await self._guard(self.redis.get(name)) or None
+        return await guard(self.redis.get(name)) or None
 
     async def update_record(self, kind: str, key: str, value: str) -> bool:
         """Replace an existing record, keeping its expiry. False if it is gone."""
-        return bool(await self._guard(self.redis.set(self.keys.record(kind, key), value, xx=True, keepttl=True)))
+        return bool(await guard(self.redis.set(self.keys.record(kind, key), value, xx=True, keepttl=True)))
 
     async def record(self, kind: str, key: str) -> str | None:
-        return await self._guard(self.redis.get(self.keys.record(kind, key)))
+        return await guard(self.redis.get(self.keys.record(kind, key)))
 
     async def delete_record(self, kind: str, key: str) -> None:
-        await self._guard(self.redis.delete(self.keys.record(kind, key)))
+        await guard(self.redis.delete(self.keys.record(kind, key)))
 
     # -- dead letters and inspection -------------------------------------------------------
 
     async def dead_letters(self) -> list[DeadEntry]:
         entries: list[DeadEntry] = []
         for p in range(PARTITIONS):
-            for entry_id, fields in await self._guard(self.redis.xrange(self.keys.dead(p))):
+            for entry_id, fields in await guard(self.redis.xrange(self.keys.dead(p))):
                 try:
                     envelope = decode(fields["envelope"])
                 except (KeyError, ValueError):
@@ -525,7 +527,7 @@ class Queue:
         return await self._run("replay", keys, args) == 1
 
     async def drop(self, entry: DeadEntry) -> bool:
-        return await self._guard(self.redis.xdel(self.keys.dead(entry.partition), entry.entry_id)) == 1
+        return await guard(self.redis.xdel(self.keys.dead(entry.partition), entry.entry_id)) == 1
 
     async def depth(self) -> Depth:
         ready = in_flight = delayed = dead = 0
@@ -535,7 +537,7 @@ class Queue:
             pipe.xpending(self.keys.ready(p), GROUP)
             pipe.zcard(self.keys.delayed(p))
             pipe.xlen(self.keys.dead(p))
-            length, pending, waiting, dead_count = await self._guard(pipe.execute())
+            length, pending, waiting, dead_count = await guard(pipe.execute())
             in_flight += pending["pending"]
             ready += length - pending["pending"]
             delayed += waiting
@@ -578,4 +580,4 @@ class Queue:
 
     async def server_info(self) -> dict[str, Any]:
         """The server section of Redis INFO (redis_version, …), for `relay check`."""
-        return dict(await self._guard(self.redis.info("server")))
+        return dict(await guard(self.redis.info("server")))
