@@ -344,9 +344,9 @@ class _RedisDeadLetters:
         return [dead_letter_view(e) for e in await self.queue.dead_letters()]
 
     async def apply(self, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
-        chosen, missing = await self.queue.dead_by_id(ids)
-        act = self.queue.replay if verb == "replay" else self.queue.drop
-        return [e.client_message_id for e in chosen if await act(e)], missing
+        from relay.web.admin import settle
+
+        return await settle(self.queue, verb, ids)
 
 
 class _HttpDeadLetters:
@@ -355,18 +355,22 @@ class _HttpDeadLetters:
 
     async def list(self) -> list[dict[str, Any]]:
         response = await self.http.get("/admin/dead-letters", headers=self.headers)
-        return list(self._ok(response)["dead_letters"])
+        return list(_admin_answer(response)["dead_letters"])
 
     async def apply(self, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
         body = {"all": True} if ids is None else {"ids": ids}
-        data = self._ok(await self.http.post(f"/admin/dead-letters/{verb}", json=body, headers=self.headers))
+        data = _admin_answer(await self.http.post(f"/admin/dead-letters/{verb}", json=body, headers=self.headers))
         return list(data["replayed" if verb == "replay" else "dropped"]), list(data["missing"])
 
-    @staticmethod
-    def _ok(response: Any) -> dict[str, Any]:
-        if response.status_code != 200:
-            raise ConfigError(f"relay's admin API answered {response.status_code}: {response.text[:200]}")
-        return dict(response.json())
+
+def _admin_answer(response: Any) -> dict[str, Any]:
+    """A 200 from relay's admin API, as JSON; anything else a ConfigError naming the status."""
+    if response.status_code != 200:
+        raise ConfigError(f"relay's admin API answered {response.status_code}: {response.text[:200]}")
+    data = response.json()
+    if not isinstance(data, dict):
+        raise ConfigError("relay's admin API answered something other than a JSON object")
+    return data
 
 
 def _admin_token(settings: Settings, command: str, url: str) -> str:
@@ -482,10 +486,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
             async def fetch() -> QueueStats:
                 response = await http.get("/admin/stats", headers={"authorization": f"Bearer {token}"})
-                if response.status_code != 200:
-                    raise ConfigError(f"relay's admin API answered {response.status_code}: {response.text[:200]}")
                 try:
-                    return QueueStats.from_dict(response.json())
+                    return QueueStats.from_dict(_admin_answer(response))
                 except ValueError:
                     raise ConfigError("relay's admin API answered something other than queue stats") from None
         stop = serving.stop_on_signals()  # an event, not a cancellation: redis-py may swallow

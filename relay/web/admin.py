@@ -44,6 +44,13 @@ def requested_ids(body: bytes, allow_all: bool) -> list[str] | None:
     return ids
 
 
+async def settle(queue: Queue, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
+    """Replay or drop the dead letters `ids` (None: every one) → (done, missing); `relay dlq` too."""
+    chosen, missing = await queue.dead_by_id(ids)
+    act = queue.replay if verb == "replay" else queue.drop
+    return [e.client_message_id for e in chosen if await act(e)], missing
+
+
 def routes(settings: Settings, queue: Queue, metrics: Metrics) -> list[Route]:
     token = settings.admin_token
     if token is None:
@@ -69,14 +76,11 @@ def routes(settings: Settings, queue: Queue, metrics: Metrics) -> list[Route]:
         return JSONResponse({"dead_letters": [dead_letter_view(e) for e in await queue.dead_letters()]})
 
     async def replay(request: Request) -> Response:
-        ids = requested_ids(await read_body(request, limit), allow_all=True)
-        chosen, missing = await queue.dead_by_id(ids)
-        done = [e.client_message_id for e in chosen if await queue.replay(e)]
+        done, missing = await settle(queue, "replay", requested_ids(await read_body(request, limit), True))
         return JSONResponse({"replayed": done, "missing": missing})
 
     async def drop(request: Request) -> Response:
-        chosen, missing = await queue.dead_by_id(requested_ids(await read_body(request, limit), False))
-        done = [e.client_message_id for e in chosen if await queue.drop(e)]
+        done, missing = await settle(queue, "drop", requested_ids(await read_body(request, limit), False))
         return JSONResponse({"dropped": done, "missing": missing})
 
     return [
