@@ -330,13 +330,19 @@ def destination_from(spec: Mapping[str, Any], where: str) -> Destination:
     return _destination(spec, where, keys={k: k for k in DESTINATION_KEYS})
 
 
-def _slack_rule(spec: Any, where: str) -> SlackRule:
+def _table(spec: Any, where: str, allowed: set[str]) -> dict[str, Any]:
+    """A route's sub-table, with only the `allowed` keys (ConfigError otherwise)."""
     if not isinstance(spec, dict):
         raise ConfigError(f"{where} must be a table")
-    allowed = {"teams", "channels", "approvers", "approver_groups"}
     extra = sorted(set(spec) - allowed)
     if extra:
         raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    return spec
+
+
+def _slack_rule(spec: Any, where: str) -> SlackRule:
+    allowed = {"teams", "channels", "approvers", "approver_groups"}
+    spec = _table(spec, where, allowed)
     lists = {key: _id_list(spec.get(key, []), f"{where} {key}") for key in allowed}
     if not lists["teams"]:
         raise ConfigError(f"{where}: teams must list at least one workspace id (T…)")
@@ -345,12 +351,7 @@ def _slack_rule(spec: Any, where: str) -> SlackRule:
 
 
 def _github_rule(spec: Any, where: str) -> GitHubRule:
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where} must be a table")
-    allowed = {"repositories", "trigger", "associations", "approvers", "actions"}
-    extra = sorted(set(spec) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    spec = _table(spec, where, {"repositories", "trigger", "associations", "approvers", "actions"})
     repositories = _strings(spec.get("repositories", []), f"{where} repositories",
                             r"[A-Za-z0-9_.-]+/([A-Za-z0-9_.-]+|\*)", "owner/name or owner/*")
     if not repositories:
@@ -374,12 +375,7 @@ def _github_rule(spec: Any, where: str) -> GitHubRule:
 
 
 def _watch_rule(spec: Any, where: str) -> WatchRule:
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where} must be a table")
-    allowed = {"enabled", "slack_channel", "approvals"}
-    extra = sorted(set(spec) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    spec = _table(spec, where, {"enabled", "slack_channel", "approvals"})
     enabled = spec.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}: enabled must be true or false")
