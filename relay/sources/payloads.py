@@ -18,9 +18,9 @@ def json_object(body: bytes | str, *, strict: bool = False) -> dict[str, Any]:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         data = json.loads(text, **hooks)
     except UnicodeDecodeError:
-        raise BadRequest("body is not valid UTF-8") from None
+        raise BadRequest("body is not valid JSON: not UTF-8") from None
     except RecursionError:
-        raise BadRequest("body is nested too deeply") from None
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and the strict hooks
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

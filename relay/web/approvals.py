@@ -12,7 +12,6 @@ the same tool call returns the card already posted.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from relay.errors import BadRequest, ConfigError, QueueUnavailable, UpstreamErro
 from relay.metrics import Metrics
 from relay.routing import Router
 from relay.settings import Settings, destination_from
+from relay.sources.payloads import json_object
 from relay.sources.slack import Card, card_id_for
 from relay.web.common import guarded, read_body, require_bearer, unavailable
 
@@ -33,12 +33,7 @@ FIELDS = {"tool_call_id", "tool_name", "arguments", "route", "destination", "cha
 
 def parse_card_request(body: bytes, router: Router) -> Card:
     """The request body → a Card to post. Raises BadRequest naming the problem."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("body must be a JSON object")
+    data = json_object(body)
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise BadRequest(f"unknown field {quoted(unknown[0])}")
