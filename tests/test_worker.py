@@ -40,11 +40,6 @@ async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def running(redis_client: Any, prefix: str, settings: Settings, url: str,
-            consumer: str = "worker-1"):  # type: ignore[no-untyped-def]
-    return running_worker(redis_client, prefix, settings, url, consumer=consumer)
-
-
 def contents(standin: LettaStandIn) -> list[str]:
     return [m.get("content") for a in standin.delivered() for m in a.body["messages"]]
 
@@ -54,7 +49,7 @@ async def test_queued_message_reaches_letta_and_leaves_the_queue(queue: Queue, r
     standin, url = stand_in
     sent = message(1)
     await queue.enqueue(sent)
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: len(standin.delivered()) == 1)
     [attempt] = standin.delivered()
     assert attempt.body == sent.request_body()
@@ -69,7 +64,7 @@ async def test_server_errors_are_retried_with_the_same_id_in_order(queue: Queue,
     standin.add_fault(500, times=2, message_id=second.client_message_id)
     for n in range(1, 6):
         await queue.enqueue(message(n))
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: len(standin.delivered()) == 5)
     assert contents(standin) == ["m1", "m2", "m3", "m4", "m5"]
     tries = [a for a in standin.attempts if second.client_message_id in a.message_ids]
@@ -83,7 +78,7 @@ async def test_conversations_do_not_wait_for_each_other(queue: Queue, redis_clie
                                                                              device_id="device-test")))
     standin.add_fault(200, delay=1.5, message_id=slow.client_message_id)
     await queue.enqueue(slow)
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: len(standin.attempts) == 1)  # the slow call is under way
         await queue.enqueue(fast)
         await until(lambda: len(standin.delivered()) == 2)
@@ -97,7 +92,7 @@ async def test_retry_after_is_honoured_before_any_further_request(queue: Queue, 
     standin.add_fault(429, retry_after="1")
     other = Route("other", Destination(agent_id="agent-other", device_id="device-test"))
     await queue.enqueue(message(1))
-    async with running(redis_client, prefix, settings, url) as worker:
+    async with running_worker(redis_client, prefix, settings, url) as worker:
         await until(lambda: worker.paused_until > 0)  # the 429 has been answered and read
         await queue.enqueue(message(2, other))  # another conversation, during the pause
         await until(lambda: len(standin.delivered()) == 2)
@@ -113,7 +108,7 @@ async def test_client_errors_are_dead_lettered_with_the_reason(queue: Queue, red
     standin.add_fault(422, times=None, body={"detail": "content too long"}, message_id=poison.client_message_id)
     await queue.enqueue(poison)
     await queue.enqueue(message("after"))
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: len(standin.delivered()) == 1)
         await until_dead(queue, 1)
     [dead] = await queue.dead_letters()
@@ -128,7 +123,7 @@ async def test_success_false_is_dead_lettered(queue: Queue, redis_client: Any, p
     standin, url = stand_in
     standin.add_fault(200, body={"message": "device refused the frame", "success": False})
     await queue.enqueue(message(1))
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: len(standin.attempts) == 1)
         await until_dead(queue, 1)
     [dead] = await queue.dead_letters()
@@ -145,7 +140,7 @@ async def until_dead(queue: Queue, count: int) -> None:
 async def test_rotated_connection_is_resolved_again_after_a_404(queue: Queue, redis_client: Any, prefix: str,
                                                                 settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, url = stand_in
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await queue.enqueue(message(1))
         await until(lambda: len(standin.delivered()) == 1)
         new_connection = standin.rotate("device-test")
@@ -162,7 +157,7 @@ async def test_timeouts_are_retried_and_the_same_id_arrives(queue: Queue, redis_
     standin.add_fault(200, delay=3.0)  # longer than letta_timeout (2 s)
     sent = message(1)
     await queue.enqueue(sent)
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: any(200 <= a.status < 300 for a in standin.attempts[1:]), timeout=20)
     assert {i for a in standin.attempts for i in a.message_ids} == {sent.client_message_id}
 
@@ -172,7 +167,7 @@ async def test_offline_device_is_retried_until_it_comes_online(queue: Queue, red
     standin, url = stand_in
     standin.devices[0].online = False
     await queue.enqueue(message(1))
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: standin.list_requests >= 2)  # it keeps trying to resolve
         assert standin.attempts == []
         standin.devices[0].online = True
@@ -185,7 +180,7 @@ async def test_message_older_than_its_max_age_is_dead_lettered(queue: Queue, red
     standin.add_fault(503, times=None)
     await queue.enqueue(approval("call-1"))
     short = replace(settings, approval_max_age=0.3)
-    async with running(redis_client, prefix, short, url):
+    async with running_worker(redis_client, prefix, short, url):
         await until_dead(queue, 1)
     [dead] = await queue.dead_letters()
     assert dead.code == "expired" and "HTTP 503" in dead.reason
@@ -199,9 +194,9 @@ async def test_slow_live_delivery_is_not_taken_over(queue: Queue, redis_client: 
     standin.add_fault(200, delay=1.5)  # five times the reclaim time
     sent = message(1)
     await queue.enqueue(sent)
-    async with running(redis_client, prefix, quick, url, "worker-1"):
+    async with running_worker(redis_client, prefix, quick, url, consumer="worker-1"):
         await until(lambda: len(standin.attempts) == 1)
-        async with running(redis_client, prefix, quick, url, "worker-2"):
+        async with running_worker(redis_client, prefix, quick, url, consumer="worker-2"):
             await until(lambda: len(standin.delivered()) == 1)
             await asyncio.sleep(0.6)  # give worker-2 reclaim rounds after the delivery too
     assert [i for a in standin.attempts for i in a.message_ids] == [sent.client_message_id]
@@ -214,10 +209,10 @@ async def test_stopping_hands_unfinished_work_back_at_once(queue: Queue, redis_c
     standin.add_fault(200, delay=8.0)
     sent = message(1)
     await queue.enqueue(sent)
-    async with running(redis_client, prefix, patient, url, "worker-1"):
+    async with running_worker(redis_client, prefix, patient, url, consumer="worker-1"):
         await until(lambda: len(standin.attempts) == 1)
     # Handed back, not left for a 60 s reclaim: a fresh worker delivers it straight away.
-    async with running(redis_client, prefix, patient, url, "worker-2"):
+    async with running_worker(redis_client, prefix, patient, url, consumer="worker-2"):
         await until(lambda: len([a for a in standin.attempts if a.status == 200]) >= 1, timeout=5)
     assert set(standin.delivered_ids()) == {sent.client_message_id}
 
@@ -227,7 +222,7 @@ async def test_worker_finishes_in_flight_work_within_the_grace_period(queue: Que
     standin, url = stand_in
     standin.add_fault(200, delay=0.5)
     await queue.enqueue(message(1))
-    async with running(redis_client, prefix, replace(settings, shutdown_grace=5.0), url):
+    async with running_worker(redis_client, prefix, replace(settings, shutdown_grace=5.0), url):
         await until(lambda: len(standin.attempts) == 1)
     assert len(standin.delivered()) == 1
     depth = await queue.depth()
@@ -242,7 +237,7 @@ async def test_unreadable_head_is_dropped_and_the_conversation_moves_on(queue: Q
     await queue.enqueue(good)
     partition = queue.keys.partition_of(HOME.destination.conversation_key)
     await redis_client.hset(queue.keys.body(partition), broken.client_message_id, "{not an envelope")
-    async with running(redis_client, prefix, settings, url):
+    async with running_worker(redis_client, prefix, settings, url):
         await until(lambda: len(standin.delivered()) == 1)
         await asyncio.sleep(0.3)  # a release-without-pop bug would spin here re-reading the broken head
     assert standin.delivered_ids() == [good.client_message_id]
@@ -256,8 +251,8 @@ async def test_retry_after_holds_every_worker_not_just_the_one_that_heard_it(
     standin.add_fault(429, retry_after="1")
     limited = message(0)
     await queue.enqueue(limited)
-    async with running(redis_client, prefix, settings, url, "worker-1"):
-        async with running(redis_client, prefix, settings, url, "worker-2"):
+    async with running_worker(redis_client, prefix, settings, url, consumer="worker-1"):
+        async with running_worker(redis_client, prefix, settings, url, consumer="worker-2"):
             # Once the pause is published, nothing relay did not already hold may go out before it ends.
             while not await queue.pause_of(0):
                 await asyncio.sleep(0.01)
@@ -284,7 +279,7 @@ async def test_a_message_that_keeps_stopping_workers_is_dead_lettered_unsent(
         await Queue(redis_client, prefix=prefix, consumer=f"ghost-{n}").reclaim(
             queue.keys.partition_of(HOME.destination.conversation_key), 0.01)
     await queue.enqueue(message("behind"))
-    async with running(redis_client, prefix, replace(settings, reclaim_after=0.2), url):
+    async with running_worker(redis_client, prefix, replace(settings, reclaim_after=0.2), url):
         await until_dead(queue, 1)
         await until(lambda: len(standin.delivered()) == 1)
     [dead] = await queue.dead_letters()
@@ -308,6 +303,6 @@ async def test_a_loop_that_hits_a_bug_logs_it_and_keeps_going(queue: Queue, redi
 
     monkeypatch.setattr(Queue, "fetch", flaky_fetch)
     await queue.enqueue(message(1))
-    async with running(redis_client, prefix, replace(settings, reclaim_after=0.3), url):
+    async with running_worker(redis_client, prefix, replace(settings, reclaim_after=0.3), url):
         await until(lambda: len(standin.delivered()) == 1)
     assert failures and "worker loop failed; restarting it" in caplog.text
