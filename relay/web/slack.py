@@ -164,19 +164,17 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         return Response(status_code=200, background=later(slack.respond, c.response_url, replacement))
 
     def show_decided(c: Click, card: Card) -> Response:
-        """Tell the clicker it was already decided, and make sure the card shows it."""
-        async def run() -> None:
-            await slack.respond(c.response_url, {"replace_original": True, **source.decided_message(card)})
-            await slack.respond(c.response_url, {"response_type": "ephemeral", "replace_original": False,
-                                                 "text": already_text(card)})
-        return Response(status_code=200, background=later(run))
+        return show(c, source.decided_message(card), already_text(card))
 
     def show_closed(c: Click, card: Card) -> Response:
-        """Tell the clicker the request ended elsewhere, and make sure the card shows it."""
+        return show(c, source.closed_message(card), closed_text(card))
+
+    def show(c: Click, message: dict[str, Any], note: str) -> Response:
+        """Tell the clicker `note` (why nothing was sent), and make sure the card shows `message`."""
         async def run() -> None:
-            await slack.respond(c.response_url, {"replace_original": True, **source.closed_message(card)})
+            await slack.respond(c.response_url, {"replace_original": True, **message})
             await slack.respond(c.response_url, {"response_type": "ephemeral", "replace_original": False,
-                                                 "text": closed_text(card)})
+                                                 "text": note})
         return Response(status_code=200, background=later(run))
 
     async def reason_given(cards: Cards, r: ReasonGiven) -> Response:
