@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -26,7 +27,7 @@ import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Sequence
 
 from relay import __version__, serving
 from relay.errors import ConfigError
@@ -159,6 +160,19 @@ async def _warn_about_durability(queue: Any) -> None:
         logging.getLogger("relay.redis").warning(warning)
 
 
+@contextlib.asynccontextmanager
+async def _queue(url: str, settings: Settings, *, socket_timeout: float = 10.0,
+                 **options: Any) -> AsyncIterator[Any]:
+    """A Queue under settings.key_prefix on its own Redis connection (`queue.redis`), closed after the block."""
+    from relay.queue import Queue, connect
+
+    redis = connect(url, socket_timeout=socket_timeout)
+    try:
+        yield Queue(redis, prefix=settings.key_prefix, **options)
+    finally:
+        await redis.aclose()
+
+
 def _require_redis(settings: Settings, command: str,
                    hint: str = "to try relay without Redis or Letta, run `relay dev`") -> str:
     if not settings.redis_url:
@@ -172,7 +186,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from relay.github_api import GitHubApi
-    from relay.queue import Queue, connect
     from relay.serving import server_config
     from relay.slack_api import SlackApi
     from relay.web import create_app
@@ -188,16 +201,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sock = _listen(args.host, args.port)
 
     async def run() -> None:
-        queue = Queue(connect(url, socket_timeout=5.0), prefix=settings.key_prefix,
-                      dedup_window=settings.dedup_window)
-        await _warn_about_durability(queue)
-        slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-        app = create_app(settings, queue, slack_api=slack, github_api=github)
-        try:
-            await uvicorn.Server(server_config(app, args.host, args.port)).serve(sockets=[sock])
-        finally:
-            await serving.close_all(slack, github)
-            await queue.redis.aclose()
+        async with _queue(url, settings, socket_timeout=5.0, dedup_window=settings.dedup_window) as queue:
+            await _warn_about_durability(queue)
+            slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+            app = create_app(settings, queue, slack_api=slack, github_api=github)
+            try:
+                await uvicorn.Server(server_config(app, args.host, args.port)).serve(sockets=[sock])
+            finally:
+                await serving.close_all(slack, github)
 
     serving.run(run())
     return 0
@@ -207,7 +218,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relay.github_api import GitHubApi
     from relay.letta import LettaClient
     from relay.metrics import Metrics
-    from relay.queue import Queue, connect
     from relay.origins import Origins
     from relay.replies import Replier
     from relay.serving import EmbeddedServer, server_config
@@ -223,31 +233,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     metrics_sock = _metrics_listener(settings)
 
     async def run() -> None:
-        redis = connect(url)
-        queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
-                      dedup_window=settings.dedup_window)
-        await _warn_about_durability(queue)
-        metrics = Metrics()
-        metrics.watch(queue)
-        letta = LettaClient.from_settings(settings, metrics=metrics)
-        slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-        stop = serving.stop_on_signals()
-        exporter = None
-        if metrics_sock is not None:
-            host, port = metrics_sock.getsockname()[:2]
-            exporter = EmbeddedServer(server_config(metrics.app(), host, port))
-            serving_metrics = asyncio.create_task(exporter.serve(sockets=[metrics_sock]))
-        try:
-            origins = Origins(redis, settings.key_prefix, settings.origin_ttl)
-            deliverer = deliverer_for(settings, letta, queue, slack)
-            await Worker(queue, deliverer, settings, replier=Replier(slack, github), origins=origins,
-                         metrics=metrics).run(stop)
-        finally:
-            if exporter is not None:
-                exporter.should_exit = True
-                await serving_metrics
-            await serving.close_all(letta, slack, github)
-            await redis.aclose()
+        async with _queue(url, settings, consumer=consumer_name(), dedup_window=settings.dedup_window) as queue:
+            await _warn_about_durability(queue)
+            metrics = Metrics()
+            metrics.watch(queue)
+            letta = LettaClient.from_settings(settings, metrics=metrics)
+            slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+            stop = serving.stop_on_signals()
+            exporter = None
+            if metrics_sock is not None:
+                host, port = metrics_sock.getsockname()[:2]
+                exporter = EmbeddedServer(server_config(metrics.app(), host, port))
+                serving_metrics = asyncio.create_task(exporter.serve(sockets=[metrics_sock]))
+            try:
+                origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
+                deliverer = deliverer_for(settings, letta, queue, slack)
+                await Worker(queue, deliverer, settings, replier=Replier(slack, github), origins=origins,
+                             metrics=metrics).run(stop)
+            finally:
+                if exporter is not None:
+                    exporter.should_exit = True
+                    await serving_metrics
+                await serving.close_all(letta, slack, github)
 
     serving.run(run())
     return 0
@@ -256,7 +263,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from relay.github_api import GitHubApi
     from relay.letta import LettaClient
-    from relay.queue import Queue, connect
     from relay.slack_api import SlackApi
     from relay.watch import watcher_for
 
@@ -269,16 +275,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
                           "approvals = \"rest\" or \"socket\") to the routes file (RELAY_ROUTES)")
 
     async def run() -> None:
-        redis = connect(url)
-        queue = Queue(redis, prefix=settings.key_prefix)
-        letta = LettaClient.from_settings(settings)
-        slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-        stop = serving.stop_on_signals()
-        try:
-            await watcher_for(settings, redis, queue, letta, slack, github).run(stop)
-        finally:
-            await serving.close_all(letta, slack, github)
-            await redis.aclose()
+        async with _queue(url, settings) as queue:
+            letta = LettaClient.from_settings(settings)
+            slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+            stop = serving.stop_on_signals()
+            try:
+                await watcher_for(settings, queue.redis, queue, letta, slack, github).run(stop)
+            finally:
+                await serving.close_all(letta, slack, github)
 
     serving.run(run())
     return 0
@@ -385,17 +389,12 @@ def _admin_token(settings: Settings, command: str, url: str) -> str:
 def _with_dead_letters(args: argparse.Namespace, action: Any) -> int:
     import httpx
 
-    from relay.queue import Queue, connect
-
     settings = _settings()
 
     async def run() -> int:
         if settings.redis_url:
-            redis = connect(settings.redis_url)
-            try:
-                return await action(_RedisDeadLetters(Queue(redis, prefix=settings.key_prefix)))
-            finally:
-                await redis.aclose()
+            async with _queue(settings.redis_url, settings) as queue:
+                return await action(_RedisDeadLetters(queue))
         token = _admin_token(settings, "dlq", args.url)
         async with httpx.AsyncClient(base_url=args.url, timeout=10.0) as http:
             try:
