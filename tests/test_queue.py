@@ -418,6 +418,42 @@ async def test_concurrent_enqueues_share_round_trips_and_each_gets_its_own_answe
     assert (await queue.depth()).ready == 40  # 39 new + the earlier one; none lost, none doubled
 
 
+class FailsOnce(RoundTripCounter):
+    """The first pipelined round trip fails as if the connection dropped."""
+
+    def pipeline(self, **options: Any) -> Any:
+        if self.round_trips == 0:
+            self.round_trips += 1
+            inner = self.client.pipeline(**options)
+
+            class Broken:
+                async def execute(self, **kwargs: Any) -> Any:
+                    from redis.exceptions import ConnectionError as RedisConnectionError
+                    raise RedisConnectionError("connection dropped")
+
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(inner, name)
+
+            return Broken()
+        return super().pipeline(**options)
+
+
+async def test_a_failed_group_commit_fails_each_caller_and_the_next_one_goes_through(
+        redis_client: Any, prefix: str) -> None:
+    from relay.errors import QueueUnavailable
+
+    queue = Queue(FailsOnce(redis_client), prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    await queue.ensure_groups()
+    routes = conversation_routes(5)
+    results = await asyncio.gather(*(queue.enqueue(message(n, route)) for n, route in enumerate(routes)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, QueueUnavailable) for r in results), results
+    assert len({id(r) for r in results}) == len(results)  # each caller raises its own exception
+    # The callers retry (as a webhook sender would): each message lands once.
+    assert await asyncio.gather(*(queue.enqueue(message(n, route)) for n, route in enumerate(routes))) == [True] * 5
+    assert (await queue.depth()).ready == 5
+
+
 async def test_enqueue_reloads_its_script_after_redis_forgot_it(redis_server: Any) -> None:
     import redis.asyncio as aioredis
 
