@@ -185,6 +185,7 @@ def _require_redis(settings: Settings, command: str,
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from relay.check import settings_problems
     from relay.github_api import GitHubApi
     from relay.serving import server_config
     from relay.slack_api import SlackApi
@@ -192,12 +193,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings()
     url = _require_redis(settings, "serve")
-    if not (settings.hook_secret or settings.slack_signing_secret or settings.github_webhook_secret):
-        raise ConfigError("no source is configured: set RELAY_HOOK_SECRET (`relay secret` makes one), "
-                          "SLACK_SIGNING_SECRET and/or GITHUB_WEBHOOK_SECRET")
-    if not settings.routes:
-        raise ConfigError("no destination: set LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / "
-                          "LETTA_DEVICE_ID / LETTA_CONNECTION_NAME, or RELAY_ROUTES")
+    for problem in settings_problems(settings):  # with Redis set: no source, or no destination
+        raise ConfigError(f"{problem.what}: {problem.fix}")
     sock = _listen(args.host, args.port)
 
     async def run() -> None:

@@ -104,6 +104,13 @@ def test_serve_refuses_to_start_without_a_source_secret(env: Any, capsys: Any) -
     assert code == 2 and "RELAY_HOOK_SECRET" in err
 
 
+def test_serve_refuses_to_start_without_a_destination(env: Any, capsys: Any) -> None:
+    env.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    env.setenv("RELAY_HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    code, _, err = run_main(capsys, "serve")
+    assert code == 2 and err.count("\n") == 1 and "no destination" in err and "LETTA_AGENT_ID" in err
+
+
 @pytest.mark.parametrize("name, value", [
     ("RELAY_RECLAIM_AFTER", "soon"), ("RELAY_CONCURRENCY", "-3"), ("RELAY_HOOK_SECRET", "not-base64!"),
     ("LETTA_BASE_URL", "ftp://x"), ("REDIS_URL", "localhost:6379")])
