@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from relay.logs import JsonFormatter, KeyValueFormatter, configure, fields
 from relay.queue import Queue
 from relay.settings import Settings, load
 from relay.web import create_app
-from tests.support import SPEC_SECRET, free_port, relay_env, running_worker, signed
+from tests.support import SPEC_SECRET, clear_relay_env, free_port, relay_env, running_worker, signed
 
 SECRET = base64.b64decode(SPEC_SECRET.removeprefix("whsec_"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +121,7 @@ def test_log_format_setting_is_read_and_checked() -> None:
 def test_commands_log_json_unless_dev_or_the_setting_says_otherwise(
         env: dict[str, str], command_default: str, expected: type, root_logging: None,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in os.environ if n.startswith("RELAY_")]:
-        monkeypatch.delenv(name)
+    clear_relay_env(monkeypatch)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     cli._settings(command_default)
