@@ -70,7 +70,7 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
         *generic.routes(settings, intake, router, clock, metrics),
         *slack.routes(settings, intake, router, slack_api, cards, clock, metrics),
         *github.routes(settings, intake, router, github_api, clock, metrics),
-        *approvals.routes(settings, router, cards, clock, metrics),
+        *approvals.routes(settings, router, cards, metrics),
         *admin.routes(settings, queue, metrics),
         *([metrics.route()] if settings.web_metrics else []),
     ]

@@ -13,7 +13,7 @@ the same tool call returns the card already posted.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -72,8 +72,7 @@ def parse_card_request(body: bytes, router: Router) -> Card:
                 channel=data["channel"], thread_ts=thread_ts)
 
 
-def routes(settings: Settings, router: Router, cards: Cards | None, clock: Callable[[], float],
-           metrics: Metrics) -> list[Route]:
+def routes(settings: Settings, router: Router, cards: Cards | None, metrics: Metrics) -> list[Route]:
     token = settings.admin_token
     if cards is None or token is None:
         return []
