@@ -465,29 +465,29 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from relay.check import redis_location
     from relay.errors import QueueUnavailable
-    from relay.queue import Queue, QueueStats, connect
+    from relay.queue import QueueStats
     from relay.status import render
 
     settings = load(os.environ)
 
     async def run() -> int:
-        if settings.redis_url:
-            redis = connect(settings.redis_url)
-            source = f"Redis {redis_location(settings.redis_url)}, prefix {settings.key_prefix}"
-            fetch, close = Queue(redis, prefix=settings.key_prefix).stats, redis.aclose
-        else:
-            token = _admin_token(settings, "status", args.url)
-            http = httpx.AsyncClient(base_url=args.url, timeout=10.0)
-            source, close = f"relay at {args.url}", http.aclose
+        async with contextlib.AsyncExitStack() as resources:
+            if settings.redis_url:
+                source = f"Redis {redis_location(settings.redis_url)}, prefix {settings.key_prefix}"
+                fetch = (await resources.enter_async_context(_queue(settings.redis_url, settings))).stats
+            else:
+                token = _admin_token(settings, "status", args.url)
+                source = f"relay at {args.url}"
+                http = await resources.enter_async_context(httpx.AsyncClient(base_url=args.url, timeout=10.0))
 
-            async def fetch() -> QueueStats:
-                response = await http.get("/admin/stats", headers={"authorization": f"Bearer {token}"})
-                try:
-                    return QueueStats.from_dict(_admin_answer(response))
-                except ValueError:
-                    raise ConfigError("relay's admin API answered something other than queue stats") from None
-        stop = serving.stop_on_signals()  # an event, not a cancellation: redis-py may swallow
-        try:                               # a CancelledError mid-command (redis/redis-py#2028)
+                async def fetch() -> QueueStats:
+                    response = await http.get("/admin/stats", headers={"authorization": f"Bearer {token}"})
+                    try:
+                        return QueueStats.from_dict(_admin_answer(response))
+                    except ValueError:
+                        raise ConfigError("relay's admin API answered something other than queue stats") from None
+            # an event, not a cancellation: redis-py may swallow a CancelledError mid-command (redis/redis-py#2028)
+            stop = serving.stop_on_signals()
             while not stop.is_set():
                 try:
                     text = render(await fetch(), source=source, now=time.time())
@@ -502,8 +502,6 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if not args.watch or await serving.wait(stop, args.interval):
                     return 0
             return 0  # Ctrl-C (or SIGTERM) is how --watch ends
-        finally:
-            await close()
 
     return asyncio.run(run())
 
