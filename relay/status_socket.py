@@ -155,11 +155,6 @@ class Step:
     events: list[Event] = field(default_factory=list)
     send: list[tuple[str, str]] = field(default_factory=list)  # (channel, frame)
 
-    def extend(self, other: Step) -> Step:
-        self.events += other.events
-        self.send += other.send
-        return self
-
 
 # -- state --------------------------------------------------------------------------------
 
