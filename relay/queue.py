@@ -381,15 +381,22 @@ class Queue:
         return [Token(partition, flat[i], flat[i + 1], takeovers=max(0, int(flat[i + 2]) - 1))
                 for i in range(0, len(flat), 3)]
 
-    async def fetch(self, tokens: list[Token]) -> list[Head]:
-        """Each token's head message."""
-        out: list[Head] = []
-        by_partition: dict[int, list[Token]] = {}
+    @staticmethod
+    def _by_partition(tokens: list[Token]) -> dict[int, list[Token]]:
+        groups: dict[int, list[Token]] = {}
         for token in tokens:
-            by_partition.setdefault(token.partition, []).append(token)
-        for p, group in by_partition.items():
-            keys = [self.keys.body(p), self.keys.pause(p)] + [self.keys.mailbox(p, t.conversation) for t in group]
-            pause, *flat = await self._run("fetch", keys, [])
+            groups.setdefault(token.partition, []).append(token)
+        return groups
+
+    async def fetch(self, tokens: list[Token]) -> list[Head]:
+        """Each token's head message: one script call per partition, all in one round trip."""
+        out: list[Head] = []
+        groups = self._by_partition(tokens)
+        replies = await asyncio.gather(*(
+            self._run("fetch", [self.keys.body(p), self.keys.pause(p),
+                                *(self.keys.mailbox(p, t.conversation) for t in group)], [])
+            for p, group in groups.items()))
+        for group, (pause, *flat) in zip(groups.values(), replies):
             paused_until = int(pause) / 1000 if pause else 0.0
             for i, token in enumerate(group):
                 message_id, raw = flat[2 * i], flat[2 * i + 1]
@@ -451,14 +458,15 @@ class Queue:
         return await self._run("retry", keys, args) == 1
 
     async def renew(self, tokens: list[Token]) -> list[Token]:
-        """Reset the idle time of tokens still ours; return those another worker took over."""
+        """Reset the idle time of tokens still ours; return those another worker took over.
+        One script call per partition, all in one round trip."""
+        groups = self._by_partition(tokens)
+        replies = await asyncio.gather(*(
+            self._run("renew", [self.keys.ready(p)], [GROUP, self.consumer, *(t.entry_id for t in group)])
+            for p, group in groups.items()))
         lost: list[Token] = []
-        by_partition: dict[int, list[Token]] = {}
-        for token in tokens:
-            by_partition.setdefault(token.partition, []).append(token)
-        for p, group in by_partition.items():
-            gone = set(await self._run("renew", [self.keys.ready(p)],
-                                       [GROUP, self.consumer, *(t.entry_id for t in group)]))
+        for group, reply in zip(groups.values(), replies):
+            gone = set(reply)
             lost.extend(t for t in group if t.entry_id in gone)
         return lost
 

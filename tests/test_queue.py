@@ -600,6 +600,25 @@ async def test_stats_survive_a_round_trip_through_json(timed: Queue) -> None:
         QueueStats.from_dict({"ready": "many"})
 
 
+async def test_fetch_and_renew_over_many_partitions_take_one_round_trip_each(
+        redis_client: Any, prefix: str) -> None:
+    counter, queue = await counted_queue(redis_client, prefix)
+    routes = conversation_routes(24)
+    await asyncio.gather(*(queue.enqueue(message(n, route)) for n, route in enumerate(routes)))
+    tokens = [t for p in range(PARTITIONS) for t in await queue.read(p, 100, 10)]
+    assert len({t.partition for t in tokens}) > 4
+    await queue.fetch(tokens[:1])  # Redis learns the scripts (a NOSCRIPT answer costs a round trip)
+    await queue.renew(tokens[:1])
+    counter.round_trips = 0
+    heads = await queue.fetch(tokens)
+    assert counter.round_trips == 1
+    assert sorted(h.envelope.client_message_id for h in heads if h.envelope) == \
+        sorted(message(n, route).client_message_id for n, route in enumerate(routes))
+    counter.round_trips = 0
+    assert await queue.renew(tokens) == []
+    assert counter.round_trips == 1
+
+
 async def test_concurrent_acks_share_round_trips_and_each_gets_its_own_answer(
         redis_client: Any, prefix: str) -> None:
     counter, queue = await counted_queue(redis_client, prefix)
