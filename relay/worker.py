@@ -219,12 +219,10 @@ class Worker:
 
     async def _promote_loop(self) -> None:
         while not self._closed.is_set():
-            soonest = self.clock() + 1.0
-            try:
-                for partition in range(PARTITIONS):
-                    _moved, following = await self.queue.promote(partition, self.clock())
-                    if following is not None:
-                        soonest = min(soonest, following)
+            now = self.clock()
+            try:  # every partition's call in one round trip
+                dues = await asyncio.gather(*(self.queue.promote(p, now) for p in range(PARTITIONS)))
+                soonest = min([now + 1.0, *(following for _moved, following in dues if following is not None)])
             except QueueUnavailable as exc:
                 await self._redis_trouble("promote", exc)
                 continue
