@@ -75,8 +75,7 @@ class Cards:
         card = replace(card, ts=ts)
         # The claim is left to lapse: from now on the stored card answers everyone who asks.
         await self.queue.create_record(KIND, card.card_id, card.to_json(), CARD_TTL)
-        if await self.queue.create_record(BY_TOOL_CALL, card.tool_call_id, card.card_id, CARD_TTL) is not None:
-            await self.queue.update_record(BY_TOOL_CALL, card.tool_call_id, card.card_id)
+        await self.queue.put_record(BY_TOOL_CALL, card.tool_call_id, card.card_id, CARD_TTL)
         log.info("card posted", extra=fields(card=card.card_id, route=card.route, channel=card.channel,
                                               request_id=card.request_id))
         return card

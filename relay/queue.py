@@ -491,6 +491,10 @@ class Queue:
             return None
         return await guard(self.redis.get(name)) or None
 
+    async def put_record(self, kind: str, key: str, value: str, ttl: float) -> None:
+        """Store `value`, replacing any record there, with a fresh expiry: one round trip."""
+        await guard(self.redis.set(self.keys.record(kind, key), value, px=int(ttl * 1000)))
+
     async def update_record(self, kind: str, key: str, value: str) -> bool:
         """Replace an existing record, keeping its expiry. False if it is gone."""
         return bool(await guard(self.redis.set(self.keys.record(kind, key), value, xx=True, keepttl=True)))

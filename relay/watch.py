@@ -300,8 +300,7 @@ class RouteWatch:
                              "conversation_id": request.conversation_id, "connection_id": self.connection_id},
                             separators=(",", ":"))
         key = request_key(request.agent_id, request.tool_call_id)
-        if await self.w.queue.create_record(REQUEST_KIND, key, record, RECORD_TTL) is not None:
-            await self.w.queue.update_record(REQUEST_KIND, key, record)
+        await self.w.queue.put_record(REQUEST_KIND, key, record, RECORD_TTL)
         await self._save_pending()
         where = await self._card_place(request)
         if where is None:
@@ -378,8 +377,7 @@ class RouteWatch:
     async def _save_pending(self) -> None:
         assert self.session is not None
         value = json.dumps([asdict(r) for r in self.session.pending.values()], separators=(",", ":"))
-        if await self.w.queue.create_record(PENDING_KIND, self.route.name, value, RECORD_TTL) is not None:
-            await self.w.queue.update_record(PENDING_KIND, self.route.name, value)
+        await self.w.queue.put_record(PENDING_KIND, self.route.name, value, RECORD_TTL)
 
 
 async def _read(channel: str, socket: ClientConnection,

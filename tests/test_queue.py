@@ -636,3 +636,10 @@ async def test_concurrent_acks_share_round_trips_and_each_gets_its_own_answer(
     assert counter.round_trips < 24 / 4
     depth = await queue.depth()
     assert (depth.ready, depth.in_flight) == (0, 1)
+
+
+async def test_put_record_replaces_a_record_with_a_fresh_expiry(queue: Queue, redis_client: Any) -> None:
+    await queue.put_record("note", "k", "first", 10.0)
+    await queue.put_record("note", "k", "second", 3600.0)
+    assert await queue.record("note", "k") == "second"
+    assert 3_590_000 < await redis_client.pttl(queue.keys.record("note", "k")) <= 3_600_000
