@@ -4,10 +4,11 @@ One card per tool call and agent, however many relays ask at once (POST /approva
 `relay watch` replicas seeing the same control request): whoever claims the card first
 ("card-claim", `CLAIM_TTL`) posts it; the others wait for the stored card. A crash between the
 claim and the post frees the claim when it expires. Cards are kept in Redis (records of kind
-"card", indexed by tool call under "card-tool") for `CARD_TTL`.
+"card", keyed by agent and tool call) for `CARD_TTL`.
 
-The first decision wins atomically: its approval message is queued under an id derived from
-the card, so the queue's de-duplication refuses a second decision however the clicks race.
+The first decision wins atomically, whatever its source: every decision on a tool call is
+queued under the same id (`messages.decision_id`), so the queue's de-duplication refuses a
+second one however clicks, GitHub `/approve` lines and webhooks race.
 A card whose request ended elsewhere is closed: its note replaces the buttons, and a late
 click is told it is no longer pending.
 """
@@ -24,7 +25,7 @@ from relay.errors import QueueUnavailable, UpstreamError
 from relay.logs import fields
 from relay.messages import ApprovalRequest, envelope_for
 from relay.queue import Queue
-from relay.routing import Route, Router
+from relay.routing import Destination, Route, Router
 from relay.settings import Settings
 from relay.slack_api import SlackApi
 from relay.sources.slack import Card, Decision, card_id_for, card_message, closed_message
@@ -35,7 +36,6 @@ log = logging.getLogger("relay.cards")
 CARD_TTL = 7 * 24 * 3600.0
 KIND = "card"
 CLAIM = "card-claim"
-BY_TOOL_CALL = "card-tool"
 #: How long a claim to post a card holds without the card being stored: longer than a slow
 #: chat.postMessage (SlackApi's timeout is 10 s), short enough that a crash blocks little.
 CLAIM_TTL = 30.0
@@ -75,7 +75,6 @@ class Cards:
         card = replace(card, ts=ts)
         # The claim is left to lapse: from now on the stored card answers everyone who asks.
         await self.queue.create_record(KIND, card.card_id, card.to_json(), CARD_TTL)
-        await self.queue.put_record(BY_TOOL_CALL, card.tool_call_id, card.card_id, CARD_TTL)
         log.info("card posted", extra=fields(card=card.card_id, route=card.route, channel=card.channel,
                                               request_id=card.request_id))
         return card
@@ -111,15 +110,15 @@ class Cards:
         log.info("card opened again", extra=fields(card=card.card_id, route=card.route))
         return card
 
-    async def close(self, tool_call_id: str, note: str, *, decided_too: bool = False) -> bool:
+    async def close(self, destination: Destination, tool_call_id: str, note: str, *,
+                    decided_too: bool = False) -> bool:
         """The request behind a tool call's card ended elsewhere: show `note`, remove the
         buttons, and make later clicks answer "no longer pending". Only an undecided card,
         unless `decided_too` (a decision the device no longer accepted). True when this call
         closed it; False for no card, a card already closed, or a decided one. The Slack update
         is best-effort (logged); the record is what later clicks read.
         """
-        card_id = await self.queue.record(BY_TOOL_CALL, tool_call_id)
-        card = await self.load(card_id) if card_id else None
+        card = await self.load(card_id_for(destination, tool_call_id))
         if card is None or card.closed is not None or (card.decision is not None and not decided_too):
             return False
         card = card.closed_with(note)

@@ -126,7 +126,7 @@ def watch_problems(settings: Settings) -> list[Problem]:
 
 def watch_summary(settings: Settings) -> str:
     parts = [f"{route.name} (cards in {_channel(route) or 'the thread only'}, "
-             f"decisions over {route.watch.approvals if route.watch else 'rest'})"
+             f"decisions over {route.approvals})"
              for route in settings.routes if route.watched]
     return f"relay watch: {', '.join(parts)}"
 

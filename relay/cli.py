@@ -219,7 +219,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relay.replies import Replier
     from relay.serving import EmbeddedServer, server_config
     from relay.slack_api import SlackApi
-    from relay.socket_approvals import deliverer_for
+    from relay.approval_delivery import Deliverer
+    from relay.cards import cards_for
     from relay.worker import Worker, consumer_name
 
     settings = _settings()
@@ -244,9 +245,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 serving_metrics = asyncio.create_task(exporter.serve(sockets=[metrics_sock]))
             try:
                 origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
-                deliverer = deliverer_for(settings, letta, queue, slack)
-                await Worker(queue, deliverer, settings, replier=Replier(slack, github), origins=origins,
-                             metrics=metrics).run(stop)
+                replier = Replier(slack, github, cards=cards_for(settings, queue, slack))
+                await Worker(queue, Deliverer(letta, settings, records=queue), settings, replier=replier,
+                             origins=origins, metrics=metrics).run(stop)
             finally:
                 if exporter is not None:
                     exporter.should_exit = True
@@ -268,8 +269,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not settings.letta_api_key:
         raise ConfigError("LETTA_API_KEY is not set; `relay watch` needs it to open Letta's status sockets")
     if not any(route.watched for route in settings.routes):
-        raise ConfigError("no route opts in to `relay watch`: add [routes.NAME.watch] (slack_channel = \"C…\", "
-                          "approvals = \"rest\" or \"socket\") to the routes file (RELAY_ROUTES)")
+        raise ConfigError("no route opts in to `relay watch`: add [routes.NAME.watch] (slack_channel = \"C…\") "
+                          "to the routes file (RELAY_ROUTES)")
 
     async def run() -> None:
         async with _queue(url, settings) as queue:

@@ -1,8 +1,11 @@
 """`relay dev`: the whole pipeline in one process, for trying relay on a laptop.
 
 web + worker + an in-process fakeredis (unless REDIS_URL is set) + a local Letta stand-in
-that prints what it receives (unless LETTA_API_KEY is set). It says so loudly: nothing is
-durable and nothing leaves the machine.
+(unless LETTA_API_KEY is set): the same strict model of Letta's server and of a Letta Code
+device the tests use. It prints what the device receives, and what it refuses as the real one
+would; a message containing "!tool" makes its agent ask to run a tool first, to be decided
+with `relay send --approve/--deny`. It says so loudly: nothing is durable and nothing leaves
+the machine.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import replace
 import fakeredis
 
 from relay.errors import ConfigError
+from relay.approval_delivery import Deliverer
+from relay.cards import cards_for
 from relay.github_api import GitHubApi
 from relay.letta import LettaClient
 from relay.metrics import Metrics
@@ -31,7 +36,6 @@ from relay.settings import Settings
 from relay.sources.generic import decode_secret
 from relay.standin import DEV_AGENT_ID, DEV_DEVICE_ID, Device, LettaStandIn
 from relay.web import create_app
-from relay.socket_approvals import deliverer_for
 from relay.watch import watcher_for
 from relay.worker import Worker, consumer_name
 
@@ -117,15 +121,12 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     await web_queue.ensure_groups()
     app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics)
     web = EmbeddedServer(server_config(app, host, port))
-    # The stand-in speaks a minimal status socket too; the real API takes the real key.
-    socket_access = {} if settings.letta_api_key else {"base_url": stand_in_url, "api_key": "relay-dev"}
-    worker = Worker(worker_queue, deliverer_for(settings, letta, worker_queue, slack, **socket_access), settings,
-                    replier=Replier(slack, github), origins=Origins(redis, settings.key_prefix, settings.origin_ttl),
-                    metrics=metrics)
+    replier = Replier(slack, github, cards=cards_for(settings, worker_queue, slack))
+    worker = Worker(worker_queue, Deliverer(letta, settings, records=worker_queue), settings, replier=replier,
+                    origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics)
     watcher = None
     if any(route.watched for route in settings.routes):
-        watcher = watcher_for(settings, redis, Queue(redis, prefix=settings.key_prefix), letta, slack, github,
-                              **socket_access)
+        watcher = watcher_for(settings, redis, Queue(redis, prefix=settings.key_prefix), letta, slack, github)
         notes.append("watch: status sockets of " + ", ".join(r.name for r in watcher.routes))
     if settings.web_metrics:
         notes.append(f"metrics: http://{host}:{port}/metrics")
@@ -156,7 +157,8 @@ def _banner(notes: list[str], host: str, port: int, routes: list[str]) -> None:
         f"  * webhooks: http://{host}:{port}/hooks/generic   routes: {', '.join(routes)}",
         "  Try it in another terminal:",
         '      relay send "deploy finished, please summarize"',
-        "      relay send --approve TOOL_CALL_ID",
+        '      relay send "please !tool"          (the stand-in agent asks to run a tool)',
+        "      relay send --approve TOOL_CALL_ID  (or --deny TOOL_CALL_ID --reason \"…\")",
         rule,
     ]
     log.warning("\n" + "\n".join(lines))

@@ -9,6 +9,8 @@
 - The HTTP engine is httpx's API over aiohttp's connection pool (the httpx-aiohttp transport):
   httpx's own pool slows down as concurrency grows (encode/httpx#3215); bench/README.md has
   the figures. Tests may pass any httpx transport.
+- `status_socket` opens one agent conversation's status WebSocket (bearer auth; the key never
+  goes into the URL, and websockets' own DEBUG logging, which shows headers, stays quiet).
 - `connection_for` resolves a destination named by device id or connection name to the live
   connectionId (`GET /v1/environments…`), cached for `resolve_ttl` seconds; `forget` drops
   the cache entry after a 404. It returns None for a device that is not online, and raises
@@ -17,8 +19,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -32,6 +36,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 from tenacity.wait import wait_base
+from websockets.asyncio.client import ClientConnection, connect
 
 from relay import __version__
 from relay.errors import ResolveFailed
@@ -40,8 +45,15 @@ from relay.metrics import Metrics
 from relay.policy import Outcome
 from relay.routing import Destination, choose_connection
 from relay.settings import Settings
+from relay.status_frames import status_url
+
+# websockets logs handshake headers (the bearer token) and frames at DEBUG: keep it quiet.
+_socket_log = logging.getLogger("relay.letta.socket")
+_socket_log.setLevel(logging.WARNING)
 
 RESPONSE_BODY_LIMIT = 4000
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+SOCKET_OPEN_TIMEOUT = 10.0
 PAGE_SIZE = 100
 MAX_PAGES = 50
 
@@ -86,6 +98,7 @@ class LettaClient:
         metrics: Metrics | None = None,
     ) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.base_url, self._api_key = base_url, api_key
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"relay/{__version__}"},
@@ -142,6 +155,16 @@ class LettaClient:
             body=response.text[:RESPONSE_BODY_LIMIT],
             retry_after=response.headers.get("retry-after"),
         )
+
+    @contextlib.asynccontextmanager
+    async def status_socket(self, connection_id: str, agent_id: str, conversation_id: str | None,
+                            *, open_timeout: float = SOCKET_OPEN_TIMEOUT) -> AsyncIterator[ClientConnection]:
+        """The status WebSocket of one agent conversation on one connection."""
+        url = status_url(self.base_url, connection_id, agent_id, conversation_id)
+        async with connect(url, additional_headers={"Authorization": f"Bearer {self._api_key}"},
+                           user_agent_header=f"relay/{__version__}", open_timeout=open_timeout,
+                           max_size=MAX_FRAME_BYTES, logger=_socket_log) as socket:
+            yield socket
 
     async def connection_for(self, destination: Destination) -> str | None:
         kind, value = destination.selector

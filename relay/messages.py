@@ -60,6 +60,11 @@ def kind_of(message: dict[str, Any]) -> Kind:
     return "approval" if message.get("type") == "approval" else "user"
 
 
+def tool_call_key(agent_id: str, conversation_id: str | None, tool_call_id: str) -> str:
+    """One key per tool call of one agent conversation (another agent's call may share its id)."""
+    return client_message_id("tool-call", agent_id, conversation_id or "default", tool_call_id)
+
+
 @dataclass(frozen=True)
 class ApprovalRequest:
     """An agent asking to run a tool (a `can_use_tool` control request on the status socket)."""
@@ -124,9 +129,24 @@ class Envelope:
         }
 
 
+def decision_id(destination: Destination, tool_call_id: str) -> str:
+    """The id of the one decision a tool call gets, whichever source sends it (a card click,
+    a GitHub `/approve`, a generic webhook): the queue's de-duplication lets the first win."""
+    return client_message_id("decision", tool_call_key(destination.agent_id, destination.conversation_id,
+                                                       tool_call_id))
+
+
+def _routed_id(inbound: Inbound, destination: Destination) -> str:
+    approvals = inbound.message.get("approvals") if kind_of(inbound.message) == "approval" else None
+    if isinstance(approvals, list) and len(approvals) == 1 and isinstance(approvals[0], dict) \
+            and approvals[0].get("type") == "approval" and isinstance(approvals[0].get("tool_call_id"), str):
+        return decision_id(destination, approvals[0]["tool_call_id"])
+    return inbound.client_message_id
+
+
 def envelope_for(inbound: Inbound, route: Route, now: float) -> Envelope:
     return Envelope(
-        client_message_id=inbound.client_message_id,
+        client_message_id=_routed_id(inbound, route.destination),
         kind=kind_of(inbound.message),
         source=inbound.source,
         delivery_id=inbound.delivery_id,

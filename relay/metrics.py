@@ -50,8 +50,11 @@ _REJECT_REASONS: tuple[tuple[type[Rejected], str], ...] = (
 )
 
 
-def status_class(status: int | None) -> str:
-    """An HTTP status → "2xx" … "5xx"; no response at all (timeout, refused, unresolved) → "error"."""
+def status_class(status: int | None, device_answered: bool = False) -> str:
+    """An HTTP status → "2xx" … "5xx"; the device's own answer on the status socket → "device";
+    no answer at all (timeout, refused, unresolved) → "error"."""
+    if device_answered:
+        return "device"
     return f"{status // 100}xx" if status is not None and 100 <= status <= 599 else "error"
 
 
@@ -75,8 +78,9 @@ class Metrics:
             "relay_ingest_ack_seconds", "Time from a request's arrival to relay's answer, by door",
             ["source"], buckets=CALL_BUCKETS, registry=r)
         self.attempts = Counter(
-            "relay_delivery_attempts", "Letta calls by what followed (delivered, retry, dead_letter) and the "
-            "response's status class (2xx … 5xx, or error when no response came)",
+            "relay_delivery_attempts", "Letta calls by what followed (delivered, settled, retry, dead_letter) and "
+            "the answer's status class (2xx … 5xx; device for the device's own answer on the status socket; "
+            "error when no answer came)",
             ["outcome", "status_class"], registry=r)
         self.delivery_call = Histogram(
             "relay_delivery_call_seconds", "Duration of one Letta delivery call, connection resolution included",
@@ -124,8 +128,8 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def attempt(self, outcome: str, status: int | None, seconds: float) -> None:
-        label = status_class(status)
+    def attempt(self, outcome: str, status: int | None, seconds: float, device_answered: bool = False) -> None:
+        label = status_class(status, device_answered)
         self.attempts.labels(outcome, label).inc()
         self.delivery_call.labels(label).observe(seconds)
 

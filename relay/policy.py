@@ -3,8 +3,12 @@
 Pure: an `Outcome` (plain values from the HTTP call), the attempt count and a clock in; a
 `Decision` out. The classification follows the Letta contract's "design for it" notes:
 
-- connect errors, timeouts, 408, 429, 5xx, no online connection → retry with capped,
-  jittered exponential backoff, honouring Retry-After;
+- the far side said it took the message (the device's `input_accepted`) → delivered;
+- the device has no such pending approval (answered elsewhere, or gone) → settled: done,
+  never retried, and the person is told;
+- the device refused for good → dead-letter;
+- connect errors, timeouts, 408, 429, 5xx, no online connection, a device replacing its
+  listener → retry with capped, jittered exponential backoff, honouring Retry-After;
 - 404 → resolve the connection again, then retry;
 - other 4xx and 3xx, or a 2xx whose body says `"success": false` → dead-letter;
 - a retryable failure once the message is older than its maximum age → dead-letter.
@@ -24,23 +28,34 @@ REASON_BODY_LIMIT = 500
 
 @dataclass(frozen=True)
 class Outcome:
-    """One delivery attempt, as plain values. Either a response (`status`) or an `error`."""
+    """One delivery attempt, as plain values: an HTTP response (`status`), the device's own
+    answer (`accepted`, or the error "settled" / "refused"), or a failure to get either (`error`)."""
 
     status: int | None = None
     body: str = ""
     retry_after: str | None = None
-    error: str | None = None  # "connect", "timeout", "transport", "unresolved"
+    error: str | None = None  # "connect", "timeout", "transport", "unresolved", "inactive", "settled", "refused"
     detail: str = ""
+    accepted: bool = False  # the device answered input_accepted: true
 
     def describe(self) -> str:
+        if self.accepted:
+            return self.detail or "accepted by the device"
         if self.status is None:
             return f"{self.error}: {self.detail}" if self.detail else str(self.error)
         snippet = self.body.strip()[:REASON_BODY_LIMIT]
         return f"HTTP {self.status}: {snippet}" if snippet else f"HTTP {self.status}"
 
     @property
+    def answered(self) -> bool:
+        """The device itself answered (on the status socket), rather than an HTTP server."""
+        return self.accepted or self.error in FINAL_ERRORS or self.error == "inactive"
+
+    @property
     def code(self) -> str:
         """A short, body-free label for logs and counters: "http_503", "timeout"."""
+        if self.accepted:
+            return "accepted"
         return f"http_{self.status}" if self.status is not None else str(self.error)
 
 
@@ -77,7 +92,17 @@ class DeadLetter:
     code: str
 
 
-Decision = Delivered | Retry | DeadLetter
+@dataclass(frozen=True)
+class Settled:
+    """Nothing more to send: the device has no such pending request (it was answered elsewhere)."""
+
+    reason: str
+
+
+Decision = Delivered | Retry | DeadLetter | Settled
+
+#: Outcome errors that end a message without delivering it.
+FINAL_ERRORS = {"settled", "refused"}
 
 
 def decide(
@@ -92,6 +117,10 @@ def decide(
 ) -> Decision:
     """`attempt` counts this one (1 for the first); `age` is seconds since the message was queued."""
     status = outcome.status
+    if outcome.accepted:
+        return Delivered()
+    if outcome.error == "settled":
+        return Settled(outcome.describe())
     if status is not None and 200 <= status < 300:
         refusal = _refusal(outcome.body)
         if refusal is not None:
@@ -135,7 +164,7 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
 def _retryable(outcome: Outcome) -> bool:
     status = outcome.status
     if status is None:
-        return True
+        return outcome.error not in FINAL_ERRORS
     return status in (404, 408, 429) or status >= 500
 
 

@@ -9,6 +9,10 @@ target a source put on the message:
     {"via": "github", "repository", "comment_id", "api", "number"}   a comment: 🚀 when delivered,
                                                    😕 when not (👀 was added when it was queued)
 
+An approval decision the device no longer waits for (answered elsewhere, or gone) is settled,
+not failed: its card is closed with that note (and a note in its thread); a GitHub decision
+gets a reply saying nothing was sent.
+
 Once the agent's turn ends, `answer` posts what it said where the message came from (the
 watcher recalls the message's Origin): a mention or DM → the message's thread; a slash command
 → its response_url, ephemeral like every other note to the person who ran it (their command
@@ -21,32 +25,65 @@ pull request; a review comment → a reply in its review thread. answers.py cuts
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from relay.answers import github_comment, joined, slack_messages
-from relay.errors import UpstreamError
+from relay.errors import QueueUnavailable, UpstreamError
 from relay.github_api import GitHubApi
 from relay.logs import fields
 from relay.messages import Envelope
 from relay.origins import Origin
 from relay.slack_api import SlackApi
+from relay.routing import Destination
 from relay.sources.slack import escape
+from relay.status_frames import NO_LONGER_PENDING
 
 log = logging.getLogger("relay.replies")
 
 REASON_SHOWN = 300
 
 
+class CardCloser(Protocol):
+    async def close(self, destination: Destination, tool_call_id: str, note: str, *,
+                    decided_too: bool = False) -> bool: ...
+
+
 class Replier:
-    def __init__(self, slack: SlackApi | None = None, github: GitHubApi | None = None) -> None:
+    def __init__(self, slack: SlackApi | None = None, github: GitHubApi | None = None, *,
+                 cards: CardCloser | None = None) -> None:
         self.slack = slack
         self.github = github
+        self.cards = cards
 
     async def delivered(self, envelope: Envelope) -> None:
         await self._tell(envelope, None)
 
     async def failed(self, envelope: Envelope, reason: str) -> None:
         await self._tell(envelope, reason)
+
+    async def settled(self, envelope: Envelope, reason: str) -> None:
+        """An approval the device no longer waits for (`reason` says why; the worker logs it):
+        close its card, or say so on the comment."""
+        reply = envelope.reply or {}
+        tool_calls = [a.get("tool_call_id") for a in envelope.message.get("approvals", []) if isinstance(a, dict)]
+        note = (f"The agent is no longer waiting on this decision ({NO_LONGER_PENDING}: answered elsewhere, "
+                f"or the request ended); nothing was sent.")
+        try:
+            if self.cards is not None:
+                for tool_call_id in tool_calls:
+                    if isinstance(tool_call_id, str):
+                        await self.cards.close(envelope.destination, tool_call_id, NO_LONGER_PENDING,
+                                               decided_too=True)
+            if reply.get("via") == "card" and self.slack is not None and reply.get("ts"):
+                await self.slack.post_message(reply["channel"], {"text": f":information_source: {note}"},
+                                              thread_ts=reply["ts"])
+            elif reply.get("via") == "github" and self.github is not None:
+                await self._answer_github(reply, note)
+        except UpstreamError as exc:
+            log.warning("could not tell the source", extra=fields(**envelope.log_fields(), method=exc.method,
+                                                                   error=exc.code))
+        except QueueUnavailable as exc:  # the card record: best-effort, as every note here
+            log.warning("could not close the card", extra=fields(**envelope.log_fields(), error=str(exc)))
 
     async def answer(self, origin: Origin, texts: list[str]) -> None:
         """Post the agent's answer to a message where the message came from. Never raises."""
@@ -84,7 +121,7 @@ class Replier:
 
     async def _answer_github(self, reply: dict[str, Any], text: str) -> int:
         assert self.github is not None
-        body = github_comment(text)
+        body = github_comment(text)  # carries relay's own marker: never read as a request
         if reply["api"] == "pulls":
             await self.github.reply_to_review_comment(reply["repository"], reply["number"], reply["comment_id"], body)
         else:

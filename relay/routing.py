@@ -98,17 +98,19 @@ class GitHubRule:
         return 2 if wanted in patterns else 1 if f"{owner}/*" in patterns else 0
 
 
-APPROVAL_PATHS = ("rest", "socket")
+#: How a route's approval decisions reach the device. "socket" (the default): an
+#: `approval_response` input on the status socket, the only form a Letta Code device takes;
+#: "rest": the approval body of POST …/messages, for a server known to translate it.
+APPROVAL_PATHS = ("socket", "rest")
 
 
 @dataclass(frozen=True)
 class WatchRule:
-    """A route's opt-in to `relay watch`: keep its conversation's status socket open, bring the
-    agent's approval requests and replies back to chat, and choose how decisions travel."""
+    """A route's opt-in to `relay watch`: keep its conversation's status socket open and bring
+    the agent's approval requests and replies back to chat."""
 
     enabled: bool = True
     slack_channel: str | None = None  # where cards go when no thread of the turn is known
-    approvals: str = "rest"  # "rest": POST …/messages; "socket": an approval_response input frame
 
 
 @dataclass(frozen=True)
@@ -118,14 +120,11 @@ class Route:
     slack: SlackRule | None = None
     github: GitHubRule | None = None
     watch: WatchRule | None = None
+    approvals: str = "socket"  # one of APPROVAL_PATHS
 
     @property
     def watched(self) -> bool:
         return self.watch is not None and self.watch.enabled
-
-    @property
-    def approvals_by_socket(self) -> bool:
-        return self.watched and self.watch is not None and self.watch.approvals == "socket"
 
 
 class Router:

@@ -303,17 +303,22 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> di
             raise ConfigError(f"{where}: a route name may use only letters, digits, '_', '.', '-'")
         if not isinstance(spec, dict):
             raise ConfigError(f"{where} must be a table")
-        extra = sorted(set(spec) - set(DESTINATION_KEYS) - {"slack", "github", "watch"})
+        extra = sorted(set(spec) - set(DESTINATION_KEYS) - set(_ROUTE_PARTS))
         if extra:
             raise ConfigError(f"{where}: unknown key {extra[0]!r} "
-                              f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, slack, github, watch)")
-        destination = destination_from({k: v for k, v in spec.items() if k not in ("slack", "github", "watch")},
-                                        where)
+                              f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, {', '.join(_ROUTE_PARTS)})")
+        destination = destination_from({k: v for k, v in spec.items() if k not in _ROUTE_PARTS}, where)
         slack = _slack_rule(spec["slack"], f"{origin}: [routes.{name}.slack]") if "slack" in spec else None
         github = _github_rule(spec["github"], f"{origin}: [routes.{name}.github]") if "github" in spec else None
         watch = _watch_rule(spec["watch"], f"{origin}: [routes.{name}.watch]") if "watch" in spec else None
-        routes[name] = Route(name, destination, slack=slack, github=github, watch=watch)
+        approvals = spec.get("approvals", "socket")
+        if approvals not in APPROVAL_PATHS:
+            raise ConfigError(f"{where}: approvals must be \"socket\" (the default) or \"rest\"")
+        routes[name] = Route(name, destination, slack=slack, github=github, watch=watch, approvals=approvals)
     return routes
+
+
+_ROUTE_PARTS = ("slack", "github", "watch", "approvals")
 
 
 DESTINATION_KEYS = ("agent_id", "conversation_id", *SELECTORS)
@@ -375,20 +380,17 @@ def _github_rule(spec: Any, where: str) -> GitHubRule:
 
 
 def _watch_rule(spec: Any, where: str) -> WatchRule:
-    spec = _table(spec, where, {"enabled", "slack_channel", "approvals"})
+    if isinstance(spec, dict) and "approvals" in spec:
+        raise ConfigError(f"{where}: approvals moved to the route itself ([routes.NAME] approvals = \"rest\"); "
+                          "decisions now go over the status socket by default, without relay watch")
+    spec = _table(spec, where, {"enabled", "slack_channel"})
     enabled = spec.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}: enabled must be true or false")
     channel = spec.get("slack_channel")
     if channel is not None and not (isinstance(channel, str) and re.fullmatch(r"[CGD][A-Z0-9]{2,31}", channel)):
         raise ConfigError(f"{where}: slack_channel must be a Slack channel id such as \"C0123ABC\"")
-    approvals = spec.get("approvals", "rest")
-    if approvals not in APPROVAL_PATHS:
-        raise ConfigError(f"{where}: approvals must be \"rest\" or \"socket\"")
-    if approvals == "socket" and not enabled:
-        raise ConfigError(f"{where}: approvals = \"socket\" needs the watcher (enabled = true): it learns "
-                          "the request id each decision must answer")
-    return WatchRule(enabled=enabled, slack_channel=channel, approvals=approvals)
+    return WatchRule(enabled=enabled, slack_channel=channel)
 
 
 def _strings(value: Any, where: str, pattern: str, example: str) -> tuple[str, ...]:

@@ -1,23 +1,23 @@
-"""`relay watch`: keep each opted-in route's status sockets open and carry the agent back to chat.
+"""`relay watch`: keep each opted-in route's status socket open and carry the agent back to chat.
 
 For every route with `[routes.NAME.watch]` (enabled), one task:
 
 - resolves the live connectionId with the worker's own `LettaClient.connection_for` (forgetting
   the cache before each reconnect, and checking again every `RELAY_RESOLVE_TTL` for a rotation);
-- opens the `control` and `stream` sockets (bearer auth), feeds every frame to a
-  `status_socket.Session`, sends what it returns (acks, pings, sync); if either socket drops,
-  both are closed and reopened after capped, jittered exponential backoff;
+- opens the conversation's status socket (one, as Letta's own clients do), feeds every frame to
+  a `status_session.Session`, sends what it returns (acks, a sync on connect); if the socket
+  drops it is reopened after capped, jittered exponential backoff;
 - acts on the session's events in order, off the socket loop (so acks never wait on Slack):
-  an approval request → remember its request id in Redis (the socket approval path answers
-  by it) → an approval card in the thread of the message that started the turn, else in the
-  route's `slack_channel`; a request closed elsewhere → the card says so; a turn that ended →
-  its reply where each of relay's messages in it came from (once per reply target, across
-  watcher replicas).
+  an approval request → remember its request id in Redis (the worker's approval delivery answers
+  by it, without a sync) → an approval card in the thread of the message that started the
+  turn, else in the route's `slack_channel`; a request closed elsewhere → the card says so; a
+  turn that ended → its reply (with the stop reason and error of a failed turn) where each of
+  relay's messages in it came from (once per reply target, across watcher replicas).
 
 Redis records (all through `Queue`, under the key prefix; 7 days):
-    rec:socket-request:{agent_id}:{tool_call_id}  the pending request to answer, and where
-    rec:watch-pending:{route}                     the requests the route's watcher saw pending
-    rec:answered:{reply target}                   claimed by the one watcher that posts a reply
+    rec:socket-request:{tool call key}  the pending request to answer, and where
+    rec:watch-pending:{route}           the requests the route's watcher saw pending
+    rec:answered:{reply target}         claimed by the one watcher that posts a reply
 """
 
 from __future__ import annotations
@@ -30,44 +30,28 @@ import logging
 import random
 import time
 from dataclasses import asdict
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, Callable, Protocol
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from relay import __version__
+from relay.approval_delivery import REQUEST_KIND
 from relay.errors import QueueUnavailable, ResolveFailed, UpstreamError
 from relay.logs import fields
-from relay.messages import ApprovalRequest
+from relay.messages import ApprovalRequest, tool_call_key
 from relay.origins import Origin
 from relay.policy import Backoff
 from relay.queue import Queue
 from relay.routing import Destination, Route
 from relay.settings import Settings
 from relay.serving import wait
-from relay.status_socket import (
-    CHANNELS,
-    PING_INTERVAL,
-    ApprovalClosed,
-    ApprovalRequested,
-    Event,
-    Session,
-    Step,
-    TurnEnded,
-    status_url,
-)
+from relay.status_session import ApprovalClosed, ApprovalRequested, Event, Session, Step, TurnEnded
 
 log = logging.getLogger("relay.watch")
-# websockets logs handshake headers (the bearer token) and frames at DEBUG: keep it quiet.
-_socket_log = logging.getLogger("relay.watch.socket")
-_socket_log.setLevel(logging.WARNING)
 
-REQUEST_KIND = "socket-request"
 PENDING_KIND = "watch-pending"
 ANSWERED_KIND = "answered"
 RECORD_TTL = 7 * 24 * 3600.0
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-OPEN_TIMEOUT = 10.0
 #: Stop reasons that are a normal end; after any other, an empty turn still gets a note.
 QUIET_STOPS = frozenset({None, "end_turn", "tool_rule", "requires_approval", "cancelled"})
 CARD_ATTEMPTS = 3
@@ -76,17 +60,20 @@ CARD_ATTEMPTS = 3
 REPLY_DRAIN = 10.0
 
 
-class Resolver(Protocol):
+class Letta(Protocol):
     async def connection_for(self, destination: Destination) -> str | None: ...
 
     def forget(self, destination: Destination) -> None: ...
+
+    def status_socket(self, connection_id: str, agent_id: str, conversation_id: str | None
+                      ) -> contextlib.AbstractAsyncContextManager[ClientConnection]: ...
 
 
 class CardDesk(Protocol):
     async def ask(self, route: Route, request: ApprovalRequest, channel: str,
                   thread_ts: str | None) -> tuple[Any, bool]: ...
 
-    async def close(self, tool_call_id: str, note: str) -> bool: ...
+    async def close(self, destination: Destination, tool_call_id: str, note: str) -> bool: ...
 
 
 class Recaller(Protocol):
@@ -97,27 +84,15 @@ class Answerer(Protocol):
     async def answer(self, origin: Origin, texts: list[str]) -> None: ...
 
 
-def request_key(agent_id: str, tool_call_id: str) -> str:
-    return f"{agent_id}:{tool_call_id}"
-
-
-@contextlib.asynccontextmanager
-async def open_status_socket(url: str, api_key: str, *, open_timeout: float = OPEN_TIMEOUT
-                             ) -> AsyncIterator[ClientConnection]:
-    """One status socket, bearer-authenticated (the key never goes into the URL)."""
-    async with connect(url, additional_headers={"Authorization": f"Bearer {api_key}"},
-                       user_agent_header=f"relay/{__version__}", open_timeout=open_timeout,
-                       max_size=MAX_FRAME_BYTES, logger=_socket_log) as socket:
-        yield socket
-
-
 def reply_texts(turn: TurnEnded) -> list[str]:
-    """What to post for a turn: its assistant messages, or a short note when it failed silently."""
-    if turn.texts:
-        return list(turn.texts)
-    if turn.stop_reason in QUIET_STOPS:
-        return []
-    return [f"The agent stopped without answering (stop reason: {turn.stop_reason})."]
+    """What to post for a turn: its assistant messages, then what went wrong if it failed."""
+    texts = list(turn.texts)
+    if turn.error:
+        texts.append(f"The agent's turn ended with an error (stop reason: {turn.stop_reason or 'error'}): "
+                     f"{turn.error}")
+    elif turn.stop_reason not in QUIET_STOPS and not texts:
+        texts.append(f"The agent stopped without answering (stop reason: {turn.stop_reason}).")
+    return texts
 
 
 def reply_target(origin: Origin) -> str:
@@ -127,17 +102,14 @@ def reply_target(origin: Origin) -> str:
 
 
 class Watcher:
-    def __init__(self, settings: Settings, queue: Queue, letta: Resolver, cards: CardDesk | None,
-                 origins: Recaller, replier: Answerer, *, base_url: str | None = None, api_key: str | None = None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-                 backoff: Backoff = Backoff(0.5, 30.0), ping_interval: float = PING_INTERVAL,
+    def __init__(self, settings: Settings, queue: Queue, letta: Letta, cards: CardDesk | None,
+                 origins: Recaller, replier: Answerer, *, clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None, backoff: Backoff = Backoff(0.5, 30.0),
                  recall_wait: float = 2.0, check_every: float | None = None) -> None:
         self.settings, self.queue, self.letta, self.cards = settings, queue, letta, cards
         self.origins, self.replier = origins, replier
-        self.base_url = base_url or settings.letta_base_url
-        self.api_key = api_key if api_key is not None else settings.letta_api_key or ""
         self.clock, self.rng, self.backoff = clock, rng or random.Random(), backoff
-        self.ping_interval, self.recall_wait = ping_interval, recall_wait
+        self.recall_wait = recall_wait
         self.check_every = check_every if check_every is not None else settings.resolve_ttl
         self.routes = [route for route in settings.routes if route.watched]
 
@@ -167,7 +139,7 @@ class RouteWatch:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.session = Session(self.destination.agent_id, self.destination.conversation_id,
-                               known_pending=await self._remembered(), ping_interval=self.w.ping_interval)
+                               known_pending=await self._remembered())
         actions: asyncio.Queue[Event | None] = asyncio.Queue()
         actor = asyncio.create_task(self._act_loop(actions))
         attempt = 0
@@ -188,7 +160,7 @@ class RouteWatch:
     # -- sockets -------------------------------------------------------------------------
 
     async def _connect_once(self, stop: asyncio.Event, actions: asyncio.Queue[Event | None]) -> bool:
-        """Resolve, open both sockets and pump frames until one drops. True if they opened."""
+        """Resolve, open the socket and pump frames until it drops. True if it opened."""
         try:
             connection_id = await self.w.letta.connection_for(self.destination)
         except ResolveFailed as failed:
@@ -199,62 +171,52 @@ class RouteWatch:
             log.warning("environment is offline; will look again", **self._log(**{kind: value}))
             return False
         self.connection_id = connection_id
-        assert self.session is not None
         opened = False
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                sockets = {}
-                for channel in CHANNELS:
-                    url = status_url(self.w.base_url, connection_id, self.destination.agent_id,
-                                     self.destination.conversation_id, channel)
-                    sockets[channel] = await stack.enter_async_context(open_status_socket(url, self.w.api_key))
+            async with self.w.letta.status_socket(connection_id, self.destination.agent_id,
+                                                  self.destination.conversation_id) as socket:
                 opened = True
-                log.info("status sockets open", **self._log())
-                try:
-                    await self._pump(sockets, stop, actions)
-                finally:
-                    self.session.disconnected()
+                log.info("status socket open", **self._log())
+                await self._pump(socket, stop, actions)
         except InvalidStatus as exc:
             log.warning("status socket refused", **self._log(status=exc.response.status_code))
         except (OSError, TimeoutError, WebSocketException) as exc:
             log.warning("status socket failed", **self._log(error=f"{type(exc).__name__}: {exc}"))
         return opened
 
-    async def _pump(self, sockets: dict[str, ClientConnection], stop: asyncio.Event,
+    async def _pump(self, socket: ClientConnection, stop: asyncio.Event,
                     actions: asyncio.Queue[Event | None]) -> None:
         assert self.session is not None
         session = self.session
-        inbox: asyncio.Queue[tuple[str, str | bytes | None]] = asyncio.Queue()
-        readers = [asyncio.create_task(_read(channel, socket, inbox)) for channel, socket in sockets.items()]
+        inbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        reader = asyncio.create_task(_read(socket, inbox))
         next_check = self.w.clock() + self.w.check_every
         try:
-            await self._apply(session.connected(self.w.clock()), sockets, actions)
+            await self._apply(session.connected(), socket, actions)
             while not stop.is_set():
                 now = self.w.clock()
                 if now >= session.next_deadline():
-                    await self._apply(session.tick(now), sockets, actions)
+                    await self._apply(session.tick(now), socket, actions)
                 if now >= next_check:
                     next_check = now + self.w.check_every
                     if await self._rotated():
                         return
                 wait = min(session.next_deadline(), next_check) - self.w.clock()
                 try:
-                    channel, text = await asyncio.wait_for(inbox.get(), timeout=min(max(wait, 0.0), 0.5))
+                    text = await asyncio.wait_for(inbox.get(), timeout=min(max(wait, 0.0), 0.5))
                 except asyncio.TimeoutError:
                     continue
                 if text is None:
-                    log.info("status socket closed; reconnecting", **self._log(channel=channel))
+                    log.info("status socket closed; reconnecting", **self._log())
                     return
-                await self._apply(session.receive(channel, text, self.w.clock()), sockets, actions)
+                await self._apply(session.receive(text, self.w.clock()), socket, actions)
         finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
-    async def _apply(self, step: Step, sockets: dict[str, ClientConnection],
-                     actions: asyncio.Queue[Event | None]) -> None:
-        for channel, frame in step.send:
-            await sockets[channel].send(frame)
+    async def _apply(self, step: Step, socket: ClientConnection, actions: asyncio.Queue[Event | None]) -> None:
+        for frame in step.send:
+            await socket.send(frame)
         for event in step.events:
             actions.put_nowait(event)
 
@@ -287,7 +249,7 @@ class RouteWatch:
             log.info("approval closed", **self._log(tool_call_id=event.tool_call_id, reason=event.reason))
             await self._save_pending()
             if self.w.cards is not None:
-                await self.w.cards.close(event.tool_call_id, event.reason)
+                await self.w.cards.close(self.destination, event.tool_call_id, event.reason)
         elif isinstance(event, TurnEnded):
             task = asyncio.create_task(self._reply(event))
             self._replies.add(task)
@@ -299,7 +261,7 @@ class RouteWatch:
                              "route": self.route.name, "agent_id": request.agent_id,
                              "conversation_id": request.conversation_id, "connection_id": self.connection_id},
                             separators=(",", ":"))
-        key = request_key(request.agent_id, request.tool_call_id)
+        key = tool_call_key(request.agent_id, request.conversation_id, request.tool_call_id)
         await self.w.queue.put_record(REQUEST_KIND, key, record, RECORD_TTL)
         await self._save_pending()
         where = await self._card_place(request)
@@ -380,24 +342,21 @@ class RouteWatch:
         await self.w.queue.put_record(PENDING_KIND, self.route.name, value, RECORD_TTL)
 
 
-async def _read(channel: str, socket: ClientConnection,
-                inbox: asyncio.Queue[tuple[str, str | bytes | None]]) -> None:
+async def _read(socket: ClientConnection, inbox: asyncio.Queue[str | bytes | None]) -> None:
     try:
         async for message in socket:
-            inbox.put_nowait((channel, message))
+            inbox.put_nowait(message)
     except ConnectionClosed:
         pass
     finally:
-        inbox.put_nowait((channel, None))
+        inbox.put_nowait(None)
 
 
-def watcher_for(settings: Settings, redis: Any, queue: Queue, letta: Resolver, slack: Any, github: Any, *,
-                base_url: str | None = None, api_key: str | None = None) -> Watcher:
+def watcher_for(settings: Settings, redis: Any, queue: Queue, letta: Letta, slack: Any, github: Any) -> Watcher:
     """A Watcher with relay's own cards, origins and replier (what `relay watch` and `relay dev` run)."""
     from relay.cards import cards_for
     from relay.origins import Origins
     from relay.replies import Replier
 
     return Watcher(settings, queue, letta, cards_for(settings, queue, slack),
-                   Origins(redis, settings.key_prefix, settings.origin_ttl), Replier(slack, github),
-                   base_url=base_url, api_key=api_key)
+                   Origins(redis, settings.key_prefix, settings.origin_ttl), Replier(slack, github))

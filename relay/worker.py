@@ -30,7 +30,7 @@ from relay.errors import QueueUnavailable
 from relay.logs import fields
 from relay.messages import Envelope
 from relay.metrics import Metrics
-from relay.policy import Backoff, DeadLetter, Delivered, Outcome, Retry, decide
+from relay.policy import Backoff, DeadLetter, Delivered, Outcome, Retry, Settled, decide
 from relay.queue import PARTITIONS, Head, Queue, Token
 from relay.origins import Origins
 from relay.replies import Replier
@@ -312,15 +312,22 @@ class Worker:
                           backoff=self.backoff, rng=self.rng)
         context = envelope.log_fields() | {"attempt": attempt}
         if isinstance(decision, Delivered):
-            self.metrics.attempt("delivered", outcome.status, took)
+            self.metrics.attempt("delivered", outcome.status, took, outcome.answered)
             self.metrics.end_to_end.observe(max(0.0, now - envelope.received_at))
             ok = await self._queue_op(lambda: self.queue.done(token, envelope.client_message_id))
             log.info("delivered", extra=fields(**context, status=outcome.status))
             if ok:
                 await self._remember(envelope)
                 await self.replier.delivered(envelope)
+        elif isinstance(decision, Settled):
+            # The device has no such pending request: nothing to send, ever. Done, and said so.
+            self.metrics.attempt("settled", outcome.status, took, outcome.answered)
+            ok = await self._queue_op(lambda: self.queue.done(token, envelope.client_message_id))
+            log.info("settled without delivery", extra=fields(**context, reason=decision.reason))
+            if ok:
+                await self.replier.settled(envelope, decision.reason)
         elif isinstance(decision, Retry):
-            self.metrics.attempt("retry", outcome.status, took)
+            self.metrics.attempt("retry", outcome.status, took, outcome.answered)
             if decision.reresolve:
                 self.letta.forget(envelope.destination)
             if decision.pause_until:
@@ -332,7 +339,7 @@ class Worker:
                                                         retry_in=round(decision.at - now, 3)))
         else:
             assert isinstance(decision, DeadLetter)
-            self.metrics.attempt("dead_letter", outcome.status, took)
+            self.metrics.attempt("dead_letter", outcome.status, took, outcome.answered)
             self.metrics.dead_lettered(decision.code)
             failed = envelope.after_failure(decision.reason)
             ok = await self._queue_op(lambda: self.queue.dead_letter(token, failed, decision.reason, decision.code))

@@ -1,0 +1,331 @@
+"""What `relay watch` learns from one agent conversation's status socket, without I/O.
+
+One `Session` follows one agent conversation. The I/O shell (`watch.py`) feeds it every text
+frame with the time, sends what it returns, and calls `tick` at `next_deadline()`. The session:
+
+- acks every sequenced frame, drops duplicates (`idempotency_key`), and ignores frames of other
+  agents or conversations (a device serves several over one connection);
+- asks for a `sync` when the socket (re)opens, never after a hole in `event_seq`: the device
+  numbers its events across all its conversations, so a hole is another conversation's event;
+- tracks the approvals the device is waiting on: `ApprovalRequested` once per request id,
+  `ApprovalClosed` when the tool call went ahead anyway ("answered elsewhere") or the request
+  left the device's pending list ("no longer pending");
+- assembles each turn's assistant messages from `stream_delta` chunks (a subagent's output is
+  skipped), matches the turn's runs to the `client_message_id`s they consumed (loop status
+  `client_message_ids_by_run_id`), and reports `TurnEnded` on `turn_finished`, as Letta's own
+  gateway does, with its stop reason and error.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+from relay.messages import ApprovalRequest
+from relay.status_frames import (
+    ANSWERED_ELSEWHERE,
+    NO_LONGER_PENDING,
+    ack,
+    decode,
+    is_for,
+    requests_in,
+    runtime_of,
+    sequence_number,
+    sync,
+)
+
+#: An approval request seen before its turn's messages are known (a sync after a reconnect
+#: replays pending requests before the loop status) waits this long for them, to find its thread.
+HOLD_GRACE = 0.5
+SEEN_KEYS = 1000
+REMEMBERED_RUNS = 512
+
+#: Stop reasons after which the turn goes on (an approval is a continuation, not an end).
+CONTINUATION = frozenset({"requires_approval"})
+#: Stream deltas that show a tool call went ahead.
+TOOL_WENT_AHEAD = frozenset({"tool_return_message", "client_tool_start", "client_tool_end"})
+
+
+@dataclass(frozen=True)
+class ApprovalRequested:
+    request: ApprovalRequest
+
+
+@dataclass(frozen=True)
+class ApprovalClosed:
+    tool_call_id: str
+    request_id: str
+    reason: str  # ANSWERED_ELSEWHERE or NO_LONGER_PENDING
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    client_message_ids: tuple[str, ...]
+    texts: tuple[str, ...]  # the assistant messages, in order; never a subagent's
+    stop_reason: str | None
+    run_ids: tuple[str, ...] = ()
+    error: str | None = None  # turn_finished's error, else the last loop_error's message
+
+
+Event = ApprovalRequested | ApprovalClosed | TurnEnded
+
+
+@dataclass
+class Step:
+    events: list[Event] = field(default_factory=list)
+    send: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Turn:
+    run_ids: list[str] = field(default_factory=list)
+    client_message_ids: list[str] = field(default_factory=list)
+    messages: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)
+    stop_reason: str | None = None
+    error: str | None = None
+
+    def add_ids(self, ids: Iterable[str]) -> None:
+        for message_id in ids:
+            if message_id not in self.client_message_ids:
+                self.client_message_ids.append(message_id)
+
+    def texts(self) -> tuple[str, ...]:
+        return tuple(t for t in ("".join(chunks).strip() for chunks in self.messages.values()) if t)
+
+
+class _Bounded(OrderedDict[str, Any]):
+    """An insertion-ordered map that forgets its oldest entries past `size`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: Any = True) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class Session:
+    def __init__(self, agent_id: str, conversation_id: str | None = None, *,
+                 known_pending: Iterable[ApprovalRequest] = (), hold_grace: float = HOLD_GRACE) -> None:
+        self.runtime = runtime_of(agent_id, conversation_id)
+        self.hold_grace = hold_grace
+        self._pending: dict[str, ApprovalRequest] = {r.request_id: r for r in known_pending}
+        self._held: dict[str, float] = {}  # request_id → when first seen, not yet announced
+        self._closed = _Bounded(SEEN_KEYS)
+        self._seen = _Bounded(SEEN_KEYS)
+        self._run_messages = _Bounded(REMEMBERED_RUNS)  # run_id → [client_message_id]
+        self._settled = _Bounded(REMEMBERED_RUNS)
+        self._turn: _Turn | None = None
+        self._ids = itertools.count(1)
+
+    # -- what the shell asks -------------------------------------------------------------
+
+    @property
+    def pending(self) -> dict[str, ApprovalRequest]:
+        return dict(self._pending)
+
+    def connected(self) -> Step:
+        """The socket is (again) open: ask for the current state."""
+        return Step(send=[sync(self.runtime, f"relay-sync-{next(self._ids)}")])
+
+    def next_deadline(self) -> float:
+        return min((since + self.hold_grace for since in self._held.values()), default=float("inf"))
+
+    def tick(self, now: float) -> Step:
+        step = Step()
+        self._release(step, lambda since: now >= since + self.hold_grace)
+        return step
+
+    def receive(self, text: str | bytes, now: float) -> Step:
+        step = Step()
+        frame = decode(text)
+        if frame is None:
+            return step
+        seq = sequence_number(frame)
+        if seq is not None:
+            step.send.append(ack(seq))
+        key = frame.get("idempotency_key")
+        if isinstance(key, str) and key:
+            if key in self._seen:
+                return step
+            self._seen.put(key)
+        if not is_for(frame, self.runtime):
+            return step
+        handler = _HANDLERS.get(frame["type"])
+        if handler is not None:
+            handler(self, frame, now, step)
+        if self._held:
+            self._release(step)
+        return step
+
+    # -- frames --------------------------------------------------------------------------
+
+    def _on_requests(self, frame: dict[str, Any], now: float, step: Step) -> None:
+        shown = requests_in(frame, self.runtime)
+        if shown is None:
+            return
+        for request in shown:
+            self._ask(request, now, step)
+        if frame["type"] == "update_device_status":  # the whole pending list: the rest ended
+            listed = {r.request_id for r in shown}
+            for request_id in [r for r in self._pending if r not in listed]:
+                self._close(request_id, NO_LONGER_PENDING, step)
+
+    def _on_loop_status(self, frame: dict[str, Any], now: float, step: Step) -> None:
+        loop = frame.get("loop_status")
+        if not isinstance(loop, dict):
+            return
+        by_run = loop.get("client_message_ids_by_run_id")
+        if isinstance(by_run, dict):
+            for run_id, ids in by_run.items():
+                if isinstance(run_id, str) and isinstance(ids, list):
+                    self._run_messages.put(run_id, _strings(ids))
+        for run_id in _strings(loop.get("active_run_ids")):
+            self._touch(run_id)
+        if self._turn is not None:
+            for run_id in self._turn.run_ids:
+                self._turn.add_ids(self._run_messages.get(run_id, ()))
+
+    def _on_turn_finished(self, frame: dict[str, Any], now: float, step: Step) -> None:
+        run_id = frame.get("run_id") if isinstance(frame.get("run_id"), str) else None
+        turn = self._touch(run_id) if run_id else (self._turn or self._start())
+        if turn is None:
+            return  # a turn already reported (a replay after a sync)
+        reason, error = frame.get("stop_reason"), frame.get("error")
+        turn.stop_reason = reason if isinstance(reason, str) else turn.stop_reason
+        turn.error = error if isinstance(error, str) and error else turn.error
+        step.events.append(self._finish())
+
+    def _on_stream_delta(self, frame: dict[str, Any], now: float, step: Step) -> None:
+        delta = frame.get("delta")
+        if not isinstance(delta, dict):
+            return
+        kind = delta.get("message_type")
+        if kind in TOOL_WENT_AHEAD:
+            self._went_ahead(_tool_call_id(delta), step)
+        if frame.get("subagent_id"):
+            return  # a subagent's output is not the agent's reply
+        run_id = delta.get("run_id") if isinstance(delta.get("run_id"), str) else None
+        if kind == "loop_error" and not delta.get("is_terminal"):
+            return  # a notice about one input (a refused command), not about the turn
+        turn = self._touch(run_id) if run_id else (self._turn or self._start())
+        if turn is None:
+            return  # a late frame of a run already reported
+        if kind == "assistant_message":
+            text = _text(delta.get("content"))
+            if text:
+                turn.messages.setdefault(str(delta.get("id") or delta.get("otid") or "-"), []).append(text)
+        elif kind == "stop_reason" and isinstance(delta.get("stop_reason"), str):
+            if delta["stop_reason"] not in CONTINUATION:
+                turn.stop_reason = delta["stop_reason"]
+        elif kind == "loop_error":
+            turn.add_ids(_strings(delta.get("client_message_ids")))
+            message = delta.get("message")
+            turn.error = message if isinstance(message, str) and message else turn.error
+
+    # -- approvals -----------------------------------------------------------------------
+
+    def _ask(self, request: ApprovalRequest, now: float, step: Step) -> None:
+        if request.request_id in self._pending or request.request_id in self._closed:
+            return
+        turn = self._turn
+        if turn is not None and turn.client_message_ids:
+            request = replace(request, turn_message_id=turn.client_message_ids[0])
+        self._pending[request.request_id] = request
+        if request.turn_message_id is None and self.hold_grace > 0:
+            self._held[request.request_id] = now
+        else:
+            step.events.append(ApprovalRequested(request))
+
+    def _release(self, step: Step, due: Callable[[float], bool] = lambda since: False) -> None:
+        """Announce held requests: those whose turn is now known, and those `due`."""
+        turn = self._turn
+        known = turn.client_message_ids[0] if turn is not None and turn.client_message_ids else None
+        for request_id, since in list(self._held.items()):
+            if known is None and not due(since):
+                continue
+            del self._held[request_id]
+            if known is not None:
+                self._pending[request_id] = replace(self._pending[request_id], turn_message_id=known)
+            step.events.append(ApprovalRequested(self._pending[request_id]))
+
+    def _close(self, request_id: str, reason: str, step: Step) -> None:
+        request = self._pending.pop(request_id)
+        self._closed.put(request_id)
+        if self._held.pop(request_id, None) is None:  # never announced: nothing to close
+            step.events.append(ApprovalClosed(request.tool_call_id, request_id, reason))
+
+    def _went_ahead(self, tool_call_id: str | None, step: Step) -> None:
+        for request_id, request in list(self._pending.items()):
+            if tool_call_id and request.tool_call_id == tool_call_id:
+                self._close(request_id, ANSWERED_ELSEWHERE, step)
+
+    # -- turns ---------------------------------------------------------------------------
+
+    def _start(self) -> _Turn:
+        self._turn = _Turn()
+        return self._turn
+
+    def _touch(self, run_id: str) -> _Turn | None:
+        """The turn a run belongs to (starting one); None for a run already reported."""
+        if run_id in self._settled:
+            return None
+        turn = self._turn or self._start()
+        if run_id not in turn.run_ids:
+            turn.run_ids.append(run_id)
+        turn.add_ids(self._run_messages.get(run_id, ()))
+        return turn
+
+    def _finish(self) -> TurnEnded:
+        turn = self._turn
+        assert turn is not None
+        self._turn = None
+        for run_id in turn.run_ids:
+            turn.add_ids(self._run_messages.get(run_id, ()))
+            self._settled.put(run_id)
+        return TurnEnded(tuple(turn.client_message_ids), turn.texts(), turn.stop_reason, tuple(turn.run_ids),
+                         turn.error)
+
+
+_HANDLERS = {
+    "control_request": Session._on_requests,
+    "update_device_status": Session._on_requests,
+    "update_loop_status": Session._on_loop_status,
+    "turn_finished": Session._on_turn_finished,
+    "stream_delta": Session._on_stream_delta,
+}
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str) and v] if isinstance(value, list) else []
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or a list of parts with `text`."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    parts = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append(part)
+        elif isinstance(part, dict) and isinstance(part.get("text"), str):
+            parts.append(part["text"])
+    return "".join(parts)
+
+
+def _tool_call_id(delta: dict[str, Any]) -> str | None:
+    found = delta.get("tool_call_id")
+    if isinstance(found, str):
+        return found
+    returns = delta.get("tool_returns")
+    if isinstance(returns, list) and returns and isinstance(returns[0], dict):
+        inner = returns[0].get("tool_call_id")
+        return inner if isinstance(inner, str) else None
+    return None
