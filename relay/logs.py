@@ -84,3 +84,7 @@ def configure(level: str = "INFO", log_format: str = "json") -> None:
     root.setLevel(level)
     # httpx logs every request URL at INFO; keep our own lines the ones an operator reads.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # At DEBUG, websockets writes every handshake header (a bearer token among them), for
+    # uvicorn's WebSocket side as "uvicorn.error" and for clients as "websockets.*".
+    for name in ("uvicorn.error", "websockets"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))

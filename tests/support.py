@@ -167,11 +167,15 @@ def clear_relay_env(monkeypatch: Any) -> None:
 async def running_worker(redis_client: Any, prefix: str, settings: Settings, letta_url: str, *,
                          consumer: str = "worker-1", replier: Replier | None = None,
                          metrics: Metrics | None = None) -> AsyncIterator[Worker]:
-    """A worker delivering to `letta_url` for the duration of the block; stopped like SIGTERM."""
+    """A worker delivering to `letta_url` for the duration of the block, as `relay worker` does
+    (approvals over the status socket); stopped like SIGTERM."""
+    from relay.approval_delivery import Deliverer
+
     queue = Queue(redis_client, prefix=prefix, consumer=consumer)
     letta = LettaClient(letta_url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none(),
                         metrics=metrics)
-    worker = Worker(queue, letta, settings, poll_interval=0.01, replier=replier, metrics=metrics)
+    worker = Worker(queue, Deliverer(letta, settings, records=queue, answer_timeout=settings.letta_timeout),
+                    settings, poll_interval=0.01, replier=replier, metrics=metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

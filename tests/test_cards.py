@@ -126,8 +126,8 @@ async def test_a_card_slack_refused_can_be_asked_for_again(cards: Cards, slack_s
 async def test_closing_shows_the_note_and_removes_the_buttons_once(cards: Cards, slack_settings: Settings,
                                                                    slack_stand_in: SlackStandIn) -> None:
     card, _ = await cards.ask(incidents(slack_settings), request(), SLACK_CHANNEL, THREAD)
-    assert await cards.close("toolu_01", "Answered in the terminal.") is True
-    assert await cards.close("toolu_01", "Answered in the terminal.") is False  # idempotent
+    assert await cards.close(incidents(slack_settings).destination, "toolu_01", "Answered in the terminal.") is True
+    assert await cards.close(incidents(slack_settings).destination, "toolu_01", "Answered in the terminal.") is False  # idempotent
     [update] = slack_stand_in.of("chat.update")
     assert (update.body["channel"], update.body["ts"]) == (SLACK_CHANNEL, card.ts)
     assert buttons(update.body) == []
@@ -136,9 +136,22 @@ async def test_closing_shows_the_note_and_removes_the_buttons_once(cards: Cards,
     assert stored is not None and stored.closed == "Answered in the terminal."
 
 
-async def test_closing_a_tool_call_without_a_card_does_nothing(cards: Cards, slack_stand_in: SlackStandIn) -> None:
-    assert await cards.close("toolu_unknown", "gone") is False
+async def test_closing_a_tool_call_without_a_card_does_nothing(cards: Cards, slack_settings: Settings,
+                                                              slack_stand_in: SlackStandIn) -> None:
+    assert await cards.close(incidents(slack_settings).destination, "toolu_unknown", "gone") is False
     assert slack_stand_in.calls == []
+
+
+async def test_closing_one_agents_tool_call_leaves_another_agents_card_with_the_same_id_open(
+        cards: Cards, slack_settings: Settings, slack_stand_in: SlackStandIn) -> None:
+    from relay.routing import Destination
+
+    card, _ = await cards.ask(incidents(slack_settings), request(), SLACK_CHANNEL, THREAD)
+    other_agent = Destination(agent_id="agent-other", device_id="device-other")
+    assert await cards.close(other_agent, "toolu_01", "answered elsewhere") is False
+    stored = await cards.load(card.card_id)
+    assert stored is not None and stored.closed is None
+    assert slack_stand_in.of("chat.update") == []
 
 
 async def test_a_card_posted_through_post_approvals_can_be_closed_too(cards: Cards, slack_settings: Settings,
@@ -148,7 +161,7 @@ async def test_a_card_posted_through_post_approvals_can_be_closed_too(cards: Car
     body = json.dumps({"tool_call_id": "toolu_09", "tool_name": "bash", "route": "incidents",
                        "channel": SLACK_CHANNEL}).encode()
     card, _ = await cards.post(parse_card_request(body, Router(slack_settings.routes)))
-    assert await cards.close("toolu_09", "no longer pending") is True
+    assert await cards.close(incidents(slack_settings).destination, "toolu_09", "no longer pending") is True
     assert len(slack_stand_in.of("chat.update")) == 1
 
 
@@ -156,9 +169,9 @@ async def test_a_decided_card_is_closed_only_when_asked_to(cards: Cards, slack_s
                                                           slack_stand_in: SlackStandIn) -> None:
     card, _ = await cards.ask(incidents(slack_settings), request(), SLACK_CHANNEL, THREAD)
     await cards.decide(card, source.Decision(approve=True, user=APPROVER, user_name="bob", at=1700000001.0))
-    assert await cards.close("toolu_01", "answered elsewhere") is False
+    assert await cards.close(incidents(slack_settings).destination, "toolu_01", "answered elsewhere") is False
     assert slack_stand_in.of("chat.update") == []
-    assert await cards.close("toolu_01", "The device no longer waited for this decision.", decided_too=True)
+    assert await cards.close(incidents(slack_settings).destination, "toolu_01", "The device no longer waited for this decision.", decided_too=True)
     [update] = slack_stand_in.of("chat.update")
     shown = json.dumps(update.body["blocks"])
     assert f"<@{APPROVER}>" in shown and "no longer waited" in shown and buttons(update.body) == []
@@ -167,7 +180,7 @@ async def test_a_decided_card_is_closed_only_when_asked_to(cards: Cards, slack_s
 async def test_asking_again_for_a_closed_request_opens_its_card_again(cards: Cards, slack_settings: Settings,
                                                                       slack_stand_in: SlackStandIn) -> None:
     card, _ = await cards.ask(incidents(slack_settings), request(), SLACK_CHANNEL, THREAD)
-    await cards.close("toolu_01", "no longer pending")
+    await cards.close(incidents(slack_settings).destination, "toolu_01", "no longer pending")
     again, created = await cards.ask(incidents(slack_settings), request("req-2"), SLACK_CHANNEL, THREAD)
     assert created is False and again.closed is None and again.ts == card.ts
     reopened = slack_stand_in.of("chat.update")[-1]
@@ -189,7 +202,7 @@ async def test_a_click_on_a_closed_card_is_answered_no_longer_pending_and_queues
         http: httpx.AsyncClient, cards: Cards, queue: Queue, slack_settings: Settings,
         slack_stand_in: SlackStandIn) -> None:
     card, _ = await cards.ask(incidents(slack_settings), request(), SLACK_CHANNEL, THREAD)
-    await cards.close("toolu_01", "answered elsewhere")
+    await cards.close(incidents(slack_settings).destination, "toolu_01", "answered elsewhere")
     response = await click(http, slack_stand_in, card.card_id, key="late")
     assert response.status_code == 200
     assert await queued(queue) == []
@@ -202,7 +215,7 @@ async def test_a_click_on_a_closed_card_is_answered_no_longer_pending_and_queues
 async def test_a_reason_submitted_after_the_card_closed_is_refused_in_the_form(
         http: httpx.AsyncClient, cards: Cards, queue: Queue, slack_settings: Settings) -> None:
     card, _ = await cards.ask(incidents(slack_settings), request(), SLACK_CHANNEL, THREAD)
-    await cards.close("toolu_01", "no longer pending")
+    await cards.close(incidents(slack_settings).destination, "toolu_01", "no longer pending")
     response = await submit_reason(http, card.card_id, "not now")
     assert response.json()["response_action"] == "errors"
     assert "no longer pending" in response.json()["errors"]["reason"]

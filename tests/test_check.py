@@ -268,7 +268,6 @@ device_id = "device-test"
 teams = ["T0001"]
 
 [routes.ops.watch]
-approvals = "socket"
 """
 
 

@@ -71,12 +71,11 @@ def test_watch_refuses_to_start_when_no_route_opts_in(env: Any, capsys: Any) -> 
     assert code == 2 and err.count("\n") == 1 and "[routes.NAME.watch]" in err
 
 
-def test_watch_opens_the_status_sockets_of_opted_in_routes_and_stops_on_sigterm(
+def test_watch_opens_the_status_socket_of_opted_in_routes_and_stops_on_sigterm(
         tmp_path: Path, real_redis_url: str, prefix: str) -> None:
     from relay.standin import Device, LettaStandIn
-    from tests.letta_socket_standin import StatusSocketStandIn
 
-    sockets = StatusSocketStandIn(LettaStandIn([Device("device-w", "w-box", "conn-w")]), "real-key")
+    sockets = LettaStandIn([Device("device-w", "w-box", "conn-w")], api_key="real-key")
     routes = tmp_path / "routes.toml"
     routes.write_text('[routes.ops]\nagent_id = "agent-w"\ndevice_id = "device-w"\n\n'
                       '[routes.ops.watch]\nslack_channel = "C0OPS"\n')
@@ -86,14 +85,15 @@ def test_watch_opens_the_status_sockets_of_opted_in_routes_and_stops_on_sigterm(
                                                            LETTA_API_KEY="real-key", LETTA_BASE_URL=server.url,
                                                            RELAY_ROUTES=str(routes)))
         try:
-            assert sockets.wait_for_open(2, ("agent-w", "default"), timeout=20), (tmp_path / "err").read_text()
+            assert sockets.wait_for_open(1, ("agent-w", "default"), timeout=20), (tmp_path / "err").read_text()
         finally:
             watch.send_signal(signal.SIGTERM)
             code = watch.wait(timeout=30)
             asyncio.run(_cleanup(real_redis_url, prefix))
     assert code == 0, (tmp_path / "err").read_text()
     log = (tmp_path / "err").read_text()
-    assert "status sockets open" in log and "watch stopped" in log and "real-key" not in log
+    assert "status socket open" in log and "watch stopped" in log and "real-key" not in log
+    assert sockets.refused == []
 
 
 def test_serve_refuses_to_start_without_a_source_secret(env: Any, capsys: Any) -> None:
@@ -343,7 +343,7 @@ def test_relay_dev_runs_the_watcher_for_routes_that_opt_in(tmp_path: Path) -> No
                       '[routes.default.watch]\nslack_channel = "C0DEV"\n')
     with relay_dev(tmp_path, RELAY_ROUTES=str(routes)) as url:
         deadline = time.monotonic() + 15
-        while b"status sockets open" not in (tmp_path / "err").read_bytes():
+        while b"status socket open" not in (tmp_path / "err").read_bytes():
             assert time.monotonic() < deadline, (tmp_path / "err").read_text()
             time.sleep(0.1)
         send(url, "hello watcher")

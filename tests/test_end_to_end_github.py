@@ -37,6 +37,8 @@ async def test_mention_in_a_comment_reaches_the_agent_and_the_comment_gets_react
         relay_web: str, real_redis: Any, prefix: str, github_settings: Settings,
         stand_in: tuple[LettaStandIn, str], github_stand_in: GitHubStandIn) -> None:
     letta, letta_url = stand_in
+    device = letta.simulated()
+    request_id = device.request_approval(("agent-hello", "default"), "toolu_09")
     github = GitHubApi("ghp_test_token", base_url=github_stand_in.base_url)
     async with running_worker(real_redis, prefix, github_settings, letta_url, replier=Replier(None, github)):
         raw = json.dumps(comment_payload("@agent please triage\n/approve toolu_09")).encode()
@@ -47,12 +49,13 @@ async def test_mention_in_a_comment_reaches_the_agent_and_the_comment_gets_react
             answer = await http.post(f"{relay_web}/github/webhook", content=raw, headers=headers)
             again = await http.post(f"{relay_web}/github/webhook", content=raw, headers=headers)  # redelivery
         assert answer.status_code == 202 and again.json()["duplicate"] is True
-        assert await asyncio.to_thread(letta.wait_for, lambda s: len(s.delivered()) == 2, 15)
+        assert await asyncio.to_thread(letta.wait_for, lambda s: len(s.delivered()) == 1, 15)
         assert await asyncio.to_thread(github_stand_in.wait_for,
                                        lambda s: s.contents().count("rocket") == 2, 15)
     await github.aclose()
-    approval, comment = (a.body["messages"][0] for a in letta.delivered())
-    assert approval == {"type": "approval", "approvals": [{"type": "approval", "tool_call_id": "toolu_09",
-                                                           "approve": True}]}
+    [decision] = device.decisions  # the /approve line: one approval_response, over the status socket
+    assert (decision.scope, decision.request_id, decision.behavior) == (("agent-hello", "default"), request_id,
+                                                                        "allow")
+    [comment] = letta.delivered()[0].body["messages"]  # the mention: a message, over REST
     assert comment["role"] == "user" and REPOSITORY in comment["content"]
     assert github_stand_in.contents() == ["eyes", "rocket", "rocket"]

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from relay.cards import cards_for
 from relay.queue import Queue, connect
 from relay.replies import Replier
 from relay.settings import Settings
@@ -38,7 +39,8 @@ def relay_web(real_redis_url: str, prefix: str, slack_settings: Settings, slack_
 async def worker(real_redis: Any, prefix: str, settings: Settings, letta_url: str,
                  slack_stand_in: SlackStandIn) -> AsyncIterator[None]:
     slack = SlackApi(settings.slack_bot_token, base_url=slack_stand_in.api_url)
-    async with running_worker(real_redis, prefix, settings, letta_url, replier=Replier(slack)):
+    cards = cards_for(settings, Queue(real_redis, prefix=prefix), slack)
+    async with running_worker(real_redis, prefix, settings, letta_url, replier=Replier(slack, cards=cards)):
         yield
     await slack.aclose()
 
@@ -73,33 +75,63 @@ async def test_slash_command_reaches_the_agent_and_slack_hears_it_was_delivered(
     assert "Delivered to agent `agent-incidents`" in slack_stand_in.responses("cmd")[0]["text"]
 
 
-async def test_approval_card_click_reaches_the_agent_as_an_approval(
+INCIDENTS = ("agent-incidents", "default")  # the incidents route's conversation, on device-test
+
+
+async def click_approve(relay_web: str, slack_stand_in: SlackStandIn, card_id: str, key: str) -> httpx.Response:
+    payload = {"type": "block_actions", "user": {"id": APPROVER, "username": "bob", "team_id": SLACK_TEAM},
+               "team": {"id": SLACK_TEAM}, "trigger_id": "9.9.9", "response_url": slack_stand_in.response_url(key),
+               "actions": [{"action_id": source.ACTION_APPROVE, "value": card_id, "type": "button"}]}
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    return await asyncio.to_thread(slack_post, relay_web, "/slack/interactions", body,
+                                   "application/x-www-form-urlencoded")
+
+
+async def post_card(relay_web: str, tool_call_id: str) -> str:
+    async with httpx.AsyncClient() as http:
+        card = await http.post(f"{relay_web}/approvals", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
+                               json={"tool_call_id": tool_call_id, "tool_name": "deploy",
+                                     "arguments": {"env": "prod"}, "route": "incidents", "channel": SLACK_CHANNEL})
+    assert card.status_code == 201
+    return str(card.json()["card_id"])
+
+
+async def test_a_card_click_reaches_the_device_as_one_accepted_approval_response(
         relay_web: str, real_redis: Any, prefix: str, slack_settings: Settings,
         stand_in: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
     letta, letta_url = stand_in
+    device = letta.simulated()
+    request_id = device.request_approval(INCIDENTS, "toolu_42", "deploy", {"env": "prod"})
     async with worker(real_redis, prefix, slack_settings, letta_url, slack_stand_in):
-        async with httpx.AsyncClient() as http:
-            card = await http.post(f"{relay_web}/approvals", headers={"authorization": f"Bearer {ADMIN_TOKEN}"},
-                                   json={"tool_call_id": "toolu_42", "tool_name": "deploy",
-                                         "arguments": {"env": "prod"}, "route": "incidents",
-                                         "channel": SLACK_CHANNEL})
-        assert card.status_code == 201
-        payload = {"type": "block_actions", "user": {"id": APPROVER, "username": "bob", "team_id": SLACK_TEAM},
-                   "team": {"id": SLACK_TEAM}, "trigger_id": "9.9.9", "response_url": slack_stand_in.response_url("click"),
-                   "actions": [{"action_id": source.ACTION_APPROVE, "value": card.json()["card_id"], "type": "button"}]}
-        body = urlencode({"payload": json.dumps(payload)}).encode()
-        clicked = await asyncio.to_thread(slack_post, relay_web, "/slack/interactions", body,
-                                          "application/x-www-form-urlencoded")
-        assert clicked.status_code == 200
-        await wait(lambda t: letta.wait_for(lambda s: len(s.delivered()) == 1, t))
-    [attempt] = letta.delivered()
-    assert attempt.body == {
-        "messages": [{"type": "approval", "approvals": [
-            {"type": "approval", "tool_call_id": "toolu_42", "approve": True}]}],
-        "agentId": "agent-incidents",
-    }
+        card_id = await post_card(relay_web, "toolu_42")
+        assert (await click_approve(relay_web, slack_stand_in, card_id, "click")).status_code == 200
+        assert (await click_approve(relay_web, slack_stand_in, card_id, "again")).status_code == 200
+        await wait(lambda t: letta.wait_for(lambda s: len(device.decisions) == 1, t))
+        await asyncio.sleep(0.3)
+    [decision] = device.decisions
+    assert (decision.scope, decision.request_id, decision.behavior) == (INCIDENTS, request_id, "allow")
+    assert letta.attempts == [] and device.violations == []
     [replaced] = slack_stand_in.responses("click")
     assert replaced["replace_original"] is True and "Approved" in replaced["text"]
+
+
+async def test_a_click_on_a_request_answered_in_the_terminal_closes_the_card_and_sends_nothing(
+        relay_web: str, real_redis: Any, prefix: str, slack_settings: Settings,
+        stand_in: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    letta, letta_url = stand_in
+    device = letta.simulated()
+    device.answer_elsewhere(INCIDENTS, device.request_approval(INCIDENTS, "toolu_43"))
+    async with worker(real_redis, prefix, slack_settings, letta_url, slack_stand_in):
+        card_id = await post_card(relay_web, "toolu_43")
+        assert (await click_approve(relay_web, slack_stand_in, card_id, "late")).status_code == 200
+        await wait(lambda t: slack_stand_in.wait_for(
+            lambda s: any("no longer pending" in json.dumps(c.body) for c in s.of("chat.update")), t))
+        await wait(lambda t: slack_stand_in.wait_for(
+            lambda s: any("no longer waiting" in c.body.get("text", "") for c in s.of("chat.postMessage")), t))
+    assert device.decisions == []
+    assert [c.frame["type"] for c in letta.commands] == ["sync"]  # it looked, and sent no decision
+    [closed] = [c for c in slack_stand_in.of("chat.update") if "no longer pending" in json.dumps(c.body)]
+    assert "actions" not in json.dumps(closed.body["blocks"])
 
 
 async def test_mention_reaches_the_agent_and_gets_a_check_mark(

@@ -907,23 +907,40 @@ def watched(body: str) -> Route:
     return load({"RELAY_ROUTES": ROUTES_PATH}, routes_file(watch_route(body))).routes[0]
 
 
-def test_a_watch_table_opts_the_route_in_with_rest_approvals_by_default() -> None:
+def test_a_watch_table_opts_the_route_in() -> None:
     from relay.routing import WatchRule
 
     route = watched("")
-    assert route.watch == WatchRule(enabled=True, slack_channel=None, approvals="rest")
-    assert route.watched and not route.approvals_by_socket
+    assert route.watch == WatchRule(enabled=True, slack_channel=None)
+    assert route.watched
 
 
-def test_a_watch_table_reads_channel_and_socket_approvals() -> None:
-    route = watched('slack_channel = "C0123ABC"\napprovals = "socket"\n')
+def test_a_watch_table_reads_its_channel() -> None:
+    route = watched('slack_channel = "C0123ABC"\n')
     assert route.watch is not None and route.watch.slack_channel == "C0123ABC"
-    assert route.watched and route.approvals_by_socket
+    assert route.watched
 
 
 def test_a_route_without_a_watch_table_is_not_watched() -> None:
     route = load({"RELAY_ROUTES": ROUTES_PATH}, routes_file(TWO_ROUTES)).routes[0]
-    assert route.watch is None and not route.watched and not route.approvals_by_socket
+    assert route.watch is None and not route.watched
+
+
+def test_approvals_go_over_the_status_socket_unless_a_route_chooses_rest() -> None:
+    routes = load({"RELAY_ROUTES": ROUTES_PATH}, routes_file(
+        TWO_ROUTES + '\n[routes.legacy]\nagent_id = "a"\ndevice_id = "d"\napprovals = "rest"\n')).routes
+    assert {route.name: route.approvals for route in routes} == {"ops": "socket", "support": "socket",
+                                                               "legacy": "rest"}
+
+
+def test_approvals_in_the_watch_table_point_to_the_route_setting() -> None:
+    message = routes_error(watch_route('approvals = "socket"\n'))
+    assert "[routes.ops.watch]" in message and "moved to the route" in message
+
+
+def test_an_unknown_approval_path_is_refused() -> None:
+    message = routes_error('[routes.ops]\nagent_id = "a"\ndevice_id = "d"\napprovals = "webhook"\n')
+    assert "[routes.ops]" in message and '"socket"' in message and '"rest"' in message
 
 
 def test_a_disabled_watch_table_is_not_watched() -> None:
@@ -933,10 +950,8 @@ def test_a_disabled_watch_table_is_not_watched() -> None:
 
 @pytest.mark.parametrize(("body", "words"), [
     ('chanel = "C0123ABC"\n', ["[routes.ops.watch]", "'chanel'", "slack_channel"]),
-    ('approvals = "webhook"\n', ["[routes.ops.watch]", "approvals", '"rest" or "socket"']),
     ('enabled = "yes"\n', ["[routes.ops.watch]", "enabled", "true or false"]),
     ('slack_channel = "#general"\n', ["[routes.ops.watch]", "slack_channel", "channel id"]),
-    ('enabled = false\napprovals = "socket"\n', ["[routes.ops.watch]", "socket", "enabled = true"]),
 ])
 def test_a_bad_watch_table_names_the_route_and_the_key(body: str, words: list[str]) -> None:
     message = routes_error(watch_route(body))

@@ -178,13 +178,25 @@ async def test_message_older_than_its_max_age_is_dead_lettered(queue: Queue, red
                                                                settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, url = stand_in
     standin.add_fault(503, times=None)
-    await queue.enqueue(approval("call-1"))
-    short = replace(settings, approval_max_age=0.3)
+    await queue.enqueue(message(1))
+    short = replace(settings, max_age=0.3)
     async with running_worker(redis_client, prefix, short, url):
         await until_dead(queue, 1)
     [dead] = await queue.dead_letters()
     assert dead.code == "expired" and "HTTP 503" in dead.reason
     assert len(standin.attempts) >= 2
+
+
+async def test_an_approval_older_than_its_max_age_is_dead_lettered(queue: Queue, redis_client: Any, prefix: str,
+                                                                   settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.simulated().inactive = 10_000  # a device that keeps answering "Runtime is no longer active"
+    await queue.enqueue(approval("call-1"))
+    short = replace(settings, approval_max_age=0.3)
+    async with running_worker(redis_client, prefix, short, url):
+        await until_dead(queue, 1)
+    [dead] = await queue.dead_letters()
+    assert dead.code == "expired" and "Runtime is no longer active" in dead.reason
 
 
 async def test_slow_live_delivery_is_not_taken_over(queue: Queue, redis_client: Any, prefix: str,

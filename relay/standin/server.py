@@ -231,6 +231,10 @@ class LettaStandIn(Watched):
         with self._changed:
             return [s for s in self.sockets if s.open]
 
+    def wait_for_open(self, count: int, scope: Scope, timeout: float = 10.0) -> bool:
+        """Wait until `count` status sockets of the conversation are open."""
+        return self.wait_for(lambda s: sum(1 for x in s.sockets if x.open and x.scope == scope) >= count, timeout)
+
     # -- the REST API ------------------------------------------------------------------------
 
     async def _health(self, request: Request) -> Response:

@@ -128,6 +128,7 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
     from relay.queue import Queue
 
     app = create_app(s, Queue(redis, prefix=prefix), slack_api=slack_api, github_api=github_api)
+    letta.simulated().request_approval(("agent-all", "default"), "t1", "x", {"note": BODY_MARKER})
     letta.add_fault(400, body={"detail": f"rejected {BODY_MARKER}"}, match=lambda b: "poison" in json.dumps(b))
     letta.add_fault(500)
     now = int(time.time())
@@ -173,12 +174,14 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
     worker_settings = replace(s, retry_base=0.01, retry_cap=0.05)
     letta_key = SECRETS["letta api key"]
     async with running_worker(redis, prefix, worker_settings, letta_url, replier=Replier(slack_api, github_api)) as w:
-        w.letta._http.headers["authorization"] = f"Bearer {letta_key}"  # the real key, as in production
+        w.letta.letta._http.headers["authorization"] = f"Bearer {letta_key}"  # the real key, as in production
+        w.letta.letta._api_key = letta_key  # and on the status socket the approval goes over
+        decisions = letta.simulated().decisions
         deadline = time.monotonic() + 15
-        while len(letta.delivered()) < 4 and time.monotonic() < deadline:
+        while (len(letta.delivered()) < 3 or not decisions) and time.monotonic() < deadline:
             import asyncio
             await asyncio.sleep(0.05)
-    assert len(letta.delivered()) >= 4
+    assert len(letta.delivered()) >= 3 and len(decisions) == 1
     await slack_api.aclose()
     await github_api.aclose()
     await redis.aclose()
