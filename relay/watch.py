@@ -180,6 +180,8 @@ class RouteWatch:
                 await self._pump(socket, stop, actions)
         except InvalidStatus as exc:
             log.warning("status socket refused", **self._log(status=exc.response.status_code))
+        except ConnectionClosed:
+            log.info("status socket closed; reconnecting", **self._log())
         except (OSError, TimeoutError, WebSocketException) as exc:
             log.warning("status socket failed", **self._log(error=f"{type(exc).__name__}: {exc}"))
         return opened

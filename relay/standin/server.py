@@ -519,6 +519,8 @@ class LettaStandIn(Watched):
         with self._changed:
             for sock in closing:
                 sock.open = False  # from now on, events wait for the next socket
+                if self.redeliver:
+                    self._buffer.setdefault((sock.connection_id, sock.scope), [])
             loop = self._loop
         for sock in closing:
             assert loop is not None
