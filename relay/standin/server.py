@@ -157,6 +157,7 @@ class LettaStandIn(Watched):
         self.sockets: list[Sock] = []
         self.commands: list[Command] = []
         self.refused: list[str] = []
+        self.device_frames: list[Frame] = []  # every frame a real (registered) device sent
         self._faults: list[Fault] = []
         self._echo = echo
         self._clock = clock
@@ -187,6 +188,15 @@ class LettaStandIn(Watched):
     def clear_faults(self) -> None:
         with self._changed:
             self._faults.clear()
+
+    def command_device(self, device_id: str, frame: Frame, timeout: float = 10.0) -> None:
+        """Send a device a command of the server's own (what a person at the device would do,
+        e.g. change_device_state); from a test thread, while the server runs."""
+        with self._changed:
+            device = next(d for d in self.devices if d.device_id == device_id)
+            loop = self._loop
+        assert loop is not None, "the server has not started yet"
+        asyncio.run_coroutine_threadsafe(self._to_device(device, frame), loop).result(timeout)
 
     def simulated(self, device_id: str | None = None) -> SimulatedDevice:
         """A simulated device, to script (the first one when no id is given)."""
@@ -330,6 +340,7 @@ class LettaStandIn(Watched):
             device.simulated.emit = lambda frame, d=device: self._from_device(d, frame)
 
     async def _register(self, request: Request) -> Response:
+        self._loop = asyncio.get_running_loop()
         if not self._authorized(request.headers.get("authorization", "")):
             return JSONResponse({"message": "unauthorized"}, status_code=401)
         try:
@@ -368,6 +379,9 @@ class LettaStandIn(Watched):
                 if frame.get("type") == "ping":
                     await ws.send_text(json.dumps({"type": "pong"}))
                 else:
+                    with self._changed:
+                        self.device_frames.append(frame)
+                        self._changed.notify_all()
                     self._from_device(device, frame)
         except (WebSocketDisconnect, RuntimeError, ValueError):
             pass
