@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = actions.add_parser("replay", help="queue dead letters again, keeping their client_message_id")
     replay.add_argument("ids", nargs="*", metavar="ID", help="client_message_id of each dead letter")
     replay.add_argument("--all", action="store_true", help="replay every dead letter")
+    replay.add_argument("--force", action="store_true",
+                        help="replay even a message an earlier attempt may have delivered over an hour ago "
+                             "(the device has forgotten its id by then: the agent may see it twice)")
     replay.set_defaults(run=cmd_dlq_replay)
     drop = actions.add_parser("drop", help="delete dead letters for good")
     drop.add_argument("ids", nargs="+", metavar="ID", help="client_message_id of each dead letter")
@@ -345,10 +348,10 @@ class _RedisDeadLetters:
 
         return [dead_letter_view(e) for e in await self.queue.dead_letters()]
 
-    async def apply(self, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
+    async def apply(self, verb: str, ids: list[str] | None, force: bool = False) -> Any:
         from relay.web.admin import settle
 
-        return await settle(self.queue, verb, ids)
+        return await settle(self.queue, verb, ids, force=force)
 
 
 class _HttpDeadLetters:
@@ -359,10 +362,15 @@ class _HttpDeadLetters:
         response = await self.http.get("/admin/dead-letters", headers=self.headers)
         return list(_admin_answer(response)["dead_letters"])
 
-    async def apply(self, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
-        body = {"all": True} if ids is None else {"ids": ids}
+    async def apply(self, verb: str, ids: list[str] | None, force: bool = False) -> Any:
+        from relay.web.admin import Settled
+
+        body: dict[str, Any] = {"all": True} if ids is None else {"ids": ids}
+        if force:
+            body["force"] = True
         data = _admin_answer(await self.http.post(f"/admin/dead-letters/{verb}", json=body, headers=self.headers))
-        return list(data["replayed" if verb == "replay" else "dropped"]), list(data["missing"])
+        return Settled(list(data["replayed" if verb == "replay" else "dropped"]), list(data["missing"]),
+                       list(data.get("held", [])))
 
 
 def _admin_answer(response: Any) -> dict[str, Any]:
@@ -426,16 +434,21 @@ def _dlq_apply(args: argparse.Namespace, verb: str, every: bool) -> int:
         return 2
 
     async def action(dead: Any) -> int:
+        from relay.web.admin import HELD_REASON
+
         ids = None if every else list(args.ids)
-        done, missing = await dead.apply(verb, ids)
+        out = await dead.apply(verb, ids, getattr(args, "force", False))
         state = {"replay": "replayed", "drop": "dropped"}[verb]
-        for message_id in done:
+        for message_id in out.done:
             print(f"{message_id}  {state}")
-        for message_id in sorted(set(ids or []) - set(done) - set(missing)):
+        for message_id in sorted(set(ids or []) - set(out.done) - set(out.missing) - set(out.held)):
             print(f"{message_id}  already gone")
-        for message_id in missing:
+        for message_id in out.missing:
             print(f"{message_id}  not found among dead letters", file=sys.stderr)
-        return 1 if missing else 0
+        for message_id in out.held:
+            print(f"{message_id}  NOT replayed: {HELD_REASON}; replay it anyway with "
+                  f"`relay dlq replay --force {message_id}`", file=sys.stderr)
+        return 1 if out.missing or out.held else 0
 
     return _with_dead_letters(args, action)
 

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 #: A Retry-After longer than this is treated as this (a misbehaving server cannot park work).
 MAX_RETRY_AFTER = 3600.0
+#: How long a Letta Code device remembers a client_message_id it accepted (0.34.12:
+#: ACCEPTED_INPUT_DISPOSITION_TTL_MS). relay remembers ids far longer (RELAY_DEDUP_WINDOW).
+DEVICE_DEDUP_WINDOW = 3600.0
 REASON_BODY_LIMIT = 500
 
 
@@ -185,3 +188,27 @@ def _duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds:.0f} s"
+
+
+def replay_may_repeat(kind: str, attempts: int, code: str, received_at: float, queued_at: float,
+                      now: float) -> bool:
+    """Could replaying this dead letter show the agent its message twice?
+
+    Only a user message an earlier attempt may have delivered (every attempt counts, unless the
+    one attempt was a plain refusal), once the device's own memory of its id may have lapsed:
+    the first attempt came after `received_at`, so after DEVICE_DEDUP_WINDOW from then it may
+    be forgotten. A replay of an approval is harmless: the device answers "no longer pending".
+    """
+    if kind != "user":
+        return False
+    attempted = attempts > 0 or queued_at > received_at  # a replayed message was attempted before it
+    refused_once = attempts == 1 and queued_at <= received_at and _plain_refusal(code)
+    return attempted and not refused_once and now - received_at > DEVICE_DEDUP_WINDOW
+
+
+def _plain_refusal(code: str) -> bool:
+    """A dead-letter code that says the server took nothing (a 4xx that is no connection problem)."""
+    if code == "refused":
+        return True
+    status = code.removeprefix("http_")
+    return status.isdigit() and 400 <= int(status) < 500 and int(status) not in (404, 408, 429)

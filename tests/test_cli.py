@@ -260,6 +260,36 @@ def test_dlq_replay_all_and_unknown_ids(dead_letters: list[str], capsys: Any) ->
     assert code == 0 and out.count("replayed") == 2
 
 
+def test_dlq_replay_of_a_message_the_device_may_have_forgotten_warns_and_says_how_to_force(
+        real_redis_url: str, prefix: str, env: Any, capsys: Any) -> None:
+    env.setenv("REDIS_URL", real_redis_url)
+    env.setenv("RELAY_KEY_PREFIX", prefix)
+
+    async def bury() -> str:
+        from dataclasses import replace as changed
+
+        queue = Queue(connect(real_redis_url), prefix=prefix, consumer="w")
+        await queue.ensure_groups()
+        message_id = client_message_id("test", "timed-out-long-ago")
+        envelope = envelope_for(Inbound("test", "t", message_id, user_message("x", message_id)),
+                                Route("r", Destination(agent_id="a", device_id="d")), time.time() - 7200)
+        await queue.enqueue(envelope)
+        [head] = await queue.fetch([t for p in range(PARTITIONS) for t in await queue.read(p, 10, 10)])
+        await queue.dead_letter(head.token, changed(envelope, attempts=4), "timeout: no answer", "expired")
+        await queue.redis.aclose()
+        return message_id
+
+    message_id = asyncio.run(bury())
+    try:
+        code, out, err = run_main(capsys, "dlq", "replay", message_id)
+        assert code == 1 and "replayed" not in out
+        assert "may see it twice" in err and f"relay dlq replay --force {message_id}" in err
+        code, out, _ = run_main(capsys, "dlq", "replay", "--force", message_id)
+        assert code == 0 and f"{message_id}  replayed" in out
+    finally:
+        asyncio.run(_cleanup(real_redis_url, prefix))
+
+
 def test_dlq_drop_deletes_for_good(dead_letters: list[str], capsys: Any) -> None:
     code, out, _ = run_main(capsys, "dlq", "drop", dead_letters[1])
     assert code == 0 and "dropped" in out

@@ -3,13 +3,17 @@
     GET  /admin/queue                       depths: ready, in flight, delayed, dead
     GET  /admin/stats                       Queue.stats(): messages by state, oldest age, reasons, failures
     GET  /admin/dead-letters                dead letters, oldest first
-    POST /admin/dead-letters/replay         {"ids": [...]} or {"all": true}; same client_message_id
+    POST /admin/dead-letters/replay         {"ids": [...]} or {"all": true}, and "force": true; same
+                                            client_message_id. Without force, a user message an earlier
+                                            attempt may have delivered more than an hour ago is held
+                                            back (the device forgets ids after an hour: it could run twice)
     POST /admin/dead-letters/drop           {"ids": [...]}
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -18,6 +22,7 @@ from starlette.routing import Route
 
 from relay.errors import BadRequest, QueueUnavailable
 from relay.metrics import Metrics
+from relay.policy import DEVICE_DEDUP_WINDOW, replay_may_repeat
 from relay.queue import DeadEntry, Queue
 from relay.settings import Settings
 from relay.sources.payloads import json_object
@@ -33,22 +38,49 @@ def dead_letter_view(entry: DeadEntry) -> dict[str, Any]:
             "kind": e.kind, "attempts": e.attempts}
 
 
-def requested_ids(body: bytes, allow_all: bool) -> list[str] | None:
-    """{"ids": [...]} → the ids; {"all": true} → None (every one). Raises BadRequest."""
+def requested_ids(body: bytes, allow_all: bool) -> tuple[list[str] | None, bool]:
+    """{"ids": [...]} → the ids; {"all": true} → None (every one); either with "force": true
+    when `allow_all` (replay). Raises BadRequest."""
     data = json_object(body)
+    force = data.pop("force", False) if allow_all else False
+    if force is not True and force is not False:
+        raise BadRequest("force must be true or false")
     if allow_all and set(data) == {"all"} and data["all"] is True:  # not `== {"all": True}`: 1 == True
-        return None
+        return None, force
     ids = data.get("ids")
     if set(data) != {"ids"} or not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise BadRequest('body must be {"ids": ["client_message_id", …]}' + (' or {"all": true}' if allow_all else ""))
-    return ids
+    return ids, force
 
 
-async def settle(queue: Queue, verb: str, ids: list[str] | None) -> tuple[list[str], list[str]]:
-    """Replay or drop the dead letters `ids` (None: every one) → (done, missing); `relay dlq` too."""
+@dataclass
+class Settled:
+    done: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)  # replays that could run twice; force to replay
+
+
+HELD_REASON = (f"an earlier attempt may have reached the device more than {DEVICE_DEDUP_WINDOW / 3600:g} h ago, "
+               "and the device forgets ids after that: the agent may see it twice")
+
+
+async def settle(queue: Queue, verb: str, ids: list[str] | None, *, force: bool = False,
+                 now: float | None = None) -> Settled:
+    """Replay or drop the dead letters `ids` (None: every one); `relay dlq` too."""
     chosen, missing = await queue.dead_by_id(ids)
-    act = queue.replay if verb == "replay" else queue.drop
-    return [e.client_message_id for e in chosen if await act(e)], missing
+    now = time.time() if now is None else now
+    out = Settled(missing=missing)
+    for entry in chosen:
+        if verb == "replay" and not force and _may_repeat(entry, now):
+            out.held.append(entry.client_message_id)
+        elif await (queue.replay(entry) if verb == "replay" else queue.drop(entry)):
+            out.done.append(entry.client_message_id)
+    return out
+
+
+def _may_repeat(entry: DeadEntry, now: float) -> bool:
+    e = entry.envelope
+    return replay_may_repeat(e.kind, e.attempts, entry.code, e.received_at, e.queued_at, now)
 
 
 def routes(settings: Settings, queue: Queue, metrics: Metrics) -> list[Route]:
@@ -76,12 +108,15 @@ def routes(settings: Settings, queue: Queue, metrics: Metrics) -> list[Route]:
         return JSONResponse({"dead_letters": [dead_letter_view(e) for e in await queue.dead_letters()]})
 
     async def replay(request: Request) -> Response:
-        done, missing = await settle(queue, "replay", requested_ids(await read_body(request, limit), True))
-        return JSONResponse({"replayed": done, "missing": missing})
+        ids, force = requested_ids(await read_body(request, limit), True)
+        out = await settle(queue, "replay", ids, force=force)
+        return JSONResponse({"replayed": out.done, "missing": out.missing, "held": out.held,
+                             **({"held_because": HELD_REASON} if out.held else {})})
 
     async def drop(request: Request) -> Response:
-        done, missing = await settle(queue, "drop", requested_ids(await read_body(request, limit), False))
-        return JSONResponse({"dropped": done, "missing": missing})
+        ids, _ = requested_ids(await read_body(request, limit), False)
+        out = await settle(queue, "drop", ids)
+        return JSONResponse({"dropped": out.done, "missing": out.missing})
 
     return [
         Route("/admin/queue", admin(depth)),

@@ -83,7 +83,7 @@ async def test_dead_letters_are_listed_replayed_and_dropped(http: httpx.AsyncCli
     assert {d["client_message_id"] for d in listed} == {first, second, third}
     assert {d["code"] for d in listed} == {"http_400"} and listed[0]["reason"] == "HTTP 400: nope"
     replayed = await http.post("/admin/dead-letters/replay", headers=AUTH, json={"ids": [first, "nope"]})
-    assert replayed.json() == {"replayed": [first], "missing": ["nope"]}
+    assert replayed.json() == {"replayed": [first], "missing": ["nope"], "held": []}
     dropped = await http.post("/admin/dead-letters/drop", headers=AUTH, json={"ids": [second]})
     assert dropped.json() == {"dropped": [second], "missing": []}
     depth = (await http.get("/admin/queue", headers=AUTH)).json()
@@ -91,8 +91,47 @@ async def test_dead_letters_are_listed_replayed_and_dropped(http: httpx.AsyncCli
     assert (await http.post("/admin/dead-letters/replay", headers=AUTH, json={"all": True})).json()["replayed"] == [third]
 
 
+async def bury_old(queue: Queue, hours_ago: float, code: str = "timeout", attempts: int = 3) -> str:
+    """A user message first received `hours_ago`, dead after `attempts` attempts ending in `code`."""
+    message_id = client_message_id("test", f"old-{hours_ago}-{code}-{attempts}")
+    route = Route("old", Destination(agent_id="agent-old", device_id="d"))
+    envelope = envelope_for(Inbound("test", "old", message_id, user_message("x", message_id)), route,
+                            time.time() - hours_ago * 3600)
+    await queue.enqueue(envelope)
+    [head] = await queue.fetch([t for p in range(PARTITIONS) for t in await queue.read(p, 10, 10)])
+    failed = replace(envelope, attempts=attempts, last_error=code)
+    await queue.dead_letter(head.token, failed, f"gave up: {code}", code)
+    return message_id
+
+
+async def test_a_replay_that_could_reach_the_agent_twice_is_held_until_forced(
+        http: httpx.AsyncClient, queue: Queue) -> None:
+    """The device forgets a client_message_id an hour after accepting it; relay remembers 96 h."""
+    old = await bury_old(queue, hours_ago=2)  # timed out: it may have been taken, over an hour ago
+    held = (await http.post("/admin/dead-letters/replay", headers=AUTH, json={"ids": [old]})).json()
+    assert held["replayed"] == [] and held["held"] == [old] and "may see it twice" in held["held_because"]
+    assert (await queue.depth()).dead == 1
+    forced = (await http.post("/admin/dead-letters/replay", headers=AUTH, json={"ids": [old], "force": True})).json()
+    assert forced == {"replayed": [old], "missing": [], "held": []}
+    assert (await queue.depth()).dead == 0
+
+
+@pytest.mark.parametrize("hours_ago, code, attempts, held", [
+    (0.5, "timeout", 3, False),  # the device still remembers the id: a replay is ignored there
+    (2, "http_400", 1, False),   # refused on its only attempt: nothing reached the device
+    (2, "http_400", 2, True),    # an earlier attempt may have timed out after reaching it
+    (2, "expired", 5, True),
+    (2, "http_503", 1, True),
+])
+async def test_which_old_dead_letters_are_held(hours_ago: float, code: str, attempts: int, held: bool,
+                                               http: httpx.AsyncClient, queue: Queue) -> None:
+    message_id = await bury_old(queue, hours_ago, code, attempts)
+    answer = (await http.post("/admin/dead-letters/replay", headers=AUTH, json={"all": True})).json()
+    assert answer["held"] == ([message_id] if held else [])
+
+
 @pytest.mark.parametrize("body", [b"", b"[]", b'{"ids": []}', b'{"ids": "x"}', b'{"ids": [1]}', b'{"all": 1}',
-                                  b'{"ids": ["a"], "extra": 1}', b"{" * 5000])
+                                  b'{"ids": ["a"], "extra": 1}', b"{" * 5000, b'{"ids": ["a"], "force": 1}'])
 async def test_malformed_admin_bodies_are_400(body: bytes, http: httpx.AsyncClient, queue: Queue) -> None:
     await bury(queue, 1)
     response = await http.post("/admin/dead-letters/replay", headers=AUTH, content=body)
