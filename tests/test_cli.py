@@ -367,6 +367,26 @@ def test_relay_dev_runs_the_whole_pipeline_and_stops_cleanly(tmp_path: Path) -> 
     assert "delivered" in log
 
 
+def test_relay_dev_s_stand_in_asks_for_an_approval_and_takes_the_decision_as_the_device_would(
+        tmp_path: Path) -> None:
+    def shown(text: bytes, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in (tmp_path / "out").read_bytes():
+            assert time.monotonic() < deadline, (tmp_path / "out").read_text() + (tmp_path / "err").read_text()
+            time.sleep(0.1)
+
+    with relay_dev(tmp_path) as url:
+        send(url, "please clean up !tool")
+        shown(b"decide with: relay send --approve tool-call-stand-in-1")
+        result = subprocess.run([sys.executable, "-m", "relay", "send", "--approve", "tool-call-stand-in-1",
+                                 "--url", url], env=relay_env(), capture_output=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        shown(b"the device accepted a decision")
+        shown(b"the agent says: The tool ran; done.")
+    out = (tmp_path / "out").read_text()
+    assert "protocol violation" not in out.lower()
+
+
 def test_relay_dev_runs_the_watcher_for_routes_that_opt_in(tmp_path: Path) -> None:
     routes = tmp_path / "routes.toml"
     routes.write_text('[routes.default]\nagent_id = "agent-relay-dev"\ndevice_id = "relay-dev-device"\n\n'
