@@ -289,7 +289,9 @@ class RouteWatch:
     async def _card_place(self, request: ApprovalRequest) -> tuple[str, str | None] | None:
         """The thread of the message that started the turn, else the route's channel."""
         if request.turn_message_id:
-            origin = await self.w.origins.recall(request.turn_message_id)
+            # The device starts the turn before the worker hears its REST answer and records the
+            # message's origin: wait for it as a reply does.
+            origin = await self._recall(request.turn_message_id)
             thread = origin.slack_thread() if origin is not None else None
             if thread is not None:
                 return thread

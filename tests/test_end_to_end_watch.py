@@ -17,10 +17,9 @@ import pytest
 from relay.routing import WatchRule
 from relay.settings import Settings
 from relay.sources import github as github_source, slack as slack_source
-from relay.sources.slack import card_id_for
 from relay.standin import Device, LettaStandIn, SimulatedDevice
 from relay.standin.device import ANSWER
-from tests.conftest import APPROVER, DEVICE, GITHUB_SECRET, REPOSITORY, SLACK_CHANNEL, SLACK_TEAM
+from tests.conftest import DEVICE, GITHUB_SECRET, REPOSITORY, SLACK_CHANNEL, SLACK_TEAM
 from tests.github_standin import GitHubStandIn
 from tests.slack_standin import SlackStandIn
 from tests.support import ServerThread
@@ -129,14 +128,8 @@ async def test_a_deny_with_a_reason_reaches_the_device_and_the_agent_says_so_in_
         assert (await relay.slack("/slack/events", event, "application/json")).status_code == 200
         await until(lambda t: slack_stand_in.wait_for(lambda s: len(posts(s, "Approval needed")) == 1, t))
         [request_id] = device.pending(SLACK_SCOPE)
-        route = next(r for r in relay.settings.routes if r.name == "incidents")
-        card_id = card_id_for(route.destination, request_id.removeprefix("perm-"))
-        submitted = {"type": "view_submission", "user": {"id": APPROVER, "username": "bob", "team_id": SLACK_TEAM},
-                     "team": {"id": SLACK_TEAM}, "view": {"callback_id": slack_source.REASON_VIEW, "private_metadata": card_id, "state": {"values": {
-                         slack_source.REASON_BLOCK: {slack_source.REASON_INPUT: {"value": "not during the freeze"}}}}}}
-        answer = await relay.slack("/slack/interactions", urlencode({"payload": json.dumps(submitted)}).encode(),
-                                   "application/x-www-form-urlencoded")
-        assert answer.status_code == 200
+        await relay.deny_with_reason(slack_stand_in, "incidents", request_id.removeprefix("perm-"),
+                                     "not during the freeze")
         await until(lambda t: slack_stand_in.wait_for(lambda s: len(posts(s, "did not run it")) == 1, t))
     [decision] = device.decisions
     assert (decision.request_id, decision.behavior, decision.message) == (request_id, "deny", "not during the freeze")
