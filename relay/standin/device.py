@@ -48,6 +48,8 @@ DEDUP_TOTAL = 65536
 #: Words in a message that make the scripted agent ask to run a tool first ("$TRANSCRIPT_PATH"
 #: is what the real device's deterministic-reflection executor reacts to).
 APPROVAL_TRIGGERS = ("$TRANSCRIPT_PATH", "!tool")
+#: How many received frames and finished turns the device keeps for inspection.
+RECORDED = 10_000
 ANSWER = "The Letta stand-in got your message. A real agent would answer here."
 NO_LONGER_PENDING = "Approval request is no longer pending"
 RUNTIME_INACTIVE = "Runtime is no longer active"
@@ -113,6 +115,7 @@ class SimulatedDevice:
     def handle(self, frame: Frame) -> None:
         with self._lock:
             self.received.append(frame)
+            del self.received[:-RECORDED]  # relay dev runs for days: keep the recent ones
             kind = frame.get("type")
             if kind == "message":  # the legacy REST form: {type: message, agentId, messages}
                 frame = _legacy_input(frame)
@@ -255,6 +258,7 @@ class SimulatedDevice:
         self._loop_status(scope, "WAITING_ON_INPUT", [])
         self.turn_finished(scope, run_id, stop_reason, error)
         self.turns.append(ids)
+        del self.turns[:-RECORDED]
 
     # -- scripting (any thread) -------------------------------------------------------------
 
