@@ -65,12 +65,14 @@ async def until(predicate: Any, timeout: float, why: Any) -> None:
 
 
 def pending_request(device: RealDevice, agent_id: str) -> str | None:
-    """The device's pending control request for the agent, from its latest status."""
+    """The control request the device last asked of this agent, if it still lists it as pending."""
     with device.standin._changed:
-        statuses = [f["device_status"] for f in device.standin.device_frames
-                    if f.get("type") == "update_device_status" and f.get("runtime", {}).get("agent_id") == agent_id]
-    listed = statuses[-1].get("pending_control_requests", []) if statuses else []
-    return listed[0]["request_id"] if listed else None
+        frames = [f for f in device.standin.device_frames if f.get("runtime", {}).get("agent_id") == agent_id]
+    asked = [f["request_id"] for f in frames if f.get("type") == "control_request"]
+    statuses = [f["device_status"] for f in frames if f.get("type") == "update_device_status"
+                and isinstance(f.get("device_status"), dict)]
+    listed = {p.get("request_id") for p in statuses[-1].get("pending_control_requests", [])} if statuses else set()
+    return asked[-1] if asked and asked[-1] in listed else None
 
 
 def accepted_decisions(device: RealDevice) -> list[dict[str, Any]]:
@@ -136,6 +138,8 @@ async def test_a_card_click_decides_the_real_device_s_approval_request_and_the_t
                                   "application/json")).status_code == 200
         await until(lambda t: slack_stand_in.wait_for(
             lambda s: any("Approval needed" in p for p in thread_posts(s, ts)), t), 30, real_device.log_tail)
+        await until(lambda t: real_device.standin.wait_for(lambda s: pending_request(real_device, agent_id), t), 15,
+                    real_device.log_tail)
         request_id = pending_request(real_device, agent_id)
         assert request_id is not None and request_id.startswith("perm-")
         tool_call_id = request_id.removeprefix("perm-")
@@ -150,7 +154,7 @@ async def test_a_card_click_decides_the_real_device_s_approval_request_and_the_t
                     lambda: thread_posts(slack_stand_in, ts))
     [decision] = accepted_decisions(real_device)[before:]
     assert decision["accepted"] is True  # the device's own answer: it took the decision
-    assert pending_request(real_device, agent_id) is None
+    assert pending_request(real_device, agent_id) is None  # answered: the device lists it no more
     answer = thread_posts(slack_stand_in, ts)[-1]
     assert answer and "Approval needed" not in answer
 
