@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -9,12 +10,18 @@ from typing import Any
 import pytest
 
 from relay import answers
-from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
+from relay.cards import Cards
+from relay.intake import Intake
+from relay.messages import (ApprovalRequest, Envelope, Inbound, approval_decision, approval_message, client_message_id,
+                            envelope_for, user_message)
 from relay.origins import Origin
 from relay.replies import Replier
-from relay.routing import Destination, Route
+from relay.routing import Destination, Route, Router
 from relay.slack_api import SlackApi
+from relay.sources import slack as source
 from relay.sources.github import OWN_MARKER
+from relay.status_frames import NO_LONGER_PENDING
+from tests.conftest import APPROVER, SLACK_CHANNEL
 from tests.slack_standin import SlackStandIn
 
 pytestmark = pytest.mark.anyio
@@ -234,3 +241,50 @@ async def test_github_failures_and_old_reply_targets_are_logged_not_raised(
         await github_replier.answer(origin({k: v for k, v in reply.items() if k != "number"}, "github"), ["hi"])
     assert github_stand_in.comments == []
     assert "HTTP 403" in logged(caplog) and "lacks what an answer needs" in logged(caplog)
+
+
+# -- settled: a decision the device no longer waited for ----------------------------------------------
+
+
+async def test_a_settled_card_decision_closes_its_card_as_no_longer_pending_and_notes_it_in_the_thread(
+        queue, slack_settings, slack_stand_in: SlackStandIn) -> None:  # type: ignore[no-untyped-def]
+    slack = SlackApi(slack_settings.slack_bot_token, base_url=slack_stand_in.api_url)
+    cards = Cards(queue, slack, Router(slack_settings.routes), Intake(queue))
+    [route] = [r for r in slack_settings.routes if r.name == "incidents"]
+    request = ApprovalRequest("perm-toolu_1", "toolu_1", "Bash", {"command": "ls"}, route.destination.agent_id)
+    card, _ = await cards.ask(route, request, SLACK_CHANNEL, "1700000000.000100")
+    decision = source.Decision(approve=True, user=APPROVER, user_name="bob", at=1700000001.0)
+    await cards.decide(card, decision)  # the click: decided, and its approval message queued
+    decided = envelope_for(card.decision_inbound(decision), Route(card.route, card.destination), time.time())
+    try:
+        await Replier(slack, cards=cards).settled(decided, "settled: the device says: no longer pending")
+    finally:
+        await slack.aclose()
+    closed = await cards.load(card.card_id)
+    assert closed is not None and closed.closed == NO_LONGER_PENDING and closed.decision == decision
+    [update] = slack_stand_in.of("chat.update")
+    assert update.body["ts"] == card.ts and NO_LONGER_PENDING in json.dumps(update.body["blocks"])
+    assert not [b for b in update.body["blocks"] if b["type"] == "actions"]  # no live buttons
+    [note] = [c for c in slack_stand_in.of("chat.postMessage") if c.body.get("thread_ts") == card.ts]
+    assert "no longer waiting on this decision" in note.body["text"] and "nothing was sent" in note.body["text"]
+
+
+async def test_a_settled_github_decision_gets_a_comment_saying_nothing_was_sent(
+        github_replier: Replier, github_stand_in) -> None:  # type: ignore[no-untyped-def]
+    reply = {"via": "github", "repository": "octo/hello", "comment_id": 7, "api": "issues", "number": 42}
+    inbound = Inbound("github", "c-7", client_message_id("github", "c-7"),
+                      approval_message([approval_decision("toolu_1", True)]), reply=reply)
+    decided = envelope_for(inbound, Route("r", Destination(agent_id="agent-7", device_id="d")), time.time())
+    await github_replier.settled(decided, "settled")
+    [comment] = github_stand_in.comments
+    assert (comment.repository, comment.number) == ("octo/hello", 42)
+    assert "no longer waiting on this decision" in comment.body and "nothing was sent" in comment.body
+    assert comment.body.endswith(OWN_MARKER)  # relay's own: never read as a request
+    assert github_stand_in.reactions == []  # not a failure: no confused reaction
+
+
+async def test_a_settled_decision_without_cards_or_a_place_to_say_so_tells_nobody(
+        replier: Replier, slack_stand_in: SlackStandIn) -> None:
+    await replier.settled(envelope(None), "settled")
+    await replier.settled(envelope({"via": "reaction", "channel": "C1", "ts": "1.2"}), "settled")
+    assert slack_stand_in.calls == []
