@@ -74,6 +74,25 @@ def slack_messages(text: str, limit: int = SLACK_MESSAGE_MAX, most: int = SLACK_
     return messages
 
 
+#: How much of what the agent said so far a progress message shows (its end: the newest part).
+PROGRESS_SHOWN = 3000
+
+
+def progress_text(texts: tuple[str, ...] | list[str], activity: str | None, platform: str) -> str:
+    """A running turn as one message: what the agent said so far (its end, when long), then what
+    it is doing now. Slack text is mrkdwn-escaped; a GitHub body gets relay's marker from
+    `github_comment`."""
+    said = joined(list(texts))
+    if len(said) > PROGRESS_SHOWN:
+        said = "…" + said[-PROGRESS_SHOWN:].lstrip()
+    doing = f"{activity or 'working'}…"
+    if platform == "slack":
+        status = f":hourglass_flowing_sand: _{escape(doing)}_"
+        return f"{escape(said)}\n\n{status}" if said else status
+    status = f"⏳ *The agent is {doing}*"
+    return f"{said}\n\n{status}" if said else status
+
+
 def github_comment(text: str, limit: int = GITHUB_COMMENT_MAX) -> str:
     """One comment body ("" for an empty reply), marked as relay's own."""
     _check(limit)

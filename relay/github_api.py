@@ -40,22 +40,40 @@ class GitHubApi:
         await self._post(f"{_repo(repository)}/{api}/comments/{int(comment_id)}/reactions", "reactions",
                          {"content": content})
 
-    async def comment(self, repository: str, number: int, body: str) -> None:
-        """A new comment on an issue or pull request's conversation."""
-        await self._post(f"{_repo(repository)}/issues/{int(number)}/comments", "comments", {"body": body})
+    async def comment(self, repository: str, number: int, body: str) -> int:
+        """A new comment on an issue or pull request's conversation; its id."""
+        return _id(await self._send("POST", f"{_repo(repository)}/issues/{int(number)}/comments", "comments",
+                                    {"body": body}))
 
-    async def reply_to_review_comment(self, repository: str, number: int, comment_id: int, body: str) -> None:
-        """A reply in the review thread of a pull-request review comment."""
-        await self._post(f"{_repo(repository)}/pulls/{int(number)}/comments/{int(comment_id)}/replies", "replies",
-                         {"body": body})
+    async def reply_to_review_comment(self, repository: str, number: int, comment_id: int, body: str) -> int:
+        """A reply in the review thread of a pull-request review comment; its id."""
+        return _id(await self._send("POST", f"{_repo(repository)}/pulls/{int(number)}/comments/{int(comment_id)}"
+                                    "/replies", "replies", {"body": body}))
+
+    async def edit_comment(self, repository: str, api: str, comment_id: int, body: str) -> None:
+        """Replace the body of an issue comment (api="issues") or a review comment ("pulls")."""
+        await self._send("PATCH", f"{_repo(repository)}/{api}/comments/{int(comment_id)}", "edit", {"body": body})
 
     async def _post(self, path: str, method: str, payload: dict[str, str]) -> None:
+        await self._send("POST", path, method, payload)
+
+    async def _send(self, verb: str, path: str, method: str, payload: dict[str, str]) -> object:
         try:
-            response = await self._http.post(path, json=payload)
+            response = await self._http.request(verb, path, json=payload)
         except httpx.TransportError as exc:
             raise UpstreamError("github", method, type(exc).__name__) from exc
         if response.status_code >= 300:
             raise UpstreamError("github", method, f"HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+
+def _id(data: object) -> int:
+    """The `id` of what GitHub created (0 when its answer has none)."""
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _repo(repository: str) -> str:

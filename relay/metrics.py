@@ -20,6 +20,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     GCCollector,
+    Gauge,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -65,6 +66,12 @@ def reject_reason(exc: Rejected) -> str:
     return "other"
 
 
+#: Frame types counted by name; anything else counts as "other" (labels stay a bounded set).
+WATCHED_FRAMES = frozenset({"control_request", "update_device_status", "update_loop_status", "turn_finished",
+                            "stream_delta", "input_accepted", "sync_response", "update_queue",
+                            "update_subagent_state"})
+
+
 class Metrics:
     """Every metric one relay process exports, in a registry of its own (not the global one)."""
 
@@ -97,6 +104,23 @@ class Metrics:
         self.connection_cache = Counter(
             "relay_connection_cache_lookups", "Connection resolutions by device id or connection name, "
             "answered from the cache (hit) or by asking Letta (miss)", ["result"], registry=r)
+        self.watch_sockets = Gauge(
+            "relay_watch_sockets_open", "Status sockets relay watch holds open", registry=r)
+        self.watch_frames = Counter(
+            "relay_watch_frames", "Status-socket frames relay watch read, by type (other: any type relay does "
+            "not act on)", ["type"], registry=r)
+        self.watch_cards = Counter(
+            "relay_watch_cards", "Approval prompts for the agent's requests by outcome (posted, already, closed, "
+            "error) and where (slack, github)", ["where", "outcome"], registry=r)
+        self.watch_answers = Counter(
+            "relay_watch_answers", "Answers relay watch posted, by where they went (slack, response_url, github) "
+            "and outcome (ok, error)", ["via", "outcome"], registry=r)
+        self.progress_updates = Counter(
+            "relay_progress_updates", "Progress messages posted or edited while a turn runs, by where (slack, "
+            "github) and outcome (ok, error)", ["via", "outcome"], registry=r)
+        self.watch_errors = Counter(
+            "relay_watch_errors", "Things relay watch could not do, by kind (resolve, socket, act)",
+            ["kind"], registry=r)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -135,6 +159,21 @@ class Metrics:
 
     def dead_lettered(self, code: str) -> None:
         self.dead_letters.labels(code).inc()
+
+    def frame(self, kind: str) -> None:
+        self.watch_frames.labels(kind if kind in WATCHED_FRAMES else "other").inc()
+
+    def card(self, where: str, outcome: str) -> None:
+        self.watch_cards.labels(where, outcome).inc()
+
+    def answer(self, via: str, outcome: str) -> None:
+        self.watch_answers.labels(via, outcome).inc()
+
+    def progress(self, via: str, outcome: str) -> None:
+        self.progress_updates.labels(via, outcome).inc()
+
+    def watch_error(self, kind: str) -> None:
+        self.watch_errors.labels(kind).inc()
 
     def cache(self, hit: bool) -> None:
         self.connection_cache.labels("hit" if hit else "miss").inc()

@@ -85,44 +85,51 @@ class Replier:
         except QueueUnavailable as exc:  # the card record: best-effort, as every note here
             log.warning("could not close the card", extra=fields(**envelope.log_fields(), error=str(exc)))
 
-    async def answer(self, origin: Origin, texts: list[str]) -> None:
-        """Post the agent's answer to a message where the message came from. Never raises."""
+    async def answer(self, origin: Origin, texts: list[str], place: dict[str, Any] | None = None) -> bool:
+        """Post the agent's answer to a message where the message came from, replacing the turn's
+        progress message (`place`, see progress.py) when it has one. Never raises; True if posted."""
         text = joined(texts)
         via = origin.reply.get("via")
         context = {"client_message_id": origin.client_message_id, "source": origin.source, "route": origin.route}
         if not text:
-            return
+            return False
         try:
             if via == "github" and self.github is not None:
-                posted = await self._answer_github(origin.reply, text)
+                posted = await self._answer_github(origin.reply, text, place)
             elif via in ("reaction", "response_url") and self.slack is not None:
-                posted = await self._answer_slack(origin, text)
+                posted = await self._answer_slack(origin, text, place)
             else:
-                return  # nowhere to answer (a generic webhook, a card) or no client for it
+                return False  # nowhere to answer (a generic webhook, a card) or no client for it
         except UpstreamError as exc:
             log.warning("could not post the answer", extra=fields(**context, method=exc.method, error=exc.code))
-            return
+            return False
         except (KeyError, TypeError, ValueError):
             log.warning("the reply target lacks what an answer needs", extra=fields(**context, via=via))
-            return
-        log.info("answered", extra=fields(**context, via=via, messages=posted, characters=len(text)))
+            return False
+        log.info("answered", extra=fields(**context, via=via, messages=posted, characters=len(text),
+                                          replaced_progress=place is not None))
+        return True
 
-    async def _answer_slack(self, origin: Origin, text: str) -> int:
+    async def _answer_slack(self, origin: Origin, text: str, place: dict[str, Any] | None = None) -> int:
         assert self.slack is not None
         messages = [m for m in slack_messages(text) if m.strip()]
         thread = origin.slack_thread()
+        if place is not None and place.get("via") == "slack" and thread is not None and messages:
+            await self.slack.update_message(place["channel"], place["ts"], {"text": messages.pop(0)})
         for message in messages:
             if thread is not None:
                 await self.slack.post_message(thread[0], {"text": message}, thread_ts=thread[1])
             else:
                 await self.slack.respond(origin.reply["url"], {"response_type": "ephemeral",
                                                                "replace_original": False, "text": message})
-        return len(messages)
+        return len(messages) + (1 if place is not None and thread is not None else 0)
 
-    async def _answer_github(self, reply: dict[str, Any], text: str) -> int:
+    async def _answer_github(self, reply: dict[str, Any], text: str, place: dict[str, Any] | None = None) -> int:
         assert self.github is not None
         body = github_comment(text)  # carries relay's own marker: never read as a request
-        if reply["api"] == "pulls":
+        if place is not None and place.get("via") == "github":
+            await self.github.edit_comment(place["repository"], place["api"], place["comment_id"], body)
+        elif reply["api"] == "pulls":
             await self.github.reply_to_review_comment(reply["repository"], reply["number"], reply["comment_id"], body)
         else:
             await self.github.comment(reply["repository"], reply["number"], body)

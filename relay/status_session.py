@@ -13,7 +13,10 @@ frame with the time, sends what it returns, and calls `tick` at `next_deadline()
 - assembles each turn's assistant messages from `stream_delta` chunks (a subagent's output is
   skipped), matches the turn's runs to the `client_message_id`s they consumed (loop status
   `client_message_ids_by_run_id`), and reports `TurnEnded` on `turn_finished`, as Letta's own
-  gateway does, with its stop reason and error.
+  gateway does, with its stop reason and error;
+- while a turn with known messages runs, reports `TurnProgress` (what the agent has said so far,
+  and what it is doing: thinking, running a tool, waiting for an approval) at most once per
+  `progress_every` seconds, the last change always reported (when `progress_every` is set).
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ REMEMBERED_RUNS = 512
 CONTINUATION = frozenset({"requires_approval"})
 #: Stream deltas that show a tool call went ahead.
 TOOL_WENT_AHEAD = frozenset({"tool_return_message", "client_tool_start", "client_tool_end"})
+#: What the agent is doing, by loop status (the tool's name is added when known).
+ACTIVITIES = {"SENDING_API_REQUEST": "thinking", "WAITING_FOR_API_RESPONSE": "thinking",
+              "RETRYING_API_REQUEST": "thinking", "PROCESSING_API_RESPONSE": "thinking",
+              "EXECUTING_CLIENT_SIDE_TOOL": "running a tool", "EXECUTING_COMMAND": "running a command",
+              "WAITING_ON_APPROVAL": "waiting for an approval"}
 
 
 @dataclass(frozen=True)
@@ -69,13 +77,21 @@ class TurnEnded:
     error: str | None = None  # turn_finished's error, else the last loop_error's message
 
 
-Event = ApprovalRequested | ApprovalClosed | TurnEnded
+@dataclass(frozen=True)
+class TurnProgress:
+    client_message_ids: tuple[str, ...]
+    texts: tuple[str, ...]  # what the agent has said so far in this turn
+    activity: str | None  # "thinking", "running Bash", "waiting for an approval to run Bash", …
+
+
+Event = ApprovalRequested | ApprovalClosed | TurnEnded | TurnProgress
 
 
 @dataclass
 class Step:
     events: list[Event] = field(default_factory=list)
     send: list[str] = field(default_factory=list)
+    kind: str | None = None  # the type of the frame this step read, if it was one
 
 
 @dataclass
@@ -85,6 +101,10 @@ class _Turn:
     messages: OrderedDict[str, list[str]] = field(default_factory=OrderedDict)
     stop_reason: str | None = None
     error: str | None = None
+    activity: str | None = None
+    tool: str | None = None  # the tool being run or asked for
+    changed: bool = False  # since the last TurnProgress
+    reported_at: float = float("-inf")
 
     def add_ids(self, ids: Iterable[str]) -> None:
         for message_id in ids:
@@ -111,9 +131,11 @@ class _Bounded(OrderedDict[str, Any]):
 
 class Session:
     def __init__(self, agent_id: str, conversation_id: str | None = None, *,
-                 known_pending: Iterable[ApprovalRequest] = (), hold_grace: float = HOLD_GRACE) -> None:
+                 known_pending: Iterable[ApprovalRequest] = (), hold_grace: float = HOLD_GRACE,
+                 progress_every: float | None = None) -> None:
         self.runtime = runtime_of(agent_id, conversation_id)
         self.hold_grace = hold_grace
+        self.progress_every = progress_every
         self._pending: dict[str, ApprovalRequest] = {r.request_id: r for r in known_pending}
         self._held: dict[str, float] = {}  # request_id → when first seen, not yet announced
         self._closed = _Bounded(SEEN_KEYS)
@@ -134,11 +156,16 @@ class Session:
         return Step(send=[sync(self.runtime, f"relay-sync-{next(self._ids)}")])
 
     def next_deadline(self) -> float:
-        return min((since + self.hold_grace for since in self._held.values()), default=float("inf"))
+        deadlines = [since + self.hold_grace for since in self._held.values()]
+        turn = self._turn
+        if turn is not None and turn.changed and self.progress_every is not None:
+            deadlines.append(turn.reported_at + self.progress_every)
+        return min(deadlines, default=float("inf"))
 
     def tick(self, now: float) -> Step:
         step = Step()
         self._release(step, lambda since: now >= since + self.hold_grace)
+        self._report(now, step)
         return step
 
     def receive(self, text: str | bytes, now: float) -> Step:
@@ -146,6 +173,7 @@ class Session:
         frame = decode(text)
         if frame is None:
             return step
+        step.kind = frame["type"]
         seq = sequence_number(frame)
         if seq is not None:
             step.send.append(ack(seq))
@@ -161,6 +189,7 @@ class Session:
             handler(self, frame, now, step)
         if self._held:
             self._release(step)
+        self._report(now, step)
         return step
 
     # -- frames --------------------------------------------------------------------------
@@ -171,6 +200,8 @@ class Session:
             return
         for request in shown:
             self._ask(request, now, step)
+        if frame["type"] == "control_request" and shown and self._turn is not None:
+            self._doing(self._turn, f"waiting for an approval to run {shown[0].tool_name}", shown[0].tool_name)
         if frame["type"] == "update_device_status":  # the whole pending list: the rest ended
             listed = {r.request_id for r in shown}
             for request_id in [r for r in self._pending if r not in listed]:
@@ -187,9 +218,17 @@ class Session:
                     self._run_messages.put(run_id, _strings(ids))
         for run_id in _strings(loop.get("active_run_ids")):
             self._touch(run_id)
-        if self._turn is not None:
-            for run_id in self._turn.run_ids:
-                self._turn.add_ids(self._run_messages.get(run_id, ()))
+        turn = self._turn
+        if turn is not None:
+            for run_id in turn.run_ids:
+                turn.add_ids(self._run_messages.get(run_id, ()))
+            activity = ACTIVITIES.get(loop.get("status"))  # type: ignore[arg-type]
+            if activity == "running a tool" and turn.tool:
+                activity = f"running {turn.tool}"
+            elif activity == "waiting for an approval" and turn.tool:
+                activity = f"waiting for an approval to run {turn.tool}"
+            if activity is not None:
+                self._doing(turn, activity, turn.tool if activity != "thinking" else None)
 
     def _on_turn_finished(self, frame: dict[str, Any], now: float, step: Step) -> None:
         run_id = frame.get("run_id") if isinstance(frame.get("run_id"), str) else None
@@ -220,6 +259,12 @@ class Session:
             text = _text(delta.get("content"))
             if text:
                 turn.messages.setdefault(str(delta.get("id") or delta.get("otid") or "-"), []).append(text)
+                turn.changed = True
+        elif kind in ("client_tool_start", "tool_call_message", "approval_request_message"):
+            name = _tool_name(delta)
+            if name:
+                verb = "asking to run" if kind == "approval_request_message" else "running"
+                self._doing(turn, f"{verb} {name}", name)
         elif kind == "stop_reason" and isinstance(delta.get("stop_reason"), str):
             if delta["stop_reason"] not in CONTINUATION:
                 turn.stop_reason = delta["stop_reason"]
@@ -266,6 +311,21 @@ class Session:
                 self._close(request_id, ANSWERED_ELSEWHERE, step)
 
     # -- turns ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _doing(turn: _Turn, activity: str, tool: str | None) -> None:
+        turn.tool = tool if tool is not None else turn.tool
+        if activity != turn.activity:
+            turn.activity, turn.changed = activity, True
+
+    def _report(self, now: float, step: Step) -> None:
+        """A TurnProgress for the running turn, when it changed and the last one is old enough."""
+        turn = self._turn
+        if (self.progress_every is None or turn is None or not turn.changed or not turn.client_message_ids
+                or now < turn.reported_at + self.progress_every):
+            return
+        turn.changed, turn.reported_at = False, now
+        step.events.append(TurnProgress(tuple(turn.client_message_ids), turn.texts(), turn.activity))
 
     def _start(self) -> _Turn:
         self._turn = _Turn()
@@ -318,6 +378,13 @@ def _text(content: Any) -> str:
         elif isinstance(part, dict) and isinstance(part.get("text"), str):
             parts.append(part["text"])
     return "".join(parts)
+
+
+def _tool_name(delta: dict[str, Any]) -> str | None:
+    """The tool a delta runs or asks for: `tool_name`, or `tool_call.name`."""
+    call = delta.get("tool_call")
+    name = delta.get("tool_name") or (call.get("name") if isinstance(call, dict) else None)
+    return name if isinstance(name, str) and name else None
 
 
 def _tool_call_id(delta: dict[str, Any]) -> str | None:

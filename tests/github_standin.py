@@ -1,5 +1,5 @@
 """A loopback stand-in for the parts of GitHub's REST API relay calls: reactions on comments,
-new issue/PR comments, and replies in a review thread."""
+new issue/PR comments, replies in a review thread, and edits of relay's own comments."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ class Comment:
     number: int
     body: str
     in_reply_to: int | None = None  # a review comment's reply: the comment it answers
+    id: int = 0
+    api: str = "issues"  # where it lives: "issues" (a conversation comment) or "pulls" (a review reply)
+    edits: list[str] = field(default_factory=list)  # earlier bodies, oldest first
 
 
 @dataclass
@@ -45,7 +48,12 @@ class GitHubStandIn(Watched):
             Route("/repos/{owner}/{repo}/issues/{number:int}/comments", self._comment, methods=["POST"]),
             Route("/repos/{owner}/{repo}/pulls/{number:int}/comments/{comment_id:int}/replies", self._comment,
                   methods=["POST"]),
+            Route("/repos/{owner}/{repo}/{api}/comments/{comment_id:int}", self._edit, methods=["PATCH"]),
         ])
+
+    def comment(self, comment_id: int) -> Comment:
+        with self._changed:
+            return next(c for c in self.comments if c.id == comment_id)
 
     def contents(self) -> list[str]:
         with self._changed:
@@ -66,8 +74,24 @@ class GitHubStandIn(Watched):
         p = request.path_params
         with self._changed:
             status = self.failures.pop(0) if self.failures else 201
+            comment_id = 1000 + len(self.comments) + 1
             if status < 300:
                 self.comments.append(Comment(f"{p['owner']}/{p['repo']}", p["number"], str(body.get("body", "")),
-                                             p.get("comment_id")))
+                                             p.get("comment_id"), comment_id,
+                                             "pulls" if "comment_id" in p else "issues"))
             self._changed.notify_all()
-        return JSONResponse({"id": 1000 + len(self.comments)}, status_code=status)
+        return JSONResponse({"id": comment_id}, status_code=status)
+
+    async def _edit(self, request: Request) -> Response:
+        body: dict[str, Any] = await request.json()
+        p = request.path_params
+        with self._changed:
+            status = self.failures.pop(0) if self.failures else 200
+            found = next((c for c in self.comments if c.id == p["comment_id"] and c.api == p["api"]), None)
+            if found is None:
+                status = 404
+            elif status < 300:
+                found.edits.append(found.body)
+                found.body = str(body.get("body", ""))
+            self._changed.notify_all()
+        return JSONResponse({"id": p["comment_id"]}, status_code=status)

@@ -30,9 +30,25 @@ class Call:
 
 
 @dataclass
+class Message:
+    """A message as it stands now: posted, then perhaps edited (chat.update)."""
+
+    channel: str
+    ts: str
+    thread_ts: str | None
+    body: dict[str, Any]
+    edits: int = 0
+
+    @property
+    def text(self) -> str:
+        return str(self.body.get("text", ""))
+
+
+@dataclass
 class SlackStandIn(Watched):
     groups: dict[str, list[str]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.base_url = ""  # set by the fixture once the server listens
@@ -62,6 +78,11 @@ class SlackStandIn(Watched):
     def responses(self, key: str) -> list[dict[str, Any]]:
         return [c.body for c in self.of(f"response:{key}")]
 
+    def thread(self, channel: str, thread_ts: str) -> list[Message]:
+        """The messages posted in a thread, as they read now (edits applied), oldest first."""
+        with self._changed:
+            return [m for m in self.messages if m.channel == channel and m.thread_ts == thread_ts]
+
     def _record(self, call: Call) -> str | None:
         with self._changed:
             self.calls.append(call)
@@ -77,7 +98,20 @@ class SlackStandIn(Watched):
         if failure is not None:
             return JSONResponse({"ok": False, "error": failure})
         if method == "chat.postMessage":
-            return JSONResponse({"ok": True, "channel": body.get("channel"), "ts": f"1700000000.{next(self._ts):06d}"})
+            ts = f"1700000000.{next(self._ts):06d}"
+            with self._changed:
+                self.messages.append(Message(str(body.get("channel")), ts, body.get("thread_ts"), dict(body)))
+                self._changed.notify_all()
+            return JSONResponse({"ok": True, "channel": body.get("channel"), "ts": ts})
+        if method == "chat.update":
+            with self._changed:
+                found = next((m for m in self.messages if m.channel == body.get("channel") and m.ts == body.get("ts")),
+                             None)
+                if found is None:
+                    return JSONResponse({"ok": False, "error": "message_not_found"})
+                found.body = {**found.body, **{k: v for k, v in body.items() if k not in ("channel", "ts")}}
+                found.edits += 1
+                self._changed.notify_all()
         if method == "usergroups.users.list":
             return JSONResponse({"ok": True, "users": self.groups.get(body.get("usergroup", ""), [])})
         if method == "views.open":

@@ -17,6 +17,7 @@ import pytest
 from relay.routing import WatchRule
 from relay.settings import Settings
 from relay.sources import github as github_source, slack as slack_source
+from relay.sources.github import OWN_MARKER
 from relay.standin import Device, LettaStandIn, SimulatedDevice
 from relay.standin.device import ANSWER
 from tests.conftest import DEVICE, GITHUB_SECRET, REPOSITORY, SLACK_CHANNEL, SLACK_TEAM
@@ -70,6 +71,12 @@ def posts(slack: SlackStandIn, containing: str) -> list[Any]:
     return [c for c in slack.of("chat.postMessage") if containing in c.body.get("text", "")]
 
 
+def answered(slack: SlackStandIn, thread_ts: str, containing: str) -> bool:
+    """The thread holds an answer with `containing`, and no message still shows progress."""
+    thread = slack.thread(SLACK_CHANNEL, thread_ts)
+    return any(containing in m.text for m in thread) and not any("hourglass" in m.text for m in thread)
+
+
 def mention(text: str, ts: str, event_id: str) -> bytes:
     return json.dumps({"type": "event_callback", "team_id": SLACK_TEAM, "event_id": event_id,
                        "event": {"type": "app_mention", "user": "U0ALICE", "text": f"<@U0BOT> {text}",
@@ -98,17 +105,21 @@ async def test_a_mention_s_approval_and_answer_come_back_to_its_thread(
 
         await relay.click(slack_stand_in, "incidents", tool_call_id, slack_source.ACTION_APPROVE, "click")
 
-        # The device takes the decision, the tool runs, the agent answers and the turn ends.
-        await until(lambda t: slack_stand_in.wait_for(lambda s: len(posts(s, "The tool ran")) == 1, t))
+        # The device takes the decision, the tool runs, the agent answers and the turn ends: the
+        # thread's progress message becomes the answer.
+        await until(lambda t: slack_stand_in.wait_for(lambda s: answered(s, mention_ts, "The tool ran"), t))
         await asyncio.sleep(0.3)  # room for a duplicate, were there one
     [decision] = device.decisions
     assert (decision.request_id, decision.behavior) == (request_id, "allow")
-    [answer] = posts(slack_stand_in, "The tool ran")
-    assert (answer.body["channel"], answer.body["thread_ts"]) == (SLACK_CHANNEL, mention_ts)
-    assert answer.body["text"] == "I need to run a command first.\n\nThe tool ran; done."
+    thread = slack_stand_in.thread(SLACK_CHANNEL, mention_ts)
+    assert len(thread) == 2  # one progress message (now the answer) and the card: nothing else
+    [card] = [m for m in thread if "Approval needed" in m.text]
+    [progress] = [m for m in thread if m is not card]
+    assert progress.text == "I need to run a command first.\n\nThe tool ran; done." and progress.edits >= 1
+    assert "Approval needed" in card.text
     assert len(posts(slack_stand_in, "Approval needed")) == 1
     assert "Approved" in slack_stand_in.responses("click")[0]["text"]
-    assert slack_stand_in.of("chat.update") == []  # a decided card is not closed afterwards
+    assert card.edits == 0  # a decided card is not closed afterwards
     assert {c.frame["type"] for c in standin.commands} <= {"sync", "input"}  # never runtime_start and the like
     assert device.violations == [] and device.stale_denials == [] and standin.refused == []
     assert [m.get("type") for a in standin.delivered() for m in a.body["messages"]] == [None]  # only the mention
@@ -130,11 +141,11 @@ async def test_a_deny_with_a_reason_reaches_the_device_and_the_agent_says_so_in_
         [request_id] = device.pending(SLACK_SCOPE)
         await relay.deny_with_reason(slack_stand_in, "incidents", request_id.removeprefix("perm-"),
                                      "not during the freeze")
-        await until(lambda t: slack_stand_in.wait_for(lambda s: len(posts(s, "did not run it")) == 1, t))
+        await until(lambda t: slack_stand_in.wait_for(lambda s: answered(s, mention_ts, "did not run it"), t))
     [decision] = device.decisions
     assert (decision.request_id, decision.behavior, decision.message) == (request_id, "deny", "not during the freeze")
-    [said] = posts(slack_stand_in, "did not run it")
-    assert said.body["thread_ts"] == mention_ts and "not during the freeze" in said.body["text"]
+    [said] = [m for m in slack_stand_in.thread(SLACK_CHANNEL, mention_ts) if "did not run it" in m.text]
+    assert "not during the freeze" in said.text
 
 
 async def test_a_slash_command_s_answer_survives_a_socket_drop_mid_turn(
@@ -185,3 +196,42 @@ async def test_a_github_comment_s_answer_is_a_comment_on_the_issue(
     [comment] = github_stand_in.comments
     assert (comment.repository, comment.number) == (REPOSITORY, 1)
     assert ANSWER in comment.body
+
+
+async def test_a_github_comment_gets_a_tracking_comment_an_approval_prompt_and_the_answer(
+        letta: tuple[LettaStandIn, str], github_settings: Settings, real_redis_url: str, real_redis: Any,
+        prefix: str, github_stand_in: GitHubStandIn) -> None:
+    standin, letta_url = letta
+    device = standin.simulated()
+    relay = Relay(watching(github_settings, "hello"), real_redis_url, real_redis, prefix, letta_url, None,
+                  github_stand_in)
+
+    async def comment(body: str, comment_id: int) -> None:
+        raw = json.dumps(comment_payload(body, id=comment_id)).encode()
+        headers = {"x-github-event": "issue_comment", "x-github-delivery": f"d-{comment_id}", "x-github-hook-id": "1",
+                   "content-type": "application/json", "x-hub-signature-256": github_source.sign(GITHUB_SECRET, raw)}
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(f"{relay.web_url}/github/webhook", content=raw, headers=headers)).status_code == 202
+
+    def prompt(s: GitHubStandIn) -> Any:
+        return next((c for c in s.comments if "The agent asks to run `Bash`" in c.body), None)
+
+    async with relay.running():
+        await until(lambda t: standin.wait_for_open(1, GITHUB_SCOPE, timeout=t))
+        await comment("@agent please clean the build !tool", 5001)
+        await until(lambda t: github_stand_in.wait_for(lambda s: prompt(s) is not None, t))
+        [request_id] = device.pending(GITHUB_SCOPE)
+        tool_call_id = request_id.removeprefix("perm-")
+        assert f"/approve {tool_call_id}" in prompt(github_stand_in).body
+        await comment(f"/approve {tool_call_id}", 5002)  # Codertocat is the route's approver
+        await until(lambda t: github_stand_in.wait_for(
+            lambda s: any("The tool ran; done." in c.body for c in s.comments), t))
+        await until(lambda t: github_stand_in.wait_for(lambda s: "Closed" in prompt(s).body, t))
+    [decision] = device.decisions
+    assert (decision.request_id, decision.behavior) == (request_id, "allow")
+    tracking = [c for c in github_stand_in.comments if c is not prompt(github_stand_in)]
+    assert len(tracking) == 1  # one tracking comment, replaced by the answer: nothing else posted
+    [answer] = tracking
+    assert answer.edits and "⏳" in answer.edits[0] and "⏳" not in answer.body
+    assert answer.body.startswith("I need to run a command first.\n\nThe tool ran; done.")
+    assert all(OWN_MARKER in c.body for c in github_stand_in.comments)  # never read back as requests

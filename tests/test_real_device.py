@@ -57,7 +57,18 @@ def mention(text: str, ts: str, event_id: str) -> bytes:
 
 
 def thread_posts(slack: SlackStandIn, ts: str) -> list[str]:
-    return [c.body.get("text", "") for c in slack.of("chat.postMessage") if c.body.get("thread_ts") == ts]
+    """The thread's messages as they read now (a progress message becomes the answer)."""
+    return [m.text for m in slack.thread(SLACK_CHANNEL, ts)]
+
+
+def is_card(text: str) -> bool:
+    return text.startswith(("Approval needed", "Approved:", "Denied:"))
+
+
+def finished(slack: SlackStandIn, ts: str) -> bool:
+    """An answer is in the thread and nothing there still shows progress."""
+    texts = thread_posts(slack, ts)
+    return any(not is_card(t) for t in texts) and not any("hourglass" in t for t in texts)
 
 
 async def until(predicate: Any, timeout: float, why: Any) -> None:
@@ -94,7 +105,7 @@ async def test_a_mention_runs_a_turn_on_the_real_device_and_its_answer_comes_bac
         assert (await relay.slack("/slack/events", mention("hello device", ts, "Ev-real-1"),
                                   "application/json")).status_code == 200
         await until(lambda t: slack_stand_in.wait_for(lambda s: "pong" in thread_posts(s, ts), t), 30,
-                    real_device.log_tail)
+                    lambda: thread_posts(slack_stand_in, ts))
     turns = [f for f in real_device.standin.device_frames if f.get("type") == "turn_finished"
              and f.get("runtime", {}).get("agent_id") == agent_id]
     assert [t["stop_reason"] for t in turns] == ["end_turn"]
@@ -114,8 +125,8 @@ async def test_a_turn_the_real_device_ends_with_an_error_says_so_in_the_thread(
                     real_device.log_tail)
         assert (await relay.slack("/slack/events", mention("anyone there?", ts, "Ev-real-err"),
                                   "application/json")).status_code == 200
-        await until(lambda t: slack_stand_in.wait_for(lambda s: bool(thread_posts(s, ts)), t), 30,
-                    real_device.log_tail)
+        await until(lambda t: slack_stand_in.wait_for(lambda s: any("error" in p for p in thread_posts(s, ts)), t),
+                    30, real_device.log_tail)
     [note] = thread_posts(slack_stand_in, ts)
     assert "ended with an error" in note and f"Agent {unknown} not found" in note
 
@@ -150,13 +161,15 @@ async def test_a_card_click_decides_the_real_device_s_approval_request_and_the_t
         await until(lambda t: real_device.standin.wait_for(lambda s: any(
             f.get("type") == "turn_finished" and f.get("runtime", {}).get("agent_id") == agent_id
             for f in s.device_frames), t), 30, real_device.log_tail)
-        await until(lambda t: slack_stand_in.wait_for(lambda s: len(thread_posts(s, ts)) >= 2, t), 15,
+        await until(lambda t: slack_stand_in.wait_for(lambda s: finished(s, ts), t), 15,
                     lambda: thread_posts(slack_stand_in, ts))
     [decision] = accepted_decisions(real_device)[before:]
     assert decision["accepted"] is True  # the device's own answer: it took the decision
     assert pending_request(real_device, agent_id) is None  # answered: the device lists it no more
-    answer = thread_posts(slack_stand_in, ts)[-1]
-    assert answer and "Approval needed" not in answer
+    answers = [t for t in thread_posts(slack_stand_in, ts) if not is_card(t)]
+    assert len(answers) == 1, thread_posts(slack_stand_in, ts)
+    [answer] = answers
+    assert answer and "hourglass" not in answer
 
 
 async def test_the_rest_approval_body_is_refused_by_the_real_device(

@@ -31,7 +31,8 @@ from relay.slack_api import SlackApi
 from relay.standin import Device, LettaStandIn, SimulatedDevice
 from relay.status_frames import ANSWERED_ELSEWHERE, NO_LONGER_PENDING
 from relay.status_session import TurnEnded
-from relay.watch import ANSWERED_KIND, Watcher, reply_texts
+from relay.watch import Watcher
+from relay.watch_events import ANSWERED_KIND, reply_texts
 from tests.conftest import APPROVER, SLACK_TEAM
 from tests.slack_standin import SlackStandIn
 from tests.support import ServerThread

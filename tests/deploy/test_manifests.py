@@ -27,7 +27,7 @@ from relay import settings as relay_settings
 from relay.queue import Queue
 from relay.settings import Settings, load, parse_duration, parse_routes
 from relay.slack_api import SlackApi
-from relay.watch import REPLY_DRAIN
+from relay.watch_events import REPLY_DRAIN
 from relay.web import create_app
 from relay.worker import READ_BLOCK_MS
 from tests.support import free_port, unique_prefix

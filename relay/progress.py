@@ -1,0 +1,127 @@
+"""A running turn, shown where its message came from, then replaced by the answer.
+
+While a turn relay started runs, `relay watch` shows it: in the Slack thread of a mention or
+DM, one progress message ("what the agent said so far" and a line saying what it is doing:
+thinking, running Bash, waiting for an approval), edited as the turn goes; on GitHub, one
+tracking comment under the triggering comment, marked as relay's own so it is never read as a
+request. When the turn ends, the answer replaces it (`Replier.answer` is given its place). A
+slash command has no thread to show progress in (its response_url takes 5 posts), so nothing.
+
+Best-effort: a failure is counted and logged, never retried, and never delays delivery or the
+answer. Across watcher replicas and restarts (Redis records, under the key prefix):
+
+    rec:progress:{target}:{message}        where the progress message is, found again after a restart
+    rec:progress-claim:{target}:{message}  the one watcher that posts it
+    rec:progress-lease:{target}:{message}  at most one edit per interval, whichever watcher makes it
+
+Rate limits: Slack's chat.update is Tier 3 (about 50 a minute per workspace) and chat.postMessage
+about 1 a second per channel; relay edits a thread's progress message at most every
+`SLACK_EVERY` seconds. GitHub asks integrations to space content changes (secondary limits):
+at most one edit per `GITHUB_EVERY` seconds per tracking comment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+from relay.answers import github_comment, progress_text
+from relay.errors import QueueUnavailable, UpstreamError
+from relay.github_api import GitHubApi
+from relay.logs import fields
+from relay.metrics import Metrics
+from relay.origins import Origin
+from relay.slack_api import SlackApi
+
+log = logging.getLogger("relay.progress")
+
+PLACE_KIND = "progress"
+CLAIM_KIND = "progress-claim"
+LEASE_KIND = "progress-lease"
+TTL = 7 * 24 * 3600.0
+CLAIM_TTL = 30.0
+#: The shortest time between two edits of one progress message (the watcher's session reports
+#: at most every PROGRESS_EVERY seconds, a little more than SLACK_EVERY, so none is skipped there).
+SLACK_EVERY = 1.0
+GITHUB_EVERY = 5.0
+PROGRESS_EVERY = 1.5
+
+
+class Records(Protocol):
+    async def record(self, kind: str, record_id: str) -> str | None: ...
+
+    async def create_record(self, kind: str, record_id: str, value: str, ttl: float) -> str | None: ...
+
+    async def put_record(self, kind: str, record_id: str, value: str, ttl: float) -> None: ...
+
+
+class ProgressBoard:
+    def __init__(self, records: Records, slack: SlackApi | None, github: GitHubApi | None,
+                 metrics: Metrics | None = None) -> None:
+        self.records, self.slack, self.github = records, slack, github
+        self.metrics = metrics or Metrics()
+
+    def shows(self, origin: Origin) -> bool:
+        """Whether this origin gets a progress message at all."""
+        if origin.reply.get("via") == "github":
+            return self.github is not None
+        return origin.slack_thread() is not None and self.slack is not None and self.slack.can_post
+
+    async def show(self, origin: Origin, key: str, texts: tuple[str, ...], activity: str | None) -> None:
+        """Post or edit the progress message of the turn keyed `key` (reply target + message id)."""
+        if not self.shows(origin):
+            return
+        via = "github" if origin.reply.get("via") == "github" else "slack"
+        try:
+            every = GITHUB_EVERY if via == "github" else SLACK_EVERY
+            if await self.records.create_record(LEASE_KIND, key, "1", every) is not None:
+                return  # edited less than an interval ago (here or by another watcher)
+            place = await self.place(key)
+            if place is None:
+                if await self.records.create_record(CLAIM_KIND, key, "1", CLAIM_TTL) is not None:
+                    return  # another watcher is posting it
+                place = await self._post(origin, texts, activity)
+                await self.records.put_record(PLACE_KIND, key, json.dumps(place, separators=(",", ":")), TTL)
+            else:
+                await self._edit(origin, place, texts, activity)
+            self.metrics.progress(via, "ok")
+        except (UpstreamError, QueueUnavailable) as exc:
+            self.metrics.progress(via, "error")
+            log.warning("could not show progress", extra=fields(client_message_id=origin.client_message_id,
+                                                                 error=str(exc)))
+
+    async def place(self, key: str) -> dict[str, Any] | None:
+        """Where the turn's progress message is, if one was posted."""
+        raw = await self.records.record(PLACE_KIND, key)
+        try:
+            place = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        return place if isinstance(place, dict) else None
+
+    async def _post(self, origin: Origin, texts: tuple[str, ...], activity: str | None) -> dict[str, Any]:
+        if origin.reply.get("via") == "github":
+            assert self.github is not None
+            reply, body = origin.reply, github_comment(progress_text(texts, activity, "github"))
+            if reply["api"] == "pulls":
+                comment_id = await self.github.reply_to_review_comment(reply["repository"], reply["number"],
+                                                                       reply["comment_id"], body)
+            else:
+                comment_id = await self.github.comment(reply["repository"], reply["number"], body)
+            return {"via": "github", "repository": reply["repository"], "api": reply["api"], "comment_id": comment_id}
+        assert self.slack is not None
+        thread = origin.slack_thread()
+        assert thread is not None
+        ts = await self.slack.post_message(thread[0], {"text": progress_text(texts, activity, "slack")},
+                                           thread_ts=thread[1])
+        return {"via": "slack", "channel": thread[0], "ts": ts}
+
+    async def _edit(self, origin: Origin, place: dict[str, Any], texts: tuple[str, ...],
+                    activity: str | None) -> None:
+        if place.get("via") == "github" and self.github is not None:
+            await self.github.edit_comment(place["repository"], place["api"], place["comment_id"],
+                                           github_comment(progress_text(texts, activity, "github")))
+        elif place.get("via") == "slack" and self.slack is not None:
+            await self.slack.update_message(place["channel"], place["ts"],
+                                            {"text": progress_text(texts, activity, "slack")})
