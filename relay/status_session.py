@@ -9,7 +9,9 @@ frame with the time, sends what it returns, and calls `tick` at `next_deadline()
   numbers its events across all its conversations, so a hole is another conversation's event;
 - tracks the approvals the device is waiting on: `ApprovalRequested` once per request id,
   `ApprovalClosed` when the tool call went ahead anyway ("answered elsewhere") or the request
-  left the device's pending list ("no longer pending");
+  left the device's pending list and no tool event followed within `leave_grace` ("no longer
+  pending": denied elsewhere, cancelled, gone; the real device drops a request from its list
+  just before the approved tool starts, so a short wait tells the two apart);
 - assembles each turn's assistant messages from `stream_delta` chunks (a subagent's output is
   skipped), matches the turn's runs to the `client_message_id`s they consumed (loop status
   `client_message_ids_by_run_id`), and reports `TurnEnded` on `turn_finished`, as Letta's own
@@ -42,6 +44,8 @@ from relay.status_frames import (
 #: An approval request seen before its turn's messages are known (a sync after a reconnect
 #: replays pending requests before the loop status) waits this long for them, to find its thread.
 HOLD_GRACE = 0.5
+#: A request that left the pending list waits this long for a tool event (then it went ahead).
+LEAVE_GRACE = 0.5
 SEEN_KEYS = 1000
 REMEMBERED_RUNS = 512
 
@@ -132,12 +136,13 @@ class _Bounded(OrderedDict[str, Any]):
 class Session:
     def __init__(self, agent_id: str, conversation_id: str | None = None, *,
                  known_pending: Iterable[ApprovalRequest] = (), hold_grace: float = HOLD_GRACE,
-                 progress_every: float | None = None) -> None:
+                 leave_grace: float = LEAVE_GRACE, progress_every: float | None = None) -> None:
         self.runtime = runtime_of(agent_id, conversation_id)
-        self.hold_grace = hold_grace
+        self.hold_grace, self.leave_grace = hold_grace, leave_grace
         self.progress_every = progress_every
         self._pending: dict[str, ApprovalRequest] = {r.request_id: r for r in known_pending}
         self._held: dict[str, float] = {}  # request_id → when first seen, not yet announced
+        self._leaving: dict[str, float] = {}  # request_id → when it left the pending list
         self._closed = _Bounded(SEEN_KEYS)
         self._seen = _Bounded(SEEN_KEYS)
         self._run_messages = _Bounded(REMEMBERED_RUNS)  # run_id → [client_message_id]
@@ -157,6 +162,7 @@ class Session:
 
     def next_deadline(self) -> float:
         deadlines = [since + self.hold_grace for since in self._held.values()]
+        deadlines += [since + self.leave_grace for since in self._leaving.values()]
         turn = self._turn
         if turn is not None and turn.changed and self.progress_every is not None:
             deadlines.append(turn.reported_at + self.progress_every)
@@ -164,6 +170,7 @@ class Session:
 
     def tick(self, now: float) -> Step:
         step = Step()
+        self._close_left(now, step)  # before releasing: a held request that left is never announced
         self._release(step, lambda since: now >= since + self.hold_grace)
         self._report(now, step)
         return step
@@ -202,10 +209,14 @@ class Session:
             self._ask(request, now, step)
         if frame["type"] == "control_request" and shown and self._turn is not None:
             self._doing(self._turn, f"waiting for an approval to run {shown[0].tool_name}", shown[0].tool_name)
-        if frame["type"] == "update_device_status":  # the whole pending list: the rest ended
+        if frame["type"] == "update_device_status":  # the whole pending list: the rest are leaving
             listed = {r.request_id for r in shown}
-            for request_id in [r for r in self._pending if r not in listed]:
-                self._close(request_id, NO_LONGER_PENDING, step)
+            for request_id in self._pending:
+                if request_id in listed:
+                    self._leaving.pop(request_id, None)
+                else:
+                    self._leaving.setdefault(request_id, now)
+            self._close_left(now, step)
 
     def _on_loop_status(self, frame: dict[str, Any], now: float, step: Step) -> None:
         loop = frame.get("loop_status")
@@ -301,9 +312,16 @@ class Session:
 
     def _close(self, request_id: str, reason: str, step: Step) -> None:
         request = self._pending.pop(request_id)
+        self._leaving.pop(request_id, None)
         self._closed.put(request_id)
         if self._held.pop(request_id, None) is None:  # never announced: nothing to close
             step.events.append(ApprovalClosed(request.tool_call_id, request_id, reason))
+
+    def _close_left(self, now: float, step: Step) -> None:
+        """Requests gone from the pending list with no tool event for `leave_grace`: no longer pending."""
+        for request_id, since in list(self._leaving.items()):
+            if now >= since + self.leave_grace:
+                self._close(request_id, NO_LONGER_PENDING, step)
 
     def _went_ahead(self, tool_call_id: str | None, step: Step) -> None:
         for request_id, request in list(self._pending.items()):

@@ -271,11 +271,11 @@ class SimulatedDevice:
 
     def answer_elsewhere(self, scope: Scope, request_id: str, run_id: str = "run-elsewhere") -> None:
         """Someone else approved (the terminal): the tool runs, and the pending list shrinks."""
-        with self._lock:
+        with self._lock:  # in the real device's order: the request leaves the list, then the tool runs
             waiting = self._runtime(scope).pending.pop(request_id)
+            self._device_status(scope)
             self._delta(scope, {"message_type": "tool_return_message", "tool_call_id": waiting.tool_call_id,
                                 "status": "success", "tool_return": "done", "run_id": run_id})
-            self._device_status(scope)
 
     def forget_request(self, scope: Scope, request_id: str) -> None:
         """The request leaves the pending list with no trace (a restart, a cancel)."""
