@@ -36,7 +36,8 @@ from relay.settings import Settings, load
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_METRICS_PORT = 9100
+DEFAULT_METRICS_PORT = 9100  # relay worker's; relay watch's is the next one
+WATCH_METRICS_PORT = 9101
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,17 +135,17 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose --host/--port)") from None
 
 
-def _metrics_listener(settings: Settings) -> socket.socket | None:
-    """The worker's metrics socket. The default port, when taken (two workers on one host),
-    is skipped with a warning: delivering matters more than being scraped. A port chosen
-    with RELAY_METRICS_PORT must be free."""
+def _metrics_listener(settings: Settings, default_port: int = DEFAULT_METRICS_PORT) -> socket.socket | None:
+    """The metrics socket of the worker (or watcher). The default port, when taken (two workers on
+    one host), is skipped with a warning: delivering matters more than being scraped. A port
+    chosen with RELAY_METRICS_PORT must be free."""
     import logging
 
     from relay.serving import bound_socket
 
     if settings.metrics_port == 0:
         return None
-    port = settings.metrics_port or DEFAULT_METRICS_PORT
+    port = settings.metrics_port or default_port
     try:
         return bound_socket(settings.metrics_host, port)
     except OSError as exc:
@@ -154,6 +155,24 @@ def _metrics_listener(settings: Settings) -> socket.socket | None:
                 f"{problem}; this worker serves no metrics (set RELAY_METRICS_PORT, or 0 for none)")
             return None
         raise ConfigError(f"{problem} (choose another RELAY_METRICS_PORT, or 0 for none)") from None
+
+
+@contextlib.asynccontextmanager
+async def _serving_metrics(metrics: Any, sock: socket.socket | None) -> AsyncIterator[None]:
+    """Serve `metrics` on `sock` (if any) for the duration of the block."""
+    from relay.serving import EmbeddedServer, server_config
+
+    if sock is None:
+        yield
+        return
+    host, port = sock.getsockname()[:2]
+    exporter = EmbeddedServer(server_config(metrics.app(), host, port))
+    task = asyncio.create_task(exporter.serve(sockets=[sock]))
+    try:
+        yield
+    finally:
+        exporter.should_exit = True
+        await task
 
 
 async def _warn_about_durability(queue: Any) -> None:
@@ -220,7 +239,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relay.metrics import Metrics
     from relay.origins import Origins
     from relay.replies import Replier
-    from relay.serving import EmbeddedServer, server_config
     from relay.slack_api import SlackApi
     from relay.approval_delivery import Deliverer
     from relay.cards import cards_for
@@ -241,20 +259,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
             letta = LettaClient.from_settings(settings, metrics=metrics)
             slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
             stop = serving.stop_on_signals()
-            exporter = None
-            if metrics_sock is not None:
-                host, port = metrics_sock.getsockname()[:2]
-                exporter = EmbeddedServer(server_config(metrics.app(), host, port))
-                serving_metrics = asyncio.create_task(exporter.serve(sockets=[metrics_sock]))
             try:
-                origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
-                replier = Replier(slack, github, cards=cards_for(settings, queue, slack))
-                await Worker(queue, Deliverer(letta, settings, records=queue), settings, replier=replier,
-                             origins=origins, metrics=metrics).run(stop)
+                async with _serving_metrics(metrics, metrics_sock):
+                    origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
+                    replier = Replier(slack, github, cards=cards_for(settings, queue, slack))
+                    await Worker(queue, Deliverer(letta, settings, records=queue), settings, replier=replier,
+                                 origins=origins, metrics=metrics).run(stop)
             finally:
-                if exporter is not None:
-                    exporter.should_exit = True
-                    await serving_metrics
                 await serving.close_all(letta, slack, github)
 
     serving.run(run())
@@ -264,6 +275,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from relay.github_api import GitHubApi
     from relay.letta import LettaClient
+    from relay.metrics import Metrics
     from relay.slack_api import SlackApi
     from relay.watch import watcher_for
 
@@ -275,13 +287,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise ConfigError("no route opts in to `relay watch`: add [routes.NAME.watch] (slack_channel = \"C…\") "
                           "to the routes file (RELAY_ROUTES)")
 
+    metrics_sock = _metrics_listener(settings, WATCH_METRICS_PORT)
+
     async def run() -> None:
         async with _queue(url, settings) as queue:
-            letta = LettaClient.from_settings(settings)
+            metrics = Metrics()
+            letta = LettaClient.from_settings(settings, metrics=metrics)
             slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
             stop = serving.stop_on_signals()
             try:
-                await watcher_for(settings, queue.redis, queue, letta, slack, github).run(stop)
+                async with _serving_metrics(metrics, metrics_sock):
+                    await watcher_for(settings, queue.redis, queue, letta, slack, github, metrics=metrics).run(stop)
             finally:
                 await serving.close_all(letta, slack, github)
 

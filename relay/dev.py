@@ -126,7 +126,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
                     origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics)
     watcher = None
     if any(route.watched for route in settings.routes):
-        watcher = watcher_for(settings, redis, Queue(redis, prefix=settings.key_prefix), letta, slack, github)
+        watcher = watcher_for(settings, redis, Queue(redis, prefix=settings.key_prefix), letta, slack, github,
+                              metrics=metrics)
         notes.append("watch: status sockets of " + ", ".join(r.name for r in watcher.routes))
     if settings.web_metrics:
         notes.append(f"metrics: http://{host}:{port}/metrics")

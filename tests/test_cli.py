@@ -79,13 +79,22 @@ def test_watch_opens_the_status_socket_of_opted_in_routes_and_stops_on_sigterm(
     routes = tmp_path / "routes.toml"
     routes.write_text('[routes.ops]\nagent_id = "agent-w"\ndevice_id = "device-w"\n\n'
                       '[routes.ops.watch]\nslack_channel = "C0OPS"\n')
+    metrics_port = free_port()
     with ServerThread(sockets.app) as server, open(tmp_path / "err", "wb") as err:
         watch = subprocess.Popen([sys.executable, "-m", "relay", "watch"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                  stderr=err, env=relay_env(REDIS_URL=real_redis_url, RELAY_KEY_PREFIX=prefix,
                                                            LETTA_API_KEY="real-key", LETTA_BASE_URL=server.url,
-                                                           RELAY_ROUTES=str(routes)))
+                                                           RELAY_ROUTES=str(routes),
+                                                           RELAY_METRICS_PORT=str(metrics_port),
+                                                           RELAY_METRICS_HOST="127.0.0.1"))
         try:
             assert sockets.wait_for_open(1, ("agent-w", "default"), timeout=20), (tmp_path / "err").read_text()
+            deadline = time.monotonic() + 10
+            while 'relay_watch_frames_total{type="sync_response"}' not in (
+                    scraped := httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text):
+                assert time.monotonic() < deadline, scraped
+                time.sleep(0.1)
+            assert "relay_watch_sockets_open 1.0" in scraped
         finally:
             watch.send_signal(signal.SIGTERM)
             code = watch.wait(timeout=30)
