@@ -23,6 +23,7 @@ from relay.approval_delivery import REQUEST_KIND
 from relay.messages import Inbound, client_message_id, envelope_for, tool_call_key, user_message
 from relay.origins import Origins
 from relay.policy import Backoff, Outcome
+from relay.progress import ProgressBoard
 from relay.queue import Queue
 from relay.replies import Replier
 from relay.routing import Destination, Route, Router, SlackRule, WatchRule
@@ -78,13 +79,14 @@ class World:
         self.route = next(r for r in settings.routes if r.name == "watched")
 
     @contextlib.asynccontextmanager
-    async def watcher(self, *, resolver: Any = None) -> AsyncIterator[Watcher]:
+    async def watcher(self, *, resolver: Any = None, progress: bool = False) -> AsyncIterator[Watcher]:
         letta = LettaClient(self.letta_url, API_KEY, retry_wait=wait_none(), resolve_ttl=0.2)
         slack = SlackApi("xoxb-test", base_url=self.slack_url)
         router = Router(self.settings.routes)
         cards = Cards(self.queue, slack, router, Intake(self.queue))
         resolving = resolver(letta) if resolver is not None else letta
         watcher = Watcher(self.settings, self.queue, resolving, cards, self.origins, Replier(slack),
+                          progress=ProgressBoard(self.queue, slack, None) if progress else None,
                           rng=random.Random(7), backoff=Backoff(0.05, 0.2), recall_wait=0.5, check_every=0.3)
         stop = asyncio.Event()
         task = asyncio.create_task(watcher.run(stop))
@@ -406,6 +408,56 @@ async def test_a_turn_relay_did_not_start_is_not_answered(
         await asyncio.sleep(0.8)  # longer than the watcher waits for an origin
     assert [c for c in slack_stand_in.of("chat.postMessage") if "desktop" in c.body.get("text", "")] == []
     assert await world.redis.keys(f"{world.prefix}:rec:{ANSWERED_KIND}:*") == []
+
+
+async def test_a_running_turn_shows_what_the_agent_does_and_its_progress_message_becomes_the_answer(
+        world: World, letta_sockets: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    letta, _ = letta_sockets
+    device = letta.simulated()
+    message_id = await world.remember("tidy up", {"via": "reaction", "channel": "C0TEAM", "ts": "1700.6"})
+    async with world.watcher(progress=True):
+        await until(lambda t: letta.wait_for_open(1, SCOPE, timeout=t))
+        device.loop_status(SCOPE, "PROCESSING_API_RESPONSE", ["run-p"], {"run-p": [message_id]})
+        device.chunks(SCOPE, "run-p", "msg-p", "Looking into it.")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.thread("C0TEAM", "1700.6")) == 1, t))
+        device.delta(SCOPE, {"message_type": "client_tool_start", "tool_name": "Bash", "tool_call_id": "toolu_p",
+                             "run_id": "run-p"})
+        await until(lambda t: slack_stand_in.wait_for(
+            lambda s: any("running Bash" in c.body.get("text", "") for c in s.of("chat.update")), t))
+        device.chunks(SCOPE, "run-p", "msg-p2", "Done: 3 files removed.")
+        device.turn_finished(SCOPE, "run-p")
+        await until(lambda t: slack_stand_in.wait_for(
+            lambda s: s.thread("C0TEAM", "1700.6")[0].text.endswith("3 files removed."), t))
+        await asyncio.sleep(0.5)  # room for a late progress edit, were there one
+    [message] = slack_stand_in.thread("C0TEAM", "1700.6")  # one message: progress, then the answer
+    assert message.text == "Looking into it.\n\nDone: 3 files removed."
+    shown = [c.body["text"] for c in slack_stand_in.calls if c.method in ("chat.postMessage", "chat.update")
+             and (c.body.get("thread_ts") == "1700.6" or c.body.get("ts") == message.ts)]
+    assert "hourglass" in shown[0]  # at once: the agent is working
+    assert any("Looking into it." in text and "running Bash" in text for text in shown)
+
+
+async def test_a_restarted_watcher_goes_on_editing_the_same_progress_message(
+        world: World, letta_sockets: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    letta, _ = letta_sockets
+    device = letta.simulated()
+    message_id = await world.remember("long job", {"via": "reaction", "channel": "C0TEAM", "ts": "1700.8"})
+    async with world.watcher(progress=True):
+        await until(lambda t: letta.wait_for_open(1, SCOPE, timeout=t))
+        device.loop_status(SCOPE, "PROCESSING_API_RESPONSE", ["run-r"], {"run-r": [message_id]})
+        device.chunks(SCOPE, "run-r", "msg-r", "Step one done.")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.thread("C0TEAM", "1700.8")) == 1, t))
+    async with world.watcher(progress=True):  # a new process: it knows the turn only from the device
+        await until(lambda t: letta.wait_for(lambda s: sum(1 for x in s.sockets if x.open) == 1, t))
+        await asyncio.sleep(1.1)  # past the edit interval the first watcher's last edit holds
+        device.chunks(SCOPE, "run-r", "msg-r2", "Step two done.")
+        await until(lambda t: slack_stand_in.wait_for(
+            lambda s: "Step two" in s.thread("C0TEAM", "1700.8")[0].text, t))
+        device.turn_finished(SCOPE, "run-r")
+        await until(lambda t: slack_stand_in.wait_for(
+            lambda s: "hourglass" not in s.thread("C0TEAM", "1700.8")[0].text, t))
+    [message] = slack_stand_in.thread("C0TEAM", "1700.8")
+    assert message.text == "Step two done."  # what this watcher saw of the turn, in the same message
 
 
 def test_a_silent_failed_turn_gets_a_note_and_a_quiet_one_nothing() -> None:
