@@ -135,7 +135,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose --host/--port)") from None
 
 
-def _metrics_listener(settings: Settings, default_port: int = DEFAULT_METRICS_PORT) -> socket.socket | None:
+def _metrics_listener(settings: Settings, default_port: int | None = None) -> socket.socket | None:
     """The metrics socket of the worker (or watcher). The default port, when taken (two workers on
     one host), is skipped with a warning: delivering matters more than being scraped. A port
     chosen with RELAY_METRICS_PORT must be free."""
@@ -145,7 +145,7 @@ def _metrics_listener(settings: Settings, default_port: int = DEFAULT_METRICS_PO
 
     if settings.metrics_port == 0:
         return None
-    port = settings.metrics_port or default_port
+    port = settings.metrics_port or default_port or DEFAULT_METRICS_PORT
     try:
         return bound_socket(settings.metrics_host, port)
     except OSError as exc:
@@ -242,6 +242,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relay.slack_api import SlackApi
     from relay.approval_delivery import Deliverer
     from relay.cards import cards_for
+    from relay.enrich import Enricher
     from relay.worker import Worker, consumer_name
 
     settings = _settings()
@@ -264,7 +265,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                     origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
                     replier = Replier(slack, github, cards=cards_for(settings, queue, slack))
                     await Worker(queue, Deliverer(letta, settings, records=queue), settings, replier=replier,
-                                 origins=origins, metrics=metrics).run(stop)
+                                 origins=origins, metrics=metrics,
+                                 enricher=Enricher(settings, queue, slack, github)).run(stop)
             finally:
                 await serving.close_all(letta, slack, github)
 

@@ -22,6 +22,7 @@ import fakeredis
 from relay.errors import ConfigError
 from relay.approval_delivery import Deliverer
 from relay.cards import cards_for
+from relay.enrich import Enricher
 from relay.github_api import GitHubApi
 from relay.letta import LettaClient
 from relay.metrics import Metrics
@@ -123,7 +124,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     web = EmbeddedServer(server_config(app, host, port))
     replier = Replier(slack, github, cards=cards_for(settings, worker_queue, slack))
     worker = Worker(worker_queue, Deliverer(letta, settings, records=worker_queue), settings, replier=replier,
-                    origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics)
+                    origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics,
+                    enricher=Enricher(settings, worker_queue, slack, github))
     watcher = None
     if any(route.watched for route in settings.routes):
         watcher = watcher_for(settings, redis, Queue(redis, prefix=settings.key_prefix), letta, slack, github,

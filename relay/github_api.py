@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from relay import __version__
+from relay.downloads import fetch
 from relay.errors import UpstreamError
 from relay.settings import Settings
 
@@ -21,6 +22,7 @@ Reaction = Literal["eyes", "rocket", "confused", "+1", "-1", "laugh", "heart", "
 class GitHubApi:
     def __init__(self, token: str, *, base_url: str = "https://api.github.com", timeout: float = 10.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._transport = transport
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout, transport=transport,
             headers={"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
@@ -53,6 +55,19 @@ class GitHubApi:
     async def edit_comment(self, repository: str, api: str, comment_id: int, body: str) -> None:
         """Replace the body of an issue comment (api="issues") or a review comment ("pulls")."""
         await self._send("PATCH", f"{_repo(repository)}/{api}/comments/{int(comment_id)}", "edit", {"body": body})
+
+    def may_download(self, url: str) -> bool:
+        """Attachments are read only from github.com or the host the API is at (GitHub Enterprise,
+        or a stand-in in tests), without the token (attachment links are not API resources)."""
+        api_host = str(self._http.base_url).split("/api/v3")[0].rstrip("/") + "/"
+        return url.startswith("https://github.com/") or url.startswith(api_host)
+
+    async def download(self, url: str, limit: int) -> bytes:
+        """An attachment's bytes; TooLarge past `limit`; UpstreamError when GitHub refuses."""
+        if not self.may_download(url):
+            raise UpstreamError("github", "download", "not a GitHub attachment URL")
+        async with httpx.AsyncClient(timeout=self._http.timeout, transport=self._transport) as plain:
+            return await fetch(plain, url, limit, {"User-Agent": f"relay/{__version__}"}, "github")
 
     async def _post(self, path: str, method: str, payload: dict[str, str]) -> None:
         await self._send("POST", path, method, payload)

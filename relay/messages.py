@@ -88,6 +88,7 @@ class Inbound:
     message: dict[str, Any]
     route: str | None = None
     reply: dict[str, Any] | None = None  # where to report the outcome (see replies.py)
+    context: dict[str, Any] | None = None  # what to fetch for the agent before delivery (see context.py)
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class Envelope:
     attempts: int = 0
     last_error: str | None = None
     reply: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None  # still to fetch; None once the message carries it
 
     def request_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"messages": [self.message], "agentId": self.destination.agent_id}
@@ -156,6 +158,7 @@ def envelope_for(inbound: Inbound, route: Route, now: float) -> Envelope:
         received_at=now,
         queued_at=now,
         reply=inbound.reply,
+        context=inbound.context,
     )
 
 
@@ -175,6 +178,8 @@ def encode(envelope: Envelope) -> str:
         "error": envelope.last_error,
         "reply": envelope.reply,
     }
+    if envelope.context is not None:
+        data["ctx"] = envelope.context
     try:
         return orjson.dumps(data).decode()  # on every accepted webhook: ~5x faster than json
     except TypeError:  # what orjson refuses and json writes: integers past 64 bits
@@ -202,6 +207,7 @@ def decode(text: str | bytes) -> Envelope:
             attempts=int(data["attempts"]),
             last_error=data["error"],
             reply=data.get("reply"),
+            context=data.get("ctx"),
         )
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a relay envelope: {exc}") from exc

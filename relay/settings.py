@@ -72,6 +72,9 @@ class Settings:
     web_metrics: bool = True  # serve GET /metrics on the web port
     metrics_port: int | None = None  # the worker's metrics port; None: 9100 if free; 0: none
     metrics_host: str = "0.0.0.0"
+    thread_history_messages: int = 20  # a Slack thread's earlier messages a first mention brings; 0: none
+    thread_history_chars: int = 8000
+    inline_file_bytes: int = 64 * 1024  # a small text file attached to a message is included; 0: never
 
     def max_age_for(self, kind: str) -> float:
         return self.approval_max_age if kind == "approval" else self.max_age
@@ -100,6 +103,14 @@ def parse_count(name: str, value: str) -> int:
     digits = value.strip()
     if not (digits.isascii() and digits.isdigit()) or int(digits) <= 0:
         raise ConfigError(f"{name}={value!r} must be a positive whole number")
+    return int(digits)
+
+
+def _parse_amount(name: str, value: str) -> int:
+    """A whole number, 0 included (0 turns the feature off)."""
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 12:
+        raise ConfigError(f"{name}={value!r} must be a whole number (0 turns it off)")
     return int(digits)
 
 
@@ -167,6 +178,9 @@ _TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_WEB_METRICS": ("web_metrics", _parse_switch),
     "RELAY_METRICS_PORT": ("metrics_port", _parse_port),
     "RELAY_METRICS_HOST": ("metrics_host", _parse_host),
+    "RELAY_THREAD_HISTORY_MESSAGES": ("thread_history_messages", _parse_amount),
+    "RELAY_THREAD_HISTORY_CHARS": ("thread_history_chars", _parse_amount),
+    "RELAY_INLINE_FILE_BYTES": ("inline_file_bytes", _parse_amount),
 }
 #: RELAY_* names that are read elsewhere than _TUNABLES.
 _OTHER_RELAY_NAMES = {"RELAY_HOOK_SECRET", "RELAY_ROUTES", "RELAY_ADMIN_TOKEN"}

@@ -13,10 +13,15 @@ from typing import Any, Callable
 import httpx
 
 from relay import __version__
+from relay.downloads import fetch
 from relay.errors import UpstreamError
 from relay.settings import Settings
 
 GROUP_CACHE_SECONDS = 60.0
+NAMES_KEPT = 1000
+REPLY_PAGES = 5  # conversations.replies pages read for one thread (200 messages each)
+FILES_HOST = "https://files.slack.com/"
+
 
 
 class SlackApi:
@@ -28,6 +33,7 @@ class SlackApi:
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport,
                                        headers={"User-Agent": f"relay/{__version__}"})
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._names: dict[str, str] = {}
         self._clock = clock
 
     @classmethod
@@ -44,11 +50,12 @@ class SlackApi:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def call(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, method: str, payload: dict[str, Any], *, form: bool = False) -> dict[str, Any]:
+        """A Web API method; `form` for the read methods that take no JSON body."""
         if self._token is None:
             raise UpstreamError("slack", method, "SLACK_BOT_TOKEN is not set")
         headers = {"Authorization": f"Bearer {self._token}"}
-        return await self._post(f"{self._base_url}/{method}", method, payload, headers)
+        return await self._post(f"{self._base_url}/{method}", method, payload, headers, form=form)
 
     async def respond(self, response_url: str, payload: dict[str, Any]) -> None:
         """Post to an interaction's or a command's response_url (no token needed)."""
@@ -72,6 +79,45 @@ class SlackApi:
             if exc.code != "already_reacted":
                 raise
 
+    async def thread_replies(self, channel: str, thread_ts: str, before: str) -> list[dict[str, Any]]:
+        """A thread's messages older than `before`, oldest first (at most REPLY_PAGES pages)."""
+        found: list[dict[str, Any]] = []
+        payload: dict[str, Any] = {"channel": channel, "ts": thread_ts, "latest": before, "inclusive": "false",
+                                   "limit": 200}
+        for _ in range(REPLY_PAGES):
+            data = await self.call("conversations.replies", payload, form=True)
+            found += [m for m in data.get("messages", []) if isinstance(m, dict)]
+            cursor = (data.get("response_metadata") or {}).get("next_cursor")
+            if not data.get("has_more") or not cursor:
+                break
+            payload["cursor"] = cursor
+        return [m for m in found if isinstance(m.get("ts"), str) and m["ts"] < before]
+
+    async def user_name(self, user: str) -> str:
+        """A user's display name (or real name, or handle); the id when Slack will not say."""
+        if user not in self._names:
+            try:
+                profile = (await self.call("users.info", {"user": user}, form=True)).get("user") or {}
+            except UpstreamError:
+                return user
+            shown = (profile.get("profile") or {}).get("display_name") or profile.get("real_name") \
+                or profile.get("name")
+            if len(self._names) >= NAMES_KEPT:
+                self._names.pop(next(iter(self._names)))
+            self._names[user] = str(shown) if shown else user
+        return self._names[user]
+
+    def may_download(self, url: str) -> bool:
+        """Files are read (with the bot token) only from Slack's file host, or from the host the
+        API is at (a stand-in in tests): the token never goes anywhere else."""
+        return url.startswith(FILES_HOST) or url.startswith(self._base_url.rsplit("/api", 1)[0] + "/")
+
+    async def download(self, url: str, limit: int) -> bytes:
+        """A private file's bytes; TooLarge past `limit`. Raises UpstreamError when Slack refuses."""
+        if self._token is None or not self.may_download(url):
+            raise UpstreamError("slack", "files", "not a Slack file URL")
+        return await fetch(self._http, url, limit, {"Authorization": f"Bearer {self._token}"}, "slack")
+
     async def group_members(self, group: str) -> frozenset[str]:
         cached = self._groups.get(group)
         if cached and cached[0] > self._clock():
@@ -81,9 +127,13 @@ class SlackApi:
         self._groups[group] = (self._clock() + GROUP_CACHE_SECONDS, members)
         return members
 
-    async def _post(self, url: str, method: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    async def _post(self, url: str, method: str, payload: dict[str, Any], headers: dict[str, str], *,
+                    form: bool = False) -> dict[str, Any]:
         try:
-            response = await self._http.post(url, json=payload, headers=headers)
+            if form:
+                response = await self._http.post(url, data=payload, headers=headers)
+            else:
+                response = await self._http.post(url, json=payload, headers=headers)
         except httpx.TransportError as exc:
             raise UpstreamError("slack", method, type(exc).__name__) from exc
         if response.status_code >= 400:
@@ -98,3 +148,4 @@ class SlackApi:
             raise UpstreamError("slack", method, str(data.get("error", "unknown_error")) if isinstance(data, dict)
                                 else "unknown_error")
         return data
+

@@ -52,6 +52,10 @@ class Deliverer(Protocol):
     def forget(self, destination: object) -> None: ...
 
 
+class Enricher(Protocol):
+    async def enrich(self, envelope: Envelope) -> Envelope: ...
+
+
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -69,12 +73,14 @@ class Worker:
         replier: Replier | None = None,
         origins: Origins | None = None,
         metrics: Metrics | None = None,
+        enricher: Enricher | None = None,
     ) -> None:
         self.queue = queue
         self.metrics = metrics or Metrics()
         self.letta = letta
         self.replier = replier or Replier()
         self.origins = origins
+        self.enricher = enricher
         self.settings = settings
         self.clock = clock
         self.rng = rng or random.Random()
@@ -302,6 +308,8 @@ class Worker:
             return
         if envelope.attempts == 0:
             self.metrics.queue_wait.observe(max(0.0, self.clock() - envelope.queued_at))
+        if envelope.context is not None and self.enricher is not None:
+            envelope = await self.enricher.enrich(envelope)  # kept with the retry, if one follows
         started = time.perf_counter()
         outcome = await self.letta.deliver(envelope)
         took = time.perf_counter() - started

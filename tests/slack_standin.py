@@ -2,8 +2,11 @@
 
     POST /api/{method}        chat.postMessage, chat.update, views.open, reactions.add,
                               usergroups.users.list: recorded, answered like Slack
+                              conversations.replies and users.info (form-encoded, from `replies`
+                              and `users`)
     POST /response/{key}      a response_url: recorded, answered "ok" (a scripted failure:
                               HTTP 404 with the error, as Slack answers an expired or used-up URL)
+    GET  /files/{name}        a private file (`files`), only with the bot token
 
 Tests script failures with `fail(method, error)` and group membership with `groups`.
 """
@@ -11,6 +14,7 @@ Tests script failures with `fail(method, error)` and group membership with `grou
 from __future__ import annotations
 
 import itertools
+from urllib.parse import parse_qs
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +53,9 @@ class SlackStandIn(Watched):
     groups: dict[str, list[str]] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    replies: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)  # (channel, thread) →
+    users: dict[str, str] = field(default_factory=dict)  # user id → display name
+    files: dict[str, bytes] = field(default_factory=dict)  # name → content, served at /files/{name}
 
     def __post_init__(self) -> None:
         self.base_url = ""  # set by the fixture once the server listens
@@ -58,7 +65,11 @@ class SlackStandIn(Watched):
         self.app = Starlette(routes=[
             Route("/api/{method}", self._api, methods=["POST"]),
             Route("/response/{key}", self._response, methods=["POST"]),
+            Route("/files/{name}", self._file, methods=["GET"]),
         ])
+
+    def file_url(self, name: str) -> str:
+        return f"{self.base_url}/files/{name}"
 
     @property
     def api_url(self) -> str:
@@ -93,7 +104,10 @@ class SlackStandIn(Watched):
 
     async def _api(self, request: Request) -> Response:
         method = request.path_params["method"]
-        body = await request.json()
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            body = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
+        else:
+            body = await request.json()
         failure = self._record(Call(method, body, request.headers.get("authorization", "")))
         if failure is not None:
             return JSONResponse({"ok": False, "error": failure})
@@ -112,11 +126,29 @@ class SlackStandIn(Watched):
                 found.body = {**found.body, **{k: v for k, v in body.items() if k not in ("channel", "ts")}}
                 found.edits += 1
                 self._changed.notify_all()
+        if method == "conversations.replies":
+            thread = self.replies.get((str(body.get("channel")), str(body.get("ts"))), [])
+            latest = str(body.get("latest") or "9999999999")
+            return JSONResponse({"ok": True, "has_more": False,
+                                 "messages": [m for m in thread if str(m.get("ts", "")) < latest]})
+        if method == "users.info":
+            name = self.users.get(str(body.get("user")))
+            if name is None:
+                return JSONResponse({"ok": False, "error": "user_not_found"})
+            return JSONResponse({"ok": True, "user": {"id": body.get("user"), "name": name.lower(),
+                                                      "profile": {"display_name": name}}})
         if method == "usergroups.users.list":
             return JSONResponse({"ok": True, "users": self.groups.get(body.get("usergroup", ""), [])})
         if method == "views.open":
             return JSONResponse({"ok": True, "view": {"id": "V0001"}})
         return JSONResponse({"ok": True})
+
+    async def _file(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        self._record(Call(f"file:{name}", {}, request.headers.get("authorization", "")))
+        if request.headers.get("authorization") != "Bearer xoxb-test-token" or name not in self.files:
+            return PlainTextResponse("not found", status_code=404)
+        return Response(self.files[name], media_type="text/plain")
 
     async def _response(self, request: Request) -> Response:
         key = f"response:{request.path_params['key']}"

@@ -235,3 +235,42 @@ async def test_a_github_comment_gets_a_tracking_comment_an_approval_prompt_and_t
     assert answer.edits and "⏳" in answer.edits[0] and "⏳" not in answer.body
     assert answer.body.startswith("I need to run a command first.\n\nThe tool ran; done.")
     assert all(OWN_MARKER in c.body for c in github_stand_in.comments)  # never read back as requests
+
+
+async def test_a_first_mention_in_a_thread_brings_the_thread_and_a_small_text_file_to_the_agent(
+        letta: tuple[LettaStandIn, str], slack_settings: Settings, real_redis_url: str,
+        real_redis: Any, prefix: str, slack_stand_in: SlackStandIn) -> None:
+    standin, letta_url = letta
+    relay = Relay(watching(slack_settings, "incidents"), real_redis_url, real_redis, prefix, letta_url,
+                  slack_stand_in, None)
+    root = "1700000300.000100"
+    slack_stand_in.users.update({"U0ALICE": "alice", "U0BOB": "bob"})
+    slack_stand_in.replies[(SLACK_CHANNEL, root)] = [
+        {"user": "U0BOB", "text": "the deploy failed at 09:12", "ts": root},
+        {"user": "U0ALICE", "text": "rolled back, errors stopped", "ts": "1700000301.000100"},
+    ]
+    slack_stand_in.files["notes.txt"] = b"pod crashloop: OOMKilled (limit 256Mi)"
+    notes = {"name": "notes.txt", "mimetype": "text/plain", "size": 39, "url_private": slack_stand_in.file_url("notes.txt"),
+             "permalink": "https://example.slack.com/files/U0ALICE/F1/notes.txt"}
+
+    def mention_in_thread(text: str, ts: str, event_id: str, **extra: Any) -> bytes:
+        return json.dumps({"type": "event_callback", "team_id": SLACK_TEAM, "event_id": event_id, "event": {
+            "type": "app_mention", "user": "U0ALICE", "text": f"<@U0BOT> {text}", "ts": ts, "thread_ts": root,
+            "channel": SLACK_CHANNEL, **extra}}).encode()
+
+    async with relay.running():
+        await until(lambda t: standin.wait_for_open(1, SLACK_SCOPE, timeout=t))
+        first = mention_in_thread("what happened here?", "1700000302.000100", "Ev-ctx-1", files=[notes])
+        assert (await relay.slack("/slack/events", first, "application/json")).status_code == 200
+        await until(lambda t: standin.wait_for(lambda s: len(s.delivered()) == 1, t))
+        second = mention_in_thread("and now?", "1700000303.000100", "Ev-ctx-2")
+        assert (await relay.slack("/slack/events", second, "application/json")).status_code == 200
+        await until(lambda t: standin.wait_for(lambda s: len(s.delivered()) == 2, t))
+    first_content, second_content = (delivered_user_message(standin, i)["content"] for i in range(2))
+    assert "what happened here?" in first_content
+    assert "Earlier in this Slack thread:\n@bob: the deploy failed at 09:12\n@alice: rolled back, errors stopped" \
+        in first_content
+    assert "Attached file: notes.txt — https://example.slack.com/files/U0ALICE/F1/notes.txt" in first_content
+    assert "pod crashloop: OOMKilled (limit 256Mi)" in first_content
+    assert "Earlier in this Slack thread" not in second_content  # the agent has the thread already
+    assert [c.authorization for c in slack_stand_in.of("file:notes.txt")] == ["Bearer xoxb-test-token"]

@@ -16,6 +16,7 @@ from tenacity import wait_none
 
 from relay.approval_delivery import Deliverer
 from relay.cards import cards_for
+from relay.enrich import Enricher
 from relay.github_api import GitHubApi
 from relay.letta import LettaClient
 from relay.origins import Origins
@@ -62,7 +63,7 @@ class Relay:
         letta = LettaClient(self.letta_url, self.api_key, retry_wait=wait_none())
         worker = Worker(queue, Deliverer(letta, self.settings, records=queue), self.settings, poll_interval=0.01,
                         replier=Replier(slack, github, cards=cards_for(self.settings, queue, slack)),
-                        origins=Origins(self.redis, self.prefix))
+                        origins=Origins(self.redis, self.prefix), enricher=Enricher(self.settings, queue, slack, github))
         watcher = watcher_for(self.settings, self.redis, Queue(self.redis, prefix=self.prefix), letta, slack, github)
         watcher.backoff, watcher.check_every = Backoff(0.05, 0.3), 0.5
         stop = asyncio.Event()

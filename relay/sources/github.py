@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from relay.errors import BadRequest, BadSignature, quoted
+from relay.context import github_files
 from relay.messages import Inbound, approval_decision, approval_message, client_message_id, user_message
 from relay.sources.payloads import form_fields, json_object
 
@@ -122,8 +123,9 @@ class Comment:
         content = (f"GitHub comment on {where}\n"
                    f"by @{self.author} ({self.association.lower()}) — {self.url}\n\n{self.body}")
         message_id = delivery.message_id("comment")
+        files = github_files(self.body)
         return Inbound(SOURCE, delivery.delivery_id, message_id, user_message(content, message_id),
-                       reply=self.reply())
+                       reply=self.reply(), context={"files": [f.to_dict() for f in files]} if files else None)
 
     def decisions(self, delivery: Delivery) -> list[Inbound]:
         """One approval message per /approve or /deny line, in order."""

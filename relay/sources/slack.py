@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Mapping
 
 from relay.errors import BadRequest, BadSignature, quoted
+from relay.context import FileRef, slack_files
 from relay.messages import Inbound, approval_decision, approval_message, client_message_id, user_message
 from relay.routing import Destination
 from relay.sources.payloads import form_fields, json_object
@@ -139,15 +140,22 @@ class Mention:
     event_id: str
     kind: Literal["mention", "dm"]
     thread_ts: str | None = None  # the thread it was written in, if any (where answers go)
+    files: tuple[FileRef, ...] = ()
 
     def inbound(self) -> Inbound:
         message_id = client_message_id(SOURCE, self.team, self.channel, self.ts)
         where = "a direct message" if self.kind == "dm" else f"<#{self.channel}>"
         content = f"Slack message from <@{self.user}> in {where}:\n{self.text}"
         reply = {"via": "reaction", "channel": self.channel, "ts": self.ts}
+        context: dict[str, Any] = {}
         if self.thread_ts and self.thread_ts != self.ts:
             reply["thread_ts"] = self.thread_ts
-        return Inbound(SOURCE, self.event_id, message_id, user_message(content, message_id), reply=reply)
+            context["slack_thread"] = {"team": self.team, "channel": self.channel, "thread_ts": self.thread_ts,
+                                       "ts": self.ts}
+        if self.files:
+            context["files"] = [f.to_dict() for f in self.files]
+        return Inbound(SOURCE, self.event_id, message_id, user_message(content, message_id), reply=reply,
+                       context=context or None)
 
 
 def parse_event(body: bytes) -> Challenge | Ignored | Mention:
@@ -185,13 +193,14 @@ def parse_event(body: bytes) -> Challenge | Ignored | Mention:
     leading = re.match(r"\s*<@([A-Z0-9]+)(\|[^>]*)?>\s*", text)
     if leading and leading.group(1) in _bot_users(data):  # "@relay do x" → "do x"; other people stay
         text = text[leading.end():]
-    if not text.strip():
+    files = tuple(slack_files(event.get("files")))
+    if not text.strip() and not files:
         return Ignored("an empty message")
     thread_ts = event.get("thread_ts")
     return Mention(team=fields["team"], channel=fields["channel"], user=fields["user"], text=text.strip(),
                    ts=fields["ts"], event_id=str(data.get("event_id") or ""),
                    kind="mention" if event_type == "app_mention" else "dm",
-                   thread_ts=thread_ts if isinstance(thread_ts, str) and thread_ts else None)
+                   thread_ts=thread_ts if isinstance(thread_ts, str) and thread_ts else None, files=files)
 
 
 def _bot_users(data: Mapping[str, Any]) -> set[str]:

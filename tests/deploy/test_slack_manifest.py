@@ -29,4 +29,5 @@ def test_subscribes_to_mentions_and_direct_messages() -> None:
 def test_asks_for_the_scopes_relay_uses_and_no_more() -> None:
     scopes = set(manifest()["oauth_config"]["scopes"]["bot"])
     assert scopes == {"app_mentions:read", "chat:write", "commands", "im:history", "reactions:write",
-                      "usergroups:read"}
+                      "usergroups:read", "channels:history", "groups:history", "mpim:history", "users:read",
+                      "files:read"}
