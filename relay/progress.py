@@ -1,11 +1,18 @@
 """A running turn, shown where its message came from, then replaced by the answer.
 
-While a turn relay started runs, `relay watch` shows it: in the Slack thread of a mention or
-DM, one progress message ("what the agent said so far" and a line saying what it is doing:
-thinking, running Bash, waiting for an approval), edited as the turn goes; on GitHub, one
-tracking comment under the triggering comment, marked as relay's own so it is never read as a
-request. When the turn ends, the answer replaces it (`Replier.answer` is given its place). A
-slash command has no thread to show progress in (its response_url takes 5 posts), so nothing.
+While a turn relay started runs, `relay watch` shows it:
+
+- in the Slack thread of a mention or DM: the answer streams in as the agent writes it, with
+  Slack's chat streaming API (`chat.startStream` / `appendStream` / `stopStream`, markdown) where
+  the workspace offers it; where it does not (the first refusal turns it off for the process),
+  one progress message ("what the agent said so far" and a line saying what it is doing:
+  thinking, running Bash, waiting for an approval), edited as the turn goes;
+- on GitHub: one tracking comment under the triggering comment, marked as relay's own so it is
+  never read as a request, edited as the turn goes.
+
+When the turn ends, the answer completes the stream or replaces the message (`Replier.answer` is
+given its place). A slash command has no thread to show progress in (its response_url takes 5
+posts), so nothing.
 
 Best-effort: a failure is counted and logged, never retried, and never delays delivery or the
 answer. Across watcher replicas and restarts (Redis records, under the key prefix):
@@ -26,7 +33,7 @@ import json
 import logging
 from typing import Any, Protocol
 
-from relay.answers import github_comment, progress_text
+from relay.answers import github_comment, joined, progress_text
 from relay.errors import QueueUnavailable, UpstreamError
 from relay.github_api import GitHubApi
 from relay.logs import fields
@@ -46,6 +53,9 @@ CLAIM_TTL = 30.0
 SLACK_EVERY = 1.0
 GITHUB_EVERY = 5.0
 PROGRESS_EVERY = 1.5
+#: Slack errors that mean "no streaming here": relay edits a message instead from then on.
+STREAM_UNAVAILABLE = frozenset({"unknown_method", "not_allowed_token_type", "missing_scope", "not_allowed",
+                                "feature_not_enabled", "method_deprecated", "invalid_arguments"})
 
 
 class Records(Protocol):
@@ -61,6 +71,7 @@ class ProgressBoard:
                  metrics: Metrics | None = None) -> None:
         self.records, self.slack, self.github = records, slack, github
         self.metrics = metrics or Metrics()
+        self.streaming = True  # until Slack says it cannot stream here
 
     def shows(self, origin: Origin) -> bool:
         """Whether this origin gets a progress message at all."""
@@ -84,7 +95,7 @@ class ProgressBoard:
                 place = await self._post(origin, texts, activity)
                 await self.records.put_record(PLACE_KIND, key, json.dumps(place, separators=(",", ":")), TTL)
             else:
-                await self._edit(origin, place, texts, activity)
+                await self._edit(origin, key, place, texts, activity)
             self.metrics.progress(via, "ok")
         except (UpstreamError, QueueUnavailable) as exc:
             self.metrics.progress(via, "error")
@@ -104,22 +115,44 @@ class ProgressBoard:
         if origin.reply.get("via") == "github":
             assert self.github is not None
             reply, body = origin.reply, github_comment(progress_text(texts, activity, "github"))
-            if reply["api"] == "pulls":
-                comment_id = await self.github.reply_to_review_comment(reply["repository"], reply["number"],
-                                                                       reply["comment_id"], body)
-            else:
-                comment_id = await self.github.comment(reply["repository"], reply["number"], body)
-            return {"via": "github", "repository": reply["repository"], "api": reply["api"], "comment_id": comment_id}
+            return await self._post_github(reply, body)
         assert self.slack is not None
         thread = origin.slack_thread()
         assert thread is not None
+        if self.streaming:
+            said = joined(list(texts))
+            try:
+                ts = await self.slack.start_stream(thread[0], thread[1], origin.reply.get("team"),
+                                                   origin.reply.get("user"), said)
+                return {"via": "slack-stream", "channel": thread[0], "ts": ts, "sent": said}
+            except UpstreamError as exc:
+                if exc.code not in STREAM_UNAVAILABLE:
+                    raise
+                self.streaming = False
+                log.info("Slack will not stream here; progress is an edited message",
+                         extra=fields(error=exc.code))
         ts = await self.slack.post_message(thread[0], {"text": progress_text(texts, activity, "slack")},
                                            thread_ts=thread[1])
         return {"via": "slack", "channel": thread[0], "ts": ts}
 
-    async def _edit(self, origin: Origin, place: dict[str, Any], texts: tuple[str, ...],
+    async def _post_github(self, reply: dict[str, Any], body: str) -> dict[str, Any]:
+        assert self.github is not None
+        if reply["api"] == "pulls":
+            comment_id = await self.github.reply_to_review_comment(reply["repository"], reply["number"],
+                                                                   reply["comment_id"], body)
+        else:
+            comment_id = await self.github.comment(reply["repository"], reply["number"], body)
+        return {"via": "github", "repository": reply["repository"], "api": reply["api"], "comment_id": comment_id}
+
+    async def _edit(self, origin: Origin, key: str, place: dict[str, Any], texts: tuple[str, ...],
                     activity: str | None) -> None:
-        if place.get("via") == "github" and self.github is not None:
+        if place.get("via") == "slack-stream" and self.slack is not None:
+            said, sent = joined(list(texts)), str(place.get("sent", ""))
+            if len(said) > len(sent) and said.startswith(sent):  # a stream only grows
+                await self.slack.append_stream(place["channel"], place["ts"], said[len(sent):])
+                await self.records.put_record(PLACE_KIND, key, json.dumps({**place, "sent": said},
+                                                                          separators=(",", ":")), TTL)
+        elif place.get("via") == "github" and self.github is not None:
             await self.github.edit_comment(place["repository"], place["api"], place["comment_id"],
                                            github_comment(progress_text(texts, activity, "github")))
         elif place.get("via") == "slack" and self.slack is not None:

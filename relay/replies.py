@@ -41,6 +41,8 @@ from relay.status_frames import NO_LONGER_PENDING
 log = logging.getLogger("relay.replies")
 
 REASON_SHOWN = 300
+#: chat.appendStream / stopStream take at most 12,000 characters of markdown at a time.
+STREAM_PIECE = 12_000
 
 
 class CardCloser(Protocol):
@@ -112,6 +114,10 @@ class Replier:
 
     async def _answer_slack(self, origin: Origin, text: str, place: dict[str, Any] | None = None) -> int:
         assert self.slack is not None
+        if place is not None and place.get("via") == "slack-stream":
+            if await self._finish_stream(place, text):
+                return 1
+            place = None  # the stream said something else: the answer goes below it, whole
         messages = [m for m in slack_messages(text) if m.strip()]
         thread = origin.slack_thread()
         if place is not None and place.get("via") == "slack" and thread is not None and messages:
@@ -123,6 +129,20 @@ class Replier:
                 await self.slack.respond(origin.reply["url"], {"response_type": "ephemeral",
                                                                "replace_original": False, "text": message})
         return len(messages) + (1 if place is not None and thread is not None else 0)
+
+    async def _finish_stream(self, place: dict[str, Any], text: str) -> bool:
+        """End a streamed answer with the rest of `text`. False if the stream does not begin it."""
+        assert self.slack is not None
+        sent = str(place.get("sent", ""))
+        if not text.startswith(sent):
+            await self.slack.stop_stream(place["channel"], place["ts"])
+            return False
+        rest = text[len(sent):]
+        while len(rest) > STREAM_PIECE:
+            await self.slack.append_stream(place["channel"], place["ts"], rest[:STREAM_PIECE])
+            rest = rest[STREAM_PIECE:]
+        await self.slack.stop_stream(place["channel"], place["ts"], rest)
+        return True
 
     async def _answer_github(self, reply: dict[str, Any], text: str, place: dict[str, Any] | None = None) -> int:
         assert self.github is not None

@@ -66,6 +66,23 @@ class SlackApi:
         data = await self.call("chat.postMessage", payload)
         return str(data.get("ts", ""))
 
+    async def start_stream(self, channel: str, thread_ts: str, team: str | None, user: str | None,
+                           markdown: str) -> str:
+        """chat.startStream in a thread (for the person the answer is for); the stream's ts."""
+        payload: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
+        if team and user:
+            payload.update(recipient_team_id=team, recipient_user_id=user)
+        if markdown:
+            payload["markdown_text"] = markdown
+        return str((await self.call("chat.startStream", payload)).get("ts", ""))
+
+    async def append_stream(self, channel: str, ts: str, markdown: str) -> None:
+        await self.call("chat.appendStream", {"channel": channel, "ts": ts, "markdown_text": markdown})
+
+    async def stop_stream(self, channel: str, ts: str, markdown: str = "") -> None:
+        payload = {"channel": channel, "ts": ts, **({"markdown_text": markdown} if markdown else {})}
+        await self.call("chat.stopStream", payload)
+
     async def update_message(self, channel: str, ts: str, message: dict[str, Any]) -> None:
         await self.call("chat.update", {"channel": channel, "ts": ts, **message})
 

@@ -42,6 +42,7 @@ class Message:
     thread_ts: str | None
     body: dict[str, Any]
     edits: int = 0
+    streaming: bool = False  # a chat.startStream message not yet stopped
 
     @property
     def text(self) -> str:
@@ -56,6 +57,7 @@ class SlackStandIn(Watched):
     replies: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)  # (channel, thread) →
     users: dict[str, str] = field(default_factory=dict)  # user id → display name
     files: dict[str, bytes] = field(default_factory=dict)  # name → content, served at /files/{name}
+    streaming: bool = False  # answer chat.startStream (else unknown_method, as where it is not offered)
 
     def __post_init__(self) -> None:
         self.base_url = ""  # set by the fixture once the server listens
@@ -117,6 +119,8 @@ class SlackStandIn(Watched):
                 self.messages.append(Message(str(body.get("channel")), ts, body.get("thread_ts"), dict(body)))
                 self._changed.notify_all()
             return JSONResponse({"ok": True, "channel": body.get("channel"), "ts": ts})
+        if method.startswith("chat.") and method.endswith("Stream"):
+            return self._stream(method, body)
         if method == "chat.update":
             with self._changed:
                 found = next((m for m in self.messages if m.channel == body.get("channel") and m.ts == body.get("ts")),
@@ -142,6 +146,28 @@ class SlackStandIn(Watched):
         if method == "views.open":
             return JSONResponse({"ok": True, "view": {"id": "V0001"}})
         return JSONResponse({"ok": True})
+
+    def _stream(self, method: str, body: dict[str, Any]) -> Response:
+        with self._changed:
+            if not self.streaming:
+                return JSONResponse({"ok": False, "error": "unknown_method"})
+            if method == "chat.startStream":
+                if not body.get("thread_ts"):
+                    return JSONResponse({"ok": False, "error": "invalid_arguments"})
+                ts = f"1700000000.{next(self._ts):06d}"
+                self.messages.append(Message(str(body.get("channel")), ts, body["thread_ts"],
+                                             {"text": body.get("markdown_text", "")}, streaming=True))
+                self._changed.notify_all()
+                return JSONResponse({"ok": True, "channel": body.get("channel"), "ts": ts})
+            found = next((m for m in self.messages if m.channel == body.get("channel") and m.ts == body.get("ts")
+                          and m.streaming), None)
+            if found is None:
+                return JSONResponse({"ok": False, "error": "message_not_in_streaming_state"})
+            found.body["text"] = found.text + str(body.get("markdown_text", ""))
+            found.edits += 1
+            found.streaming = method != "chat.stopStream"
+            self._changed.notify_all()
+            return JSONResponse({"ok": True, "channel": found.channel, "ts": found.ts})
 
     async def _file(self, request: Request) -> Response:
         name = request.path_params["name"]

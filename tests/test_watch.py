@@ -437,6 +437,31 @@ async def test_a_running_turn_shows_what_the_agent_does_and_its_progress_message
     assert any("Looking into it." in text and "running Bash" in text for text in shown)
 
 
+async def test_where_slack_streams_the_answer_streams_into_the_thread_as_the_agent_writes_it(
+        world: World, letta_sockets: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
+    letta, _ = letta_sockets
+    device = letta.simulated()
+    slack_stand_in.streaming = True
+    message_id = await world.remember("explain", {"via": "reaction", "channel": "C0TEAM", "ts": "1700.7",
+                                                  "team": "T0001", "user": "U0ALICE"})
+    async with world.watcher(progress=True):
+        await until(lambda t: letta.wait_for_open(1, SCOPE, timeout=t))
+        device.loop_status(SCOPE, "PROCESSING_API_RESPONSE", ["run-s"], {"run-s": [message_id]})
+        device.chunks(SCOPE, "run-s", "msg-s", "First, *the cache* ")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: "the cache" in s.thread("C0TEAM", "1700.7")[0].text
+                                                      if s.thread("C0TEAM", "1700.7") else False, t))
+        await asyncio.sleep(1.6)
+        device.chunks(SCOPE, "run-s", "msg-s", "expired; then the <db> failed over.")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.appendStream")) >= 1, t))
+        device.turn_finished(SCOPE, "run-s")
+        await until(lambda t: slack_stand_in.wait_for(lambda s: not s.thread("C0TEAM", "1700.7")[0].streaming, t))
+    [message] = slack_stand_in.thread("C0TEAM", "1700.7")
+    assert message.text == "First, *the cache* expired; then the <db> failed over."  # markdown, as written
+    [start] = slack_stand_in.of("chat.startStream")
+    assert (start.body["recipient_team_id"], start.body["recipient_user_id"]) == ("T0001", "U0ALICE")
+    assert slack_stand_in.of("chat.postMessage") == [] and slack_stand_in.of("chat.update") == []
+
+
 async def test_a_restarted_watcher_goes_on_editing_the_same_progress_message(
         world: World, letta_sockets: tuple[LettaStandIn, str], slack_stand_in: SlackStandIn) -> None:
     letta, _ = letta_sockets

@@ -146,7 +146,7 @@ class Mention:
         message_id = client_message_id(SOURCE, self.team, self.channel, self.ts)
         where = "a direct message" if self.kind == "dm" else f"<#{self.channel}>"
         content = f"Slack message from <@{self.user}> in {where}:\n{self.text}"
-        reply = {"via": "reaction", "channel": self.channel, "ts": self.ts}
+        reply = {"via": "reaction", "channel": self.channel, "ts": self.ts, "team": self.team, "user": self.user}
         context: dict[str, Any] = {}
         if self.thread_ts and self.thread_ts != self.ts:
             reply["thread_ts"] = self.thread_ts
