@@ -466,7 +466,7 @@ def test_client_message_id_does_not_depend_on_the_text_or_event_id() -> None:
 
 def test_mention_becomes_a_user_message_with_a_reaction_reply() -> None:
     inbound = mention_event().inbound()
-    assert inbound.reply == {"via": "reaction", "channel": CHANNEL, "ts": MENTION_TS}
+    assert inbound.reply == {"via": "reaction", "channel": CHANNEL, "ts": MENTION_TS, "team": TEAM, "user": ALICE}
     assert inbound.message["otid"] == inbound.message["client_message_id"] == inbound.client_message_id
     assert inbound.message["role"] == "user"
     assert "summarize the incident" in inbound.message["content"]
@@ -478,8 +478,10 @@ def test_mention_inside_a_thread_remembers_the_thread_for_answers() -> None:
     body = changed("event_app_mention.json", lambda data: data["event"].update(thread_ts="1714999999.000900"))
     event = parse_event(body)
     assert isinstance(event, Mention)
-    assert event.inbound().reply == {"via": "reaction", "channel": CHANNEL, "ts": MENTION_TS,
-                                     "thread_ts": "1714999999.000900"}
+    assert event.inbound().reply == {"via": "reaction", "channel": CHANNEL, "ts": MENTION_TS, "team": TEAM,
+                                     "user": ALICE, "thread_ts": "1714999999.000900"}
+    assert event.inbound().context == {"slack_thread": {"team": TEAM, "channel": CHANNEL,
+                                                        "thread_ts": "1714999999.000900", "ts": MENTION_TS}}
     assert event.inbound().client_message_id == mention_event().inbound().client_message_id
 
 
@@ -493,7 +495,8 @@ def test_mention_that_starts_a_thread_needs_no_thread_ts() -> None:
 def test_dm_reply_reacts_in_the_dm() -> None:
     event = parse_event(sample("event_message_im.json"))
     assert isinstance(event, Mention)
-    assert event.inbound().reply == {"via": "reaction", "channel": DM, "ts": "1715000100.000200"}
+    reply = event.inbound().reply
+    assert reply is not None and (reply["via"], reply["channel"], reply["ts"]) == ("reaction", DM, "1715000100.000200")
 
 
 @pytest.mark.parametrize("name", ["event_bot_message.json", "event_message_changed.json",

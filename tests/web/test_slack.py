@@ -146,7 +146,8 @@ async def test_mention_is_queued_once_across_retries_and_its_dm_twin(http: httpx
     assert [r.status_code for r in (first, retry, twin)] == [200, 200, 200]
     [envelope] = await queued(queue)
     assert envelope.message["content"].endswith("summarize the incident")
-    assert envelope.reply == {"via": "reaction", "channel": SLACK_CHANNEL, "ts": "1700000001.000100"}
+    assert envelope.reply == {"via": "reaction", "channel": SLACK_CHANNEL, "ts": "1700000001.000100",
+                              "team": SLACK_TEAM, "user": "U0ALICE"}
 
 
 @pytest.mark.parametrize("extra", [{"bot_id": "B0OTHER"}, {"subtype": "message_changed"}, {"user": "U0BOT"}])
