@@ -84,6 +84,17 @@ class Settings:
     def uses_github(self) -> bool:
         return any(route.github for route in self.routes) or self.github_fallback is not None
 
+    @property
+    def github_routes_on_the_shared_secret(self) -> list[Route]:
+        """Routes taking GitHub deliveries verified with GITHUB_WEBHOOK_SECRET (no secret of their own)."""
+        names = {r.name for r in self.routes if r.github} | ({self.github_fallback} if self.github_fallback else set())
+        return [r for r in self.routes if r.name in names and (r.github is None or r.github.secret is None)]
+
+    @property
+    def serves_github(self) -> bool:
+        """/github/webhook is served: some secret can verify a delivery."""
+        return self.github_webhook_secret is not None or any(r.github and r.github.secret for r in self.routes)
+
 
 def parse_duration(name: str, value: str) -> float:
     """'60', '0.5', '500ms', '90s', '5m', '24h', '4d' → seconds (> 0)."""
@@ -205,7 +216,7 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
     if "RELAY_ROUTES" in env:
         reader = read_text or (lambda path: Path(path).read_text(encoding="utf-8"))
         document = read_routes_file(env["RELAY_ROUTES"], reader)
-        routes = parse_routes(document, origin=f"RELAY_ROUTES={env['RELAY_ROUTES']}")
+        routes = parse_routes(document, origin=f"RELAY_ROUTES={env['RELAY_ROUTES']}", environ=env)
     default = _env_destination(env)
     if default is not None:
         if DEFAULT_ROUTE in routes:
@@ -272,13 +283,17 @@ def _fallback(document: Mapping[str, Any], source: str, routes: Mapping[str, Rou
 
 def _check_sources(settings: Settings) -> None:
     """A source's routes need its secret, and a secret needs routes: never fail open or idle."""
-    checks = (("Slack", "slack", "SLACK_SIGNING_SECRET", settings.uses_slack, settings.slack_signing_secret,
-               'teams = [\"T…\"]'),
-              ("GitHub", "github", "GITHUB_WEBHOOK_SECRET", settings.uses_github, settings.github_webhook_secret,
-               'repositories = [\"owner/name\"]'))
-    for name, table, variable, used, secret, example in checks:
-        if used and secret is None:
-            raise ConfigError(f"routes accept {name} but {variable} is not set")
+    if settings.uses_slack and settings.slack_signing_secret is None:
+        raise ConfigError("routes accept Slack but SLACK_SIGNING_SECRET is not set")
+    shared = [r.name for r in settings.github_routes_on_the_shared_secret]
+    if shared and settings.github_webhook_secret is None:
+        raise ConfigError(f"routes accept GitHub ({', '.join(shared)}) but GITHUB_WEBHOOK_SECRET is not set "
+                          "(or give each of them its own: secret_env in [routes.NAME.github])")
+    for name, table, variable, used, secret, example in (
+            ("Slack", "slack", "SLACK_SIGNING_SECRET", settings.uses_slack, settings.slack_signing_secret,
+             'teams = [\"T…\"]'),
+            ("GitHub", "github", "GITHUB_WEBHOOK_SECRET", settings.uses_github, settings.github_webhook_secret,
+             'repositories = [\"owner/name\"]')):
         if secret is not None and not used:
             raise ConfigError(f"{variable} is set but no route accepts {name}: add "
                               f"[routes.NAME.{table}] {example} to the routes file (RELAY_ROUTES)")
@@ -287,8 +302,10 @@ def _check_sources(settings: Settings) -> None:
                           "[routes.NAME.slack] teams = [\"T…\"] to the routes file")
 
 
-def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> dict[str, Route]:
-    """The parsed TOML routes document → routes by name."""
+def parse_routes(document: Mapping[str, Any], origin: str = "routes file",
+                 environ: Mapping[str, str] | None = None) -> dict[str, Route]:
+    """The parsed TOML routes document → routes by name. `environ` holds the secrets the
+    routes file names (a route's `secret_env`)."""
     unknown = sorted(set(document) - {"routes", "slack", "github"})
     if unknown:
         raise ConfigError(f"{origin}: unknown top-level key {unknown[0]!r} "
@@ -309,7 +326,8 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> di
                               f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, {', '.join(_ROUTE_PARTS)})")
         destination = destination_from({k: v for k, v in spec.items() if k not in _ROUTE_PARTS}, where)
         slack = _slack_rule(spec["slack"], f"{origin}: [routes.{name}.slack]") if "slack" in spec else None
-        github = _github_rule(spec["github"], f"{origin}: [routes.{name}.github]") if "github" in spec else None
+        github = (_github_rule(spec["github"], f"{origin}: [routes.{name}.github]", environ or {})
+                  if "github" in spec else None)
         watch = _watch_rule(spec["watch"], f"{origin}: [routes.{name}.watch]") if "watch" in spec else None
         approvals = spec.get("approvals", "socket")
         if approvals not in APPROVAL_PATHS:
@@ -355,8 +373,8 @@ def _slack_rule(spec: Any, where: str) -> SlackRule:
                      approvers=lists["approvers"], approver_groups=lists["approver_groups"])
 
 
-def _github_rule(spec: Any, where: str) -> GitHubRule:
-    spec = _table(spec, where, {"repositories", "trigger", "associations", "approvers", "actions"})
+def _github_rule(spec: Any, where: str, environ: Mapping[str, str]) -> GitHubRule:
+    spec = _table(spec, where, {"repositories", "trigger", "associations", "approvers", "actions", "secret_env"})
     repositories = _strings(spec.get("repositories", []), f"{where} repositories",
                             r"[A-Za-z0-9_.-]+/([A-Za-z0-9_.-]+|\*)", "owner/name or owner/*")
     if not repositories:
@@ -376,7 +394,21 @@ def _github_rule(spec: Any, where: str) -> GitHubRule:
     approvers = _strings(spec.get("approvers", []), f"{where} approvers", r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})",
                          "GitHub logins")
     return GitHubRule(repositories=repositories, trigger=trigger, associations=associations,
-                      approvers=approvers, actions=actions)
+                      approvers=approvers, actions=actions, secret=_route_secret(spec.get("secret_env"), where, environ))
+
+
+def _route_secret(name: Any, where: str, environ: Mapping[str, str]) -> bytes | None:
+    """A route's own webhook secret, from the environment variable the routes file names (the
+    routes file is configuration, often a ConfigMap; the secret stays with the other secrets)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", name) or name.startswith("RELAY_"):
+        raise ConfigError(f"{where}: secret_env must name an environment variable such as "
+                          "\"GITHUB_WEBHOOK_SECRET_ACME\" (capitals, digits, _; not RELAY_…)")
+    value = environ.get(name, "")
+    if not value.strip():
+        raise ConfigError(f"{where}: secret_env names {name}, which is not set")
+    return _secret(name, value)
 
 
 def _watch_rule(spec: Any, where: str) -> WatchRule:
