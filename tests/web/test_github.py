@@ -350,3 +350,75 @@ async def test_reaction_failure_does_not_change_the_answer(http: httpx.AsyncClie
     response = await deliver(http, comment_payload())
     assert response.status_code == 202
     assert len(await queued(queue)) == 1
+
+
+# --- one secret per tenant ------------------------------------------------------------------
+
+ACME_SECRET, GLOBEX_SECRET = b"acme's own webhook secret", b"globex's own webhook secret"
+
+
+@pytest.fixture
+async def tenants(queue: Queue, github_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """acme/* and globex/* each on a secret of its own; Codertocat's routes on the shared one."""
+    from dataclasses import replace
+
+    from relay.routing import Destination, GitHubRule, Route
+
+    def route(owner: str, secret: bytes) -> Route:
+        return Route(owner, Destination(agent_id=f"agent-{owner}", device_id="d"),
+                     github=GitHubRule(repositories=(f"{owner}/*",), secret=secret))
+
+    settings = replace(github_settings, routes=(*github_settings.routes, route("acme", ACME_SECRET),
+                                                route("globex", GLOBEX_SECRET)))
+    app = create_app(settings, queue)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as client:
+        yield client
+
+
+@pytest.mark.parametrize(("repository", "secret"), [("globex/plans", ACME_SECRET), ("acme/site", GLOBEX_SECRET),
+                                                     ("globex/plans", GITHUB_SECRET), (REPOSITORY, ACME_SECRET)])
+async def test_a_payload_for_one_tenant_signed_with_another_tenants_secret_is_401(
+        repository: str, secret: bytes, tenants: httpx.AsyncClient, queue: Queue) -> None:
+    response = await deliver(tenants, comment_payload(repository=repository), secret=secret)
+    assert response.status_code == 401, response.text
+    assert await queued(queue) == []
+
+
+@pytest.mark.parametrize(("repository", "secret", "agent"), [("globex/plans", GLOBEX_SECRET, "agent-globex"),
+                                                              ("acme/site", ACME_SECRET, "agent-acme"),
+                                                              (REPOSITORY, GITHUB_SECRET, "agent-hello")])
+async def test_each_tenants_payloads_verify_with_its_own_secret(
+        repository: str, secret: bytes, agent: str, tenants: httpx.AsyncClient, queue: Queue) -> None:
+    response = await deliver(tenants, comment_payload(repository=repository), secret=secret)
+    assert response.status_code == 202, response.text
+    assert [e.destination.agent_id for e in await queued(queue)] == [agent]
+
+
+async def test_an_organization_hooks_ping_verifies_with_that_organizations_secret(tenants: httpx.AsyncClient) -> None:
+    ping = {"zen": "Design for failure.", "hook_id": 1, "organization": {"login": "acme"}}
+    assert (await deliver(tenants, ping, event="ping", secret=ACME_SECRET)).status_code == 200
+    assert (await deliver(tenants, ping, event="ping", secret=GLOBEX_SECRET)).status_code == 401
+
+
+async def test_an_unrouted_repository_is_verified_with_the_shared_secret(tenants: httpx.AsyncClient,
+                                                                         queue: Queue) -> None:
+    payload = comment_payload(repository="hooli/x")
+    assert (await deliver(tenants, payload, secret=ACME_SECRET)).status_code == 401
+    assert "not routed" in (await deliver(tenants, payload, secret=GITHUB_SECRET)).json()["ignored"]
+    assert await queued(queue) == []
+
+
+async def test_without_a_shared_secret_a_payload_no_route_claims_is_401(queue: Queue, github_settings: Settings) -> None:
+    from dataclasses import replace
+
+    from relay.routing import Destination, GitHubRule, Route
+
+    only = Route("acme", Destination(agent_id="agent-acme", device_id="d"),
+                 github=GitHubRule(repositories=("acme/*",), secret=ACME_SECRET))
+    app = create_app(replace(github_settings, routes=(only,), github_webhook_secret=None), queue)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as client:
+        assert (await deliver(client, comment_payload(repository="acme/x"), secret=ACME_SECRET)).status_code == 202
+        refused = await deliver(client, comment_payload(repository="hooli/x"), secret=ACME_SECRET)
+        not_json = await deliver(client, b"{not json", secret=ACME_SECRET)
+    assert refused.status_code == 401 and not_json.status_code == 401
+    assert len(await queued(queue)) == 1
