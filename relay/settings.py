@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
 from relay.routing import (APPROVAL_PATHS, DEFAULT_ASSOCIATIONS, DEFAULT_ROUTE, SELECTORS, Destination, GitHubRule,
@@ -20,6 +21,7 @@ from relay.sources.generic import decode_secret
 
 DEFAULT_LETTA_BASE_URL = "https://api.letta.com"
 DEFAULT_SLACK_API_BASE_URL = "https://slack.com/api"
+DEFAULT_SLACK_HOOKS_URL = "https://hooks.slack.com/"
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 GITHUB_ASSOCIATIONS = {"OWNER", "MEMBER", "COLLABORATOR", "CONTRIBUTOR", "FIRST_TIME_CONTRIBUTOR",
                        "FIRST_TIMER", "MANNEQUIN", "NONE"}
@@ -49,6 +51,7 @@ class Settings:
     slack_signing_secret: bytes | None = field(default=None, repr=False)
     slack_bot_token: str | None = field(default=None, repr=False)
     slack_api_base_url: str = DEFAULT_SLACK_API_BASE_URL
+    slack_hooks_url: str = DEFAULT_SLACK_HOOKS_URL  # response_urls relay may POST to start with this
     admin_token: str | None = field(default=None, repr=False)
     github_fallback: str | None = None  # route for repositories no route lists
     github_webhook_secret: bytes | None = field(default=None, repr=False)
@@ -244,6 +247,8 @@ def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
         values["slack_bot_token"] = token
     if "SLACK_API_BASE_URL" in env:
         values["slack_api_base_url"] = _parse_http_url("SLACK_API_BASE_URL", env["SLACK_API_BASE_URL"])
+    if "SLACK_HOOKS_URL" in env:
+        values["slack_hooks_url"] = _parse_url_prefix("SLACK_HOOKS_URL", env["SLACK_HOOKS_URL"])
     return values
 
 
@@ -491,6 +496,16 @@ def _parse_redis_url(value: str) -> str:
         got = f"scheme {scheme.group(1)!r}" if scheme else "a value without a scheme"
         raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {got})")
     return value
+
+
+def _parse_url_prefix(name: str, value: str) -> str:
+    """An origin and path that URLs must start with; always ending in "/" (so that
+    https://hooks.slack.com cannot be extended into https://hooks.slack.com.example)."""
+    url = _parse_http_url(name, value) + "/"
+    parts = urlsplit(url)
+    if "@" in parts.netloc or parts.query or parts.fragment or not url.isprintable() or " " in url:
+        raise ConfigError(f"{name}={value!r} must be a plain http(s)://host[:port]/path/ prefix")
+    return url
 
 
 def _parse_http_url(name: str, value: str) -> str:
