@@ -14,6 +14,7 @@ import httpx
 from relay import __version__
 from relay.errors import UpstreamError
 from relay.settings import Settings
+from relay.sources.github import valid_repository
 
 Reaction = Literal["eyes", "rocket", "confused", "+1", "-1", "laugh", "heart", "hooray"]
 
@@ -37,17 +38,17 @@ class GitHubApi:
 
     async def react(self, repository: str, comment_id: int, api: str, content: Reaction) -> None:
         """React to an issue comment (api="issues") or a pull-request review comment ("pulls")."""
-        await self._post(f"{_repo(repository)}/{api}/comments/{int(comment_id)}/reactions", "reactions",
-                         {"content": content})
+        await self._post(f"{_repo(repository, 'reactions')}/{api}/comments/{int(comment_id)}/reactions",
+                         "reactions", {"content": content})
 
     async def comment(self, repository: str, number: int, body: str) -> None:
         """A new comment on an issue or pull request's conversation."""
-        await self._post(f"{_repo(repository)}/issues/{int(number)}/comments", "comments", {"body": body})
+        await self._post(f"{_repo(repository, 'comments')}/issues/{int(number)}/comments", "comments", {"body": body})
 
     async def reply_to_review_comment(self, repository: str, number: int, comment_id: int, body: str) -> None:
         """A reply in the review thread of a pull-request review comment."""
-        await self._post(f"{_repo(repository)}/pulls/{int(number)}/comments/{int(comment_id)}/replies", "replies",
-                         {"body": body})
+        await self._post(f"{_repo(repository, 'replies')}/pulls/{int(number)}/comments/{int(comment_id)}/replies",
+                         "replies", {"body": body})
 
     async def _post(self, path: str, method: str, payload: dict[str, str]) -> None:
         try:
@@ -58,6 +59,10 @@ class GitHubApi:
             raise UpstreamError("github", method, f"HTTP {response.status_code}")
 
 
-def _repo(repository: str) -> str:
+def _repo(repository: str, method: str) -> str:
+    """/repos/OWNER/NAME, each segment encoded; anything but owner/name (".." above all, which
+    a URL normalizes into another path) is refused rather than sent."""
+    if not valid_repository(repository):
+        raise UpstreamError("github", method, "not an owner/name repository")
     owner, _, name = repository.partition("/")
     return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
