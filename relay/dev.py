@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import fakeredis
 
+from relay.connections import ConnectionLimits
 from relay.errors import ConfigError
 from relay.approval_delivery import Deliverer
 from relay.cards import cards_for
@@ -141,14 +142,15 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
     if slack is not None:
         notes.append(f"slack: /slack/* with the Slack API at {settings.slack_api_base_url}")
-    if settings.github_webhook_secret is not None:
+    if settings.serves_github:
         notes.append("github: /github/webhook" + (f" (reactions via {settings.github_api_url})" if github else ""))
     web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                          dedup_window=settings.dedup_window)
     await web_queue.ensure_groups()
     app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics)
-    web = EmbeddedServer(server_config(app, host, port))
+    web = EmbeddedServer(server_config(app, host, port, ConnectionLimits.from_settings(settings),
+                                       metrics.connection_closed))
     replier = Replier(slack, github, cards=cards_for(settings, worker_queue, slack))
     worker = Worker(worker_queue, Deliverer(letta, settings, records=worker_queue), settings, replier=replier,
                     origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics)

@@ -59,6 +59,14 @@ class Settings:
     github_api_url: str = DEFAULT_GITHUB_API_URL
     key_prefix: str = "relay"
     max_body_bytes: int = 1024 * 1024
+    # The web's connections (relay/connections.py): worst-case memory is about
+    # max_connections × (max_header_bytes + max_body_bytes) above the process's own.
+    max_header_bytes: int = 16 * 1024  # a request line and its headers
+    max_headers: int = 100
+    header_timeout: float = 10.0  # from a connection opening, or a request's first byte, to its last header
+    body_timeout: float = 30.0  # from the last header to the last byte of the body
+    keepalive_timeout: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 100
     dedup_window: float = 96 * 3600.0
     reclaim_after: float = 60.0
     max_age: float = 24 * 3600.0
@@ -165,6 +173,12 @@ def _parse_prefix(name: str, value: str) -> str:
 _TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_KEY_PREFIX": ("key_prefix", _parse_prefix),
     "RELAY_MAX_BODY_BYTES": ("max_body_bytes", parse_count),
+    "RELAY_MAX_HEADER_BYTES": ("max_header_bytes", parse_count),
+    "RELAY_MAX_HEADERS": ("max_headers", parse_count),
+    "RELAY_HEADER_TIMEOUT": ("header_timeout", parse_duration),
+    "RELAY_BODY_TIMEOUT": ("body_timeout", parse_duration),
+    "RELAY_KEEPALIVE_TIMEOUT": ("keepalive_timeout", parse_duration),
+    "RELAY_MAX_CONNECTIONS": ("max_connections", parse_count),
     "RELAY_DEDUP_WINDOW": ("dedup_window", parse_duration),
     "RELAY_RECLAIM_AFTER": ("reclaim_after", parse_duration),
     "RELAY_MAX_AGE": ("max_age", parse_duration),
