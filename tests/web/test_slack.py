@@ -347,8 +347,9 @@ async def close_card(queue: Queue, slack_settings: Settings, slack_stand_in: Sla
     from relay.routing import Router
 
     slack = SlackApi(slack_settings.slack_bot_token, base_url=slack_stand_in.api_url)
-    cards = Cards(queue, slack, Router(slack_settings.routes), Intake(queue))
-    assert await cards.close(tool_call_id, "answered in the terminal")
+    router = Router(slack_settings.routes)
+    cards = Cards(queue, slack, router, Intake(queue))
+    assert await cards.close(router.pick("incidents").destination, tool_call_id, "answered in the terminal")
     await slack.aclose()
 
 
