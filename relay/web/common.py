@@ -11,7 +11,7 @@ from typing import Awaitable, Callable, Sequence
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from relay.errors import BadSignature, Rejected, TooLarge, quoted
+from relay.errors import BadRequest, BadSignature, Rejected, TooLarge, quoted
 from relay.intake import Queued
 from relay.logs import fields
 from relay.metrics import Metrics
@@ -26,9 +26,12 @@ MAX_TOKEN_LENGTH = 1024
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing (413) past `limit` bytes without reading the rest."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
-        raise TooLarge(f"body is larger than {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not (declared.isascii() and declared.isdigit()):
+            raise BadRequest("Content-Length is not a number of bytes")
+        if len(declared) > 18 or int(declared) > limit:  # bounded before int()
+            raise TooLarge(f"body is larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
