@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import pytest
@@ -1026,3 +1027,18 @@ def test_a_watch_value_that_is_not_a_table_is_an_error() -> None:
 
 def test_the_unknown_route_key_message_lists_watch() -> None:
     assert "watch" in routes_error('[routes.ops]\nagent_id = "a"\ndevice_id = "d"\nwatcher = 1\n')
+
+
+# --- the README's configuration reference -------------------------------------------------------
+
+
+def test_the_readme_configuration_reference_lists_every_variable_settings_reads() -> None:
+    from pathlib import Path
+
+    from tests.deploy.test_manifests import names_settings_reads
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    reference = readme[readme.index("## Configuration"):]
+    reference = reference[:reference.index("\n## ", 3)]
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", reference))
+    assert sorted(names_settings_reads() - listed) == []

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
+import json
 import os
 import re
 import signal
@@ -21,6 +23,7 @@ import httpx
 from tests.support import free_port, relay_env
 
 ROOT = Path(__file__).resolve().parents[2]
+REPORT = Path(__file__).parent / "last-run.json"
 HOOK_KEY = b"hostile-hook-key-0123456789abcdef"
 HOOK_SECRET = "whsec_" + base64.b64encode(HOOK_KEY).decode()
 SLACK_SECRET = b"hostile-slack-signing-secret-0123"
@@ -124,3 +127,15 @@ def relay_serve(tmp: Path, redis_url: str, prefix: str, slack_api_url: str, slac
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+def record_figures(name: str, figures: dict[str, object]) -> None:
+    """Add one test's figures to tests/hostile/last-run.json (tests run in parallel: locked)."""
+    with open(REPORT.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            existing = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+        except ValueError:
+            existing = {}
+        existing[name] = figures
+        REPORT.write_text(json.dumps(existing, indent=2, sort_keys=True) + "\n")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from relay.settings import Settings
-from tests.hostile.served import Served, relay_serve
+from tests.hostile.served import Served, record_figures, relay_serve
 from tests.support import delete_prefix, unique_prefix
 
 pytestmark = pytest.mark.slow
@@ -186,5 +186,7 @@ def test_a_flood_leaves_memory_and_sockets_bounded_and_healthz_answering(kind: s
     assert closed_by(served, reason) > closed_before  # the limit did the work
     log = served.log()
     assert "Traceback" not in log and '"level":"ERROR"' not in log
-    print(f"\n{kind}: RSS +{growth / MIB:.1f} MiB (peak {max(samples['rss']) / MIB:.0f} MiB), "
-          f"sockets ≤ {max(samples['sockets'])}, {len(samples['health'])} health checks answered")
+    record_figures(f"flood: {kind}", {"seconds": FLOOD_SECONDS, "rss_growth_mib": round(growth / MIB, 1),
+                                      "rss_peak_mib": round(max(samples["rss"]) / MIB), "sockets_peak": max(samples["sockets"]),
+                                      "health_checks_answered": f"{sum(samples['health'])}/{len(samples['health'])}",
+                                      f"closed_{reason}": closed_by(served, reason) - closed_before})

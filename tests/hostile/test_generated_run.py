@@ -4,7 +4,8 @@ things wrong (unsigned, wrong or cross-tenant secrets, stale or absurd headers, 
 odd signed bodies, forged authors, oversized and malformed requests). Every answer is the one
 its kind should get, none is a 5xx, and Redis ends up holding exactly the messages the valid
 requests carried: nothing queued without a valid signature, nothing lost, nothing doubled.
-The figures go to tests/hostile/last-run.json (the README's Reliability section quotes them)."""
+The figures go to tests/hostile/last-run.json (the README's Reliability section quotes them).
+Marked slow; it runs in the default suite (about 10 to 20 s alone on a 2-core machine)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ import redis.asyncio as aioredis
 from relay.messages import client_message_id
 from relay.queue import PARTITIONS, Keys
 from relay.sources import generic, github, slack
-from tests.hostile.served import ACME_SECRET, ADMIN_TOKEN, GITHUB_SECRET, HOOK_KEY, SLACK_SECRET, Served, relay_serve
+from tests.hostile.served import (ACME_SECRET, GITHUB_SECRET, HOOK_KEY, SLACK_SECRET, Served, record_figures,
+                                  relay_serve)
 from tests.support import delete_prefix, unique_prefix
 
 pytestmark = pytest.mark.slow
@@ -37,7 +39,6 @@ pytestmark = pytest.mark.slow
 REQUESTS = 100_000
 CONNECTIONS = 6
 SEED = 20_13
-REPORT = Path(__file__).parent / "last-run.json"
 OTHER = b"another-secret-of-at-least-24-bytes"
 
 
@@ -409,7 +410,7 @@ def test_a_generated_run_of_100_000_requests_across_every_door(tmp_path: Path, r
                "messages_expected": len(tally.expected_ids), "messages_stored": len(stored),
                "stored_without_a_valid_request": len(stored - tally.expected_ids),
                "valid_but_not_stored": len(tally.expected_ids - stored), "reconnects": tally.reconnects}
-    REPORT.write_text(json.dumps(figures, indent=2) + "\n")
+    record_figures("generated run", figures)
     print("\n" + json.dumps(figures))
     assert total == REQUESTS
     assert server_errors == 0 and errors == 0
