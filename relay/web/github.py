@@ -130,3 +130,5 @@ async def eyes(github: GitHubApi, comment: Comment) -> None:
         await github.react(reply["repository"], reply["comment_id"], reply["api"], "eyes")
     except UpstreamError as exc:
         log.warning("could not react on GitHub", extra=fields(repository=comment.repository, error=exc.code))
+    except Exception as exc:  # after the answer: nobody to tell but the log, and it must not raise
+        log.error("could not react on GitHub", exc_info=exc, extra=fields(error=type(exc).__name__))

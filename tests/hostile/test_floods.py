@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import re
 import time
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
 import httpx
