@@ -15,6 +15,7 @@ is queued in one atomic step. With GITHUB_TOKEN, relay reacts 👀 once queued.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Callable
 
@@ -102,23 +103,22 @@ def routes(settings: Settings, intake: Intake, router: Router, github: GitHubApi
     def verified(request: Request, body: bytes) -> tuple[dict[str, Any], Destinations | None]:
         """The payload, verified with the secret of the route it claims (read only to choose
         the secret), and that route (None: not routed)."""
+        problem: BadRequest | None = None
         try:
-            data: dict[str, Any] | None = source.payload(request.headers, body)
-        except BadRequest as exc:
-            data, problem = None, exc
-        repository, owner = source.claimed(data) if data is not None else (None, None)
-        route = None
-        if repository is not None:
-            try:
-                route = router.for_github(repository)
-            except NoRoute:
-                pass
+            data = source.payload(request.headers, body)
+        except BadRequest as exc:  # still verified first: an unsigned body gets a 401, not a 400
+            data, problem = {}, exc
+        repository, owner = source.claimed(data)
         secret = router.github_secret(repository, owner) or shared
         if secret is None:
             raise BadSignature("no webhook secret is configured for the repository this delivery names")
         source.verify(request.headers, body, secret)
-        if data is None:
+        if problem is not None:
             raise problem
+        route = None
+        if repository is not None:
+            with contextlib.suppress(NoRoute):
+                route = router.for_github(repository)
         return data, route
 
     return [Route("/github/webhook", guarded(source.SOURCE, webhook, metrics, "x-github-delivery"), methods=["POST"])]
