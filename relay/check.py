@@ -76,9 +76,51 @@ def settings_problems(settings: Settings) -> list[Problem]:
 
 
 def sources(settings: Settings) -> list[str]:
-    return [name for name, secret in (("generic webhook", settings.hook_secret),
-                                      ("Slack", settings.slack_signing_secret),
-                                      ("GitHub", settings.github_webhook_secret)) if secret is not None]
+    return [name for name, served in (("generic webhook", settings.hook_secret is not None),
+                                      ("Slack", settings.slack_signing_secret is not None),
+                                      ("GitHub", settings.serves_github)) if served]
+
+
+def github_secret_problems(settings: Settings) -> list[Problem]:
+    """Who can sign for whom. Whoever holds a route's secret can sign deliveries for every
+    repository that route (or, for GITHUB_WEBHOOK_SECRET, any route on it) takes."""
+    problems = []
+    shared = settings.github_routes_on_the_shared_secret
+    owners = sorted({_owner(p).lower() for r in shared if r.github for p in r.github.repositories})
+    if settings.github_fallback in {r.name for r in shared}:
+        owners.append("any repository no route names")
+    if len(owners) > 1:
+        problems.append(Problem(
+            "warning", f"route(s) {_names(shared)} share GITHUB_WEBHOOK_SECRET across owners "
+                       f"({', '.join(owners)}): any organization given it can sign deliveries, authors and "
+                       "/approve lines for the others' repositories",
+            "give each organization's routes a secret of their own: secret_env = \"GITHUB_WEBHOOK_SECRET_ACME\" "
+            "in [routes.NAME.github], set to the secret of that organization's hook (fine as is when every "
+            "hook is yours)"))
+    by_owner: dict[str, list[Route]] = {}
+    for route in settings.routes:
+        for pattern in route.github.repositories if route.github else ():
+            by_owner.setdefault(_owner(pattern).lower(), []).append(route)
+    for owner, routes in sorted(by_owner.items()):
+        secrets = {r.github.secret or settings.github_webhook_secret for r in routes if r.github}
+        if len(secrets) > 1:
+            problems.append(Problem(
+                "warning", f"owner {owner}: routes {_names(dict.fromkeys(routes))} verify with different secrets, "
+                           "but an organization hook signs every repository of the organization with one",
+                "give these routes the same secret_env, unless each repository has a hook of its own"))
+    return problems
+
+
+def github_summary(settings: Settings) -> str:
+    own = [r for r in settings.routes if r.github and r.github.secret]
+    shared = settings.github_routes_on_the_shared_secret
+    parts = ([f"their own (secret_env) for {_names(own)}"] if own else []) + \
+            ([f"GITHUB_WEBHOOK_SECRET for {_names(shared)}"] if shared else [])
+    return f"GitHub secrets: {'; '.join(parts)}"
+
+
+def _owner(pattern: str) -> str:
+    return pattern.split("/", 1)[0]
 
 
 def settings_summary(settings: Settings) -> str:
@@ -215,6 +257,11 @@ async def run(environ: Mapping[str, str]) -> Report:
     if not found:
         report.ok.append(settings_summary(settings))
     report.problems += found
+    if settings.uses_github:
+        secrets = github_secret_problems(settings)
+        if not secrets:
+            report.ok.append(github_summary(settings))
+        report.problems += secrets
     watching = watch_problems(settings)
     if any(route.watched for route in settings.routes) and not watching:
         report.ok.append(watch_summary(settings))

@@ -208,7 +208,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from relay.check import settings_problems
+    from relay.connections import ConnectionLimits
     from relay.github_api import GitHubApi
+    from relay.metrics import Metrics
     from relay.serving import server_config
     from relay.slack_api import SlackApi
     from relay.web import create_app
@@ -223,9 +225,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async with _queue(url, settings, socket_timeout=5.0, dedup_window=settings.dedup_window) as queue:
             await _warn_about_durability(queue)
             slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-            app = create_app(settings, queue, slack_api=slack, github_api=github)
+            metrics = Metrics()
+            app = create_app(settings, queue, slack_api=slack, github_api=github, metrics=metrics)
+            config = server_config(app, args.host, args.port, ConnectionLimits.from_settings(settings),
+                                   metrics.connection_closed)
             try:
-                await uvicorn.Server(server_config(app, args.host, args.port)).serve(sockets=[sock])
+                await uvicorn.Server(config).serve(sockets=[sock])
             finally:
                 await serving.close_all(slack, github)
 

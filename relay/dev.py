@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 import socket
 import sys
@@ -19,6 +20,7 @@ from dataclasses import replace
 
 import fakeredis
 
+from relay.connections import ConnectionLimits
 from relay.errors import ConfigError
 from relay.approval_delivery import Deliverer
 from relay.cards import cards_for
@@ -61,12 +63,27 @@ def stand_in_devices(routes: tuple[Route, ...]) -> list[Device]:
     return devices
 
 
-def prepare(settings: Settings) -> Settings:
-    """Dev defaults: the development secret, and the stand-in's agent when no route is set."""
-    if settings.hook_secret is None:
-        settings = replace(settings, hook_secret=decode_secret(DEV_HOOK_SECRET))
-    if settings.admin_token is None:
-        settings = replace(settings, admin_token=DEV_ADMIN_TOKEN)
+def prepare(settings: Settings, host: str = "127.0.0.1") -> Settings:
+    """Dev defaults: the development secret and admin token, and the stand-in's agent when no
+    route is set. Those are public: with real deliveries (LETTA_API_KEY) or listening beyond
+    loopback, anyone could sign webhooks or read the queue with them, so then relay dev wants
+    RELAY_HOOK_SECRET of its own, refuses the public values, and serves the admin API only
+    with a RELAY_ADMIN_TOKEN of its own."""
+    exposed = _exposure(settings, host)
+    if exposed is None:
+        if settings.hook_secret is None:
+            settings = replace(settings, hook_secret=decode_secret(DEV_HOOK_SECRET))
+        if settings.admin_token is None:
+            settings = replace(settings, admin_token=DEV_ADMIN_TOKEN)
+    elif settings.hook_secret is None:
+        raise ConfigError(f"relay dev {exposed}: set RELAY_HOOK_SECRET to a secret of your own (`relay secret` "
+                          "makes one); the public development secret is for a laptop's loopback only")
+    elif settings.hook_secret == decode_secret(DEV_HOOK_SECRET):
+        raise ConfigError(f"relay dev {exposed}: RELAY_HOOK_SECRET is the public development secret, with "
+                          "which anyone can sign webhooks; set one of your own (`relay secret` makes one)")
+    elif settings.admin_token == DEV_ADMIN_TOKEN:
+        raise ConfigError(f"relay dev {exposed}: RELAY_ADMIN_TOKEN is the public development token; "
+                          "set one of your own, or leave it unset (no admin API)")
     if not settings.routes:
         if settings.letta_api_key:
             raise ConfigError("relay dev with LETTA_API_KEY delivers to the real Letta API: set "
@@ -77,6 +94,17 @@ def prepare(settings: Settings) -> Settings:
     return settings
 
 
+def _exposure(settings: Settings, host: str) -> str | None:
+    """Why the public development credentials would be unsafe here, or None on a laptop."""
+    if settings.letta_api_key:
+        return "with LETTA_API_KEY delivers to the real Letta API"
+    try:
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return None if loopback else f"listens on {host}, beyond this machine"
+
+
 def _print_block(text: str) -> None:
     print(text, flush=True)
 
@@ -85,7 +113,7 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     """Run until SIGINT/SIGTERM, serving webhooks on `listener` (already bound)."""
     host, port = listener.getsockname()[:2]
     own_secret, own_token = settings.hook_secret is not None, settings.admin_token is not None
-    settings = prepare(settings)
+    settings = prepare(settings, host)
     notes = []
     if settings.redis_url:
         redis = connect(settings.redis_url)
@@ -109,19 +137,21 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     notes.append("hook secret: RELAY_HOOK_SECRET" if own_secret else
                  "hook secret: the public development secret (relay send finds it by itself)")
     notes.append("admin API (/admin/…): RELAY_ADMIN_TOKEN" if own_token else
-                 "admin API (/admin/…): the public development token (relay dlq finds it by itself)")
+                 "admin API (/admin/…): the public development token (relay dlq finds it by itself)"
+                 if settings.admin_token else "admin API (/admin/…): off (set RELAY_ADMIN_TOKEN)")
 
     slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
     if slack is not None:
         notes.append(f"slack: /slack/* with the Slack API at {settings.slack_api_base_url}")
-    if settings.github_webhook_secret is not None:
+    if settings.serves_github:
         notes.append("github: /github/webhook" + (f" (reactions via {settings.github_api_url})" if github else ""))
     web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                          dedup_window=settings.dedup_window)
     await web_queue.ensure_groups()
     app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics)
-    web = EmbeddedServer(server_config(app, host, port))
+    web = EmbeddedServer(server_config(app, host, port, ConnectionLimits.from_settings(settings),
+                                       metrics.connection_closed))
     replier = Replier(slack, github, cards=cards_for(settings, worker_queue, slack))
     worker = Worker(worker_queue, Deliverer(letta, settings, records=worker_queue), settings, replier=replier,
                     origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics,

@@ -15,6 +15,7 @@ from relay import __version__
 from relay.downloads import fetch
 from relay.errors import UpstreamError
 from relay.settings import Settings
+from relay.sources.github import valid_repository
 
 Reaction = Literal["eyes", "rocket", "confused", "+1", "-1", "laugh", "heart", "hooray"]
 
@@ -39,22 +40,23 @@ class GitHubApi:
 
     async def react(self, repository: str, comment_id: int, api: str, content: Reaction) -> None:
         """React to an issue comment (api="issues") or a pull-request review comment ("pulls")."""
-        await self._post(f"{_repo(repository)}/{api}/comments/{int(comment_id)}/reactions", "reactions",
-                         {"content": content})
+        await self._post(f"{_repo(repository, 'reactions')}/{api}/comments/{int(comment_id)}/reactions",
+                         "reactions", {"content": content})
 
     async def comment(self, repository: str, number: int, body: str) -> int:
         """A new comment on an issue or pull request's conversation; its id."""
-        return _id(await self._send("POST", f"{_repo(repository)}/issues/{int(number)}/comments", "comments",
-                                    {"body": body}))
+        path = f"{_repo(repository, 'comments')}/issues/{int(number)}/comments"
+        return _id(await self._send("POST", path, "comments", {"body": body}))
 
     async def reply_to_review_comment(self, repository: str, number: int, comment_id: int, body: str) -> int:
         """A reply in the review thread of a pull-request review comment; its id."""
-        return _id(await self._send("POST", f"{_repo(repository)}/pulls/{int(number)}/comments/{int(comment_id)}"
-                                    "/replies", "replies", {"body": body}))
+        path = f"{_repo(repository, 'replies')}/pulls/{int(number)}/comments/{int(comment_id)}/replies"
+        return _id(await self._send("POST", path, "replies", {"body": body}))
 
     async def edit_comment(self, repository: str, api: str, comment_id: int, body: str) -> None:
         """Replace the body of an issue comment (api="issues") or a review comment ("pulls")."""
-        await self._send("PATCH", f"{_repo(repository)}/{api}/comments/{int(comment_id)}", "edit", {"body": body})
+        await self._send("PATCH", f"{_repo(repository, 'edit')}/{api}/comments/{int(comment_id)}", "edit",
+                         {"body": body})
 
     def may_download(self, url: str) -> bool:
         """Attachments are read only from github.com or the host the API is at (GitHub Enterprise,
@@ -91,6 +93,10 @@ def _id(data: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _repo(repository: str) -> str:
+def _repo(repository: str, method: str) -> str:
+    """/repos/OWNER/NAME, each segment encoded; anything but owner/name (".." above all, which
+    a URL normalizes into another path) is refused rather than sent."""
+    if not valid_repository(repository):
+        raise UpstreamError("github", method, "not an owner/name repository")
     owner, _, name = repository.partition("/")
     return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"

@@ -81,6 +81,10 @@ class Metrics:
         self.requests = Counter(
             "relay_requests", "Requests at relay's doors by source and outcome (accepted, duplicate, ignored, "
             "unavailable, rejected); reason says why one was rejected", ["source", "outcome", "reason"], registry=r)
+        self.connections_closed = Counter(
+            "relay_connections_closed", "Web connections relay's limits closed, by reason (header_too_large, "
+            "too_many_headers, header_timeout, body_timeout, unread_body, evicted, over_capacity)",
+            ["reason"], registry=r)
         self.ingest_ack = Histogram(
             "relay_ingest_ack_seconds", "Time from a request's arrival to relay's answer, by door",
             ["source"], buckets=CALL_BUCKETS, registry=r)
@@ -140,6 +144,9 @@ class Metrics:
 
     def rejected(self, source: str, exc: Rejected) -> None:
         self.request(source, "rejected", reject_reason(exc))
+
+    def connection_closed(self, reason: str) -> None:
+        self._child(self.connections_closed, reason).inc()
 
     def answered(self, source: str, seconds: float) -> None:
         self._child(self.ingest_ack, source).observe(seconds)

@@ -6,7 +6,7 @@ Pure: no I/O. `letta.py` fetches the environment list; `choose_connection` decid
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Iterable, Mapping
 
@@ -89,6 +89,7 @@ class GitHubRule:
     associations: tuple[str, ...] = DEFAULT_ASSOCIATIONS  # author_association values allowed
     approvers: tuple[str, ...] = ()  # logins whose /approve and /deny lines count
     actions: tuple[str, ...] = ("created",)  # comment actions that reach the agent
+    secret: bytes | None = field(default=None, repr=False)  # this route's webhook secret (else the shared one)
 
     def matches(self, repository: str) -> int:
         """2 for an exact repository, 1 for the owner's wildcard, 0 for no match."""
@@ -197,6 +198,25 @@ class Router:
         if self._github_fallback is not None:
             return self._routes[self._github_fallback]
         raise NoRoute(f"repository {repository} is not routed to an agent")
+
+    def github_secret(self, repository: str | None, owner: str | None) -> bytes | None:
+        """The secret of the route a payload claims to be for, or None (the shared secret then).
+
+        By repository: the route it goes to. Without one (an organization hook's ping): the
+        secret every route of that owner agrees on, if they do.
+        """
+        if repository is not None:
+            try:
+                route = self.for_github(repository)
+            except NoRoute:
+                return None
+            return route.github.secret if route.github else None
+        if owner is None:
+            return None
+        prefix = owner.lower() + "/"
+        secrets = {route.github.secret for route in self._routes.values() if route.github
+                   and any(p.lower().startswith(prefix) for p in route.github.repositories)}
+        return secrets.pop() if len(secrets) == 1 else None
 
 
 def choose_connection(

@@ -11,9 +11,11 @@ import contextlib
 import gc
 import signal
 import socket
-from typing import Any, Coroutine, Iterator
+from typing import Any, Callable, Coroutine, Iterator
 
 import uvicorn
+
+from relay.connections import ConnectionLimits, protocol_for
 
 
 def tune_gc() -> None:
@@ -69,10 +71,15 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
-    # relay logs each request itself (accepted / duplicate / rejected, with reasons).
-    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                          server_header=False, lifespan="off")
+def server_config(app: Any, host: str, port: int, limits: ConnectionLimits | None = None,
+                  closed: Callable[[str], None] | None = None) -> uvicorn.Config:
+    """uvicorn's settings for relay: no access log (relay logs each request itself, with
+    reasons), and `limits` on every connection (relay/connections.py; the defaults when
+    none are given); `closed(reason)` hears of each connection the limits close."""
+    limits = limits or ConnectionLimits()
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, server_header=False,
+                          lifespan="off", http=protocol_for(limits, closed),
+                          timeout_keep_alive=limits.keepalive_timeout)  # type: ignore[arg-type]
 
 
 def bound_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

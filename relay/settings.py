@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from relay.errors import ConfigError
 from relay.routing import (APPROVAL_PATHS, DEFAULT_ASSOCIATIONS, DEFAULT_ROUTE, SELECTORS, Destination, GitHubRule,
@@ -20,6 +21,7 @@ from relay.sources.generic import decode_secret
 
 DEFAULT_LETTA_BASE_URL = "https://api.letta.com"
 DEFAULT_SLACK_API_BASE_URL = "https://slack.com/api"
+DEFAULT_SLACK_HOOKS_URL = "https://hooks.slack.com/"
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 GITHUB_ASSOCIATIONS = {"OWNER", "MEMBER", "COLLABORATOR", "CONTRIBUTOR", "FIRST_TIME_CONTRIBUTOR",
                        "FIRST_TIMER", "MANNEQUIN", "NONE"}
@@ -49,6 +51,7 @@ class Settings:
     slack_signing_secret: bytes | None = field(default=None, repr=False)
     slack_bot_token: str | None = field(default=None, repr=False)
     slack_api_base_url: str = DEFAULT_SLACK_API_BASE_URL
+    slack_hooks_url: str = DEFAULT_SLACK_HOOKS_URL  # response_urls relay may POST to start with this
     admin_token: str | None = field(default=None, repr=False)
     github_fallback: str | None = None  # route for repositories no route lists
     github_webhook_secret: bytes | None = field(default=None, repr=False)
@@ -56,6 +59,14 @@ class Settings:
     github_api_url: str = DEFAULT_GITHUB_API_URL
     key_prefix: str = "relay"
     max_body_bytes: int = 1024 * 1024
+    # The web's connections (relay/connections.py): worst-case memory is about
+    # max_connections × (max_header_bytes + max_body_bytes) above the process's own.
+    max_header_bytes: int = 16 * 1024  # a request line and its headers
+    max_headers: int = 100
+    header_timeout: float = 10.0  # from a connection opening, or a request's first byte, to its last header
+    body_timeout: float = 30.0  # from the last header to the last byte of the body
+    keepalive_timeout: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 100
     dedup_window: float = 96 * 3600.0
     reclaim_after: float = 60.0
     max_age: float = 24 * 3600.0
@@ -86,6 +97,17 @@ class Settings:
     @property
     def uses_github(self) -> bool:
         return any(route.github for route in self.routes) or self.github_fallback is not None
+
+    @property
+    def github_routes_on_the_shared_secret(self) -> list[Route]:
+        """Routes taking GitHub deliveries verified with GITHUB_WEBHOOK_SECRET (no secret of their own)."""
+        names = {r.name for r in self.routes if r.github} | ({self.github_fallback} if self.github_fallback else set())
+        return [r for r in self.routes if r.name in names and (r.github is None or r.github.secret is None)]
+
+    @property
+    def serves_github(self) -> bool:
+        """/github/webhook is served: some secret can verify a delivery."""
+        return self.github_webhook_secret is not None or any(r.github and r.github.secret for r in self.routes)
 
 
 def parse_duration(name: str, value: str) -> float:
@@ -162,6 +184,12 @@ def _parse_prefix(name: str, value: str) -> str:
 _TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_KEY_PREFIX": ("key_prefix", _parse_prefix),
     "RELAY_MAX_BODY_BYTES": ("max_body_bytes", parse_count),
+    "RELAY_MAX_HEADER_BYTES": ("max_header_bytes", parse_count),
+    "RELAY_MAX_HEADERS": ("max_headers", parse_count),
+    "RELAY_HEADER_TIMEOUT": ("header_timeout", parse_duration),
+    "RELAY_BODY_TIMEOUT": ("body_timeout", parse_duration),
+    "RELAY_KEEPALIVE_TIMEOUT": ("keepalive_timeout", parse_duration),
+    "RELAY_MAX_CONNECTIONS": ("max_connections", parse_count),
     "RELAY_DEDUP_WINDOW": ("dedup_window", parse_duration),
     "RELAY_RECLAIM_AFTER": ("reclaim_after", parse_duration),
     "RELAY_MAX_AGE": ("max_age", parse_duration),
@@ -219,7 +247,7 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
     if "RELAY_ROUTES" in env:
         reader = read_text or (lambda path: Path(path).read_text(encoding="utf-8"))
         document = read_routes_file(env["RELAY_ROUTES"], reader)
-        routes = parse_routes(document, origin=f"RELAY_ROUTES={env['RELAY_ROUTES']}")
+        routes = parse_routes(document, origin=f"RELAY_ROUTES={env['RELAY_ROUTES']}", environ=env)
     default = _env_destination(env)
     if default is not None:
         if DEFAULT_ROUTE in routes:
@@ -247,6 +275,8 @@ def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
         values["slack_bot_token"] = token
     if "SLACK_API_BASE_URL" in env:
         values["slack_api_base_url"] = _parse_http_url("SLACK_API_BASE_URL", env["SLACK_API_BASE_URL"])
+    if "SLACK_HOOKS_URL" in env:
+        values["slack_hooks_url"] = _parse_url_prefix("SLACK_HOOKS_URL", env["SLACK_HOOKS_URL"])
     return values
 
 
@@ -286,13 +316,17 @@ def _fallback(document: Mapping[str, Any], source: str, routes: Mapping[str, Rou
 
 def _check_sources(settings: Settings) -> None:
     """A source's routes need its secret, and a secret needs routes: never fail open or idle."""
-    checks = (("Slack", "slack", "SLACK_SIGNING_SECRET", settings.uses_slack, settings.slack_signing_secret,
-               'teams = [\"T…\"]'),
-              ("GitHub", "github", "GITHUB_WEBHOOK_SECRET", settings.uses_github, settings.github_webhook_secret,
-               'repositories = [\"owner/name\"]'))
-    for name, table, variable, used, secret, example in checks:
-        if used and secret is None:
-            raise ConfigError(f"routes accept {name} but {variable} is not set")
+    if settings.uses_slack and settings.slack_signing_secret is None:
+        raise ConfigError("routes accept Slack but SLACK_SIGNING_SECRET is not set")
+    shared = [r.name for r in settings.github_routes_on_the_shared_secret]
+    if shared and settings.github_webhook_secret is None:
+        raise ConfigError(f"routes accept GitHub ({', '.join(shared)}) but GITHUB_WEBHOOK_SECRET is not set "
+                          "(or give each of them its own: secret_env in [routes.NAME.github])")
+    for name, table, variable, used, secret, example in (
+            ("Slack", "slack", "SLACK_SIGNING_SECRET", settings.uses_slack, settings.slack_signing_secret,
+             'teams = [\"T…\"]'),
+            ("GitHub", "github", "GITHUB_WEBHOOK_SECRET", settings.uses_github, settings.github_webhook_secret,
+             'repositories = [\"owner/name\"]')):
         if secret is not None and not used:
             raise ConfigError(f"{variable} is set but no route accepts {name}: add "
                               f"[routes.NAME.{table}] {example} to the routes file (RELAY_ROUTES)")
@@ -301,8 +335,10 @@ def _check_sources(settings: Settings) -> None:
                           "[routes.NAME.slack] teams = [\"T…\"] to the routes file")
 
 
-def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> dict[str, Route]:
-    """The parsed TOML routes document → routes by name."""
+def parse_routes(document: Mapping[str, Any], origin: str = "routes file",
+                 environ: Mapping[str, str] | None = None) -> dict[str, Route]:
+    """The parsed TOML routes document → routes by name. `environ` holds the secrets the
+    routes file names (a route's `secret_env`)."""
     unknown = sorted(set(document) - {"routes", "slack", "github"})
     if unknown:
         raise ConfigError(f"{origin}: unknown top-level key {unknown[0]!r} "
@@ -323,7 +359,8 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file") -> di
                               f"(allowed: {', '.join(sorted(DESTINATION_KEYS))}, {', '.join(_ROUTE_PARTS)})")
         destination = destination_from({k: v for k, v in spec.items() if k not in _ROUTE_PARTS}, where)
         slack = _slack_rule(spec["slack"], f"{origin}: [routes.{name}.slack]") if "slack" in spec else None
-        github = _github_rule(spec["github"], f"{origin}: [routes.{name}.github]") if "github" in spec else None
+        github = (_github_rule(spec["github"], f"{origin}: [routes.{name}.github]", environ or {})
+                  if "github" in spec else None)
         watch = _watch_rule(spec["watch"], f"{origin}: [routes.{name}.watch]") if "watch" in spec else None
         approvals = spec.get("approvals", "socket")
         if approvals not in APPROVAL_PATHS:
@@ -369,8 +406,8 @@ def _slack_rule(spec: Any, where: str) -> SlackRule:
                      approvers=lists["approvers"], approver_groups=lists["approver_groups"])
 
 
-def _github_rule(spec: Any, where: str) -> GitHubRule:
-    spec = _table(spec, where, {"repositories", "trigger", "associations", "approvers", "actions"})
+def _github_rule(spec: Any, where: str, environ: Mapping[str, str]) -> GitHubRule:
+    spec = _table(spec, where, {"repositories", "trigger", "associations", "approvers", "actions", "secret_env"})
     repositories = _strings(spec.get("repositories", []), f"{where} repositories",
                             r"[A-Za-z0-9_.-]+/([A-Za-z0-9_.-]+|\*)", "owner/name or owner/*")
     if not repositories:
@@ -390,7 +427,21 @@ def _github_rule(spec: Any, where: str) -> GitHubRule:
     approvers = _strings(spec.get("approvers", []), f"{where} approvers", r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})",
                          "GitHub logins")
     return GitHubRule(repositories=repositories, trigger=trigger, associations=associations,
-                      approvers=approvers, actions=actions)
+                      approvers=approvers, actions=actions, secret=_route_secret(spec.get("secret_env"), where, environ))
+
+
+def _route_secret(name: Any, where: str, environ: Mapping[str, str]) -> bytes | None:
+    """A route's own webhook secret, from the environment variable the routes file names (the
+    routes file is configuration, often a ConfigMap; the secret stays with the other secrets)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", name) or name.startswith("RELAY_"):
+        raise ConfigError(f"{where}: secret_env must name an environment variable such as "
+                          "\"GITHUB_WEBHOOK_SECRET_ACME\" (capitals, digits, _; not RELAY_…)")
+    value = environ.get(name, "")
+    if not value.strip():
+        raise ConfigError(f"{where}: secret_env names {name}, which is not set")
+    return _secret(name, value)
 
 
 def _watch_rule(spec: Any, where: str) -> WatchRule:
@@ -473,6 +524,16 @@ def _parse_redis_url(value: str) -> str:
         got = f"scheme {scheme.group(1)!r}" if scheme else "a value without a scheme"
         raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {got})")
     return value
+
+
+def _parse_url_prefix(name: str, value: str) -> str:
+    """An origin and path that URLs must start with; always ending in "/" (so that
+    https://hooks.slack.com cannot be extended into https://hooks.slack.com.example)."""
+    url = _parse_http_url(name, value) + "/"
+    parts = urlsplit(url)
+    if "@" in parts.netloc or parts.query or parts.fragment or not url.isprintable() or " " in url:
+        raise ConfigError(f"{name}={value!r} must be a plain http(s)://host[:port]/path/ prefix")
+    return url
 
 
 def _parse_http_url(name: str, value: str) -> str:

@@ -158,7 +158,7 @@ def slack_settings(settings: Settings, slack_stand_in: SlackStandIn) -> Settings
                        slack=SlackRule(teams=(SLACK_TEAM,)))
     return replace(settings, routes=(*settings.routes, incidents, everywhere), slack_signing_secret=SLACK_SECRET,
                    slack_bot_token="xoxb-test-token", slack_api_base_url=slack_stand_in.api_url,
-                   admin_token=ADMIN_TOKEN)
+                   slack_hooks_url=slack_stand_in.hooks_url, admin_token=ADMIN_TOKEN)
 
 
 GITHUB_SECRET = b"It's a Secret to Everybody"

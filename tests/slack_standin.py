@@ -80,6 +80,11 @@ class SlackStandIn(Watched):
     def response_url(self, key: str) -> str:
         return f"{self.base_url}/response/{key}"
 
+    @property
+    def hooks_url(self) -> str:
+        """What SLACK_HOOKS_URL is in tests: the prefix of this stand-in's response URLs."""
+        return f"{self.base_url}/response/"
+
     def fail(self, method: str, error: str, times: int = 1) -> None:
         with self._changed:
             self._failures.setdefault(method, []).extend([error] * times)

@@ -14,11 +14,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import redis
 from tenacity import wait_none
 
+from relay.connections import ConnectionLimits
 from relay.letta import LettaClient
 from relay.metrics import Metrics
 from relay.queue import Queue
@@ -35,10 +36,12 @@ SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 class ServerThread:
     """Serve an ASGI app on 127.0.0.1:<free port> from a background thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, limits: ConnectionLimits | None = None,
+                 closed: Callable[[str], None] | None = None) -> None:
         self.sock = bound_socket()
-        self.url = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
-        config = server_config(app, "127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        config = server_config(app, "127.0.0.1", 0, limits, closed)
         config.timeout_graceful_shutdown = 1  # tests leave deliberately hung requests behind
         self.server = EmbeddedServer(config)
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -18,6 +18,8 @@ from relay.check import (
     Resolution,
     config_problem,
     destination_problems,
+    github_secret_problems,
+    github_summary,
     redis_location,
     redis_problems,
     settings_problems,
@@ -116,6 +118,51 @@ def test_a_watched_route_without_a_slack_channel_is_warned_with_the_key_to_set()
     assert problem.severity == "warning" and problem.what.startswith("route named:")
     assert "no card" in problem.what and "answers still come back" in problem.what
     assert problem.fix == 'set slack_channel = "C…" in [routes.named.watch] (the channel id)'
+
+
+def github_route(name: str, repositories: tuple[str, ...], secret: bytes | None = None) -> Route:
+    return Route(name, Destination(agent_id=f"agent-{name}", device_id="d"),
+                 github=GitHubRule(repositories=repositories, secret=secret))
+
+
+def test_one_shared_github_secret_for_several_owners_is_a_warning_naming_them() -> None:
+    settings = Settings(github_webhook_secret=b"shared", routes=(
+        github_route("acme", ("acme/*",)), github_route("globex", ("globex/web", "globex/api"))))
+    [problem] = github_secret_problems(settings)
+    assert problem.severity == "warning"
+    assert "acme" in problem.what and "globex" in problem.what and "GITHUB_WEBHOOK_SECRET" in problem.what
+    assert "secret_env" in problem.fix
+
+
+def test_a_shared_github_fallback_counts_as_every_other_owner() -> None:
+    settings = Settings(github_webhook_secret=b"shared", github_fallback="rest", routes=(
+        github_route("acme", ("acme/*",)), Route("rest", Destination(agent_id="r", device_id="d"))))
+    [problem] = github_secret_problems(settings)
+    assert "acme" in problem.what and "no route names" in problem.what
+
+
+@pytest.mark.parametrize("routes", [
+    (github_route("acme", ("acme/*",)), github_route("acme-web", ("ACME/web",))),   # one owner: one tenant
+    (github_route("acme", ("acme/*",), b"A"), github_route("globex", ("globex/*",), b"G")),  # each its own
+    (github_route("acme", ("acme/*",), b"A"), github_route("globex", ("globex/*",))),  # only one on the shared
+])
+def test_a_secret_per_owner_or_a_single_owner_raises_no_warning(routes: tuple[Route, ...]) -> None:
+    assert github_secret_problems(Settings(github_webhook_secret=b"shared", routes=routes)) == []
+
+
+def test_routes_of_one_owner_with_different_secrets_are_a_warning() -> None:
+    # An organization hook signs every repository of the organization with one secret.
+    settings = Settings(routes=(github_route("acme", ("acme/*",), b"A"), github_route("web", ("acme/web",), b"B")))
+    [problem] = github_secret_problems(settings)
+    assert problem.severity == "warning" and "acme" in problem.what and "acme, web" in problem.what
+
+
+def test_the_github_summary_says_which_routes_verify_with_which_secret() -> None:
+    settings = Settings(github_webhook_secret=b"shared", routes=(
+        github_route("acme", ("acme/*",), b"A"), github_route("globex", ("globex/*",), b"G"),
+        github_route("hello", ("octo/hello",))))
+    assert github_summary(settings) == ("GitHub secrets: their own (secret_env) for acme, globex; "
+                                        "GITHUB_WEBHOOK_SECRET for hello")
 
 
 def test_routes_file_errors_point_at_the_routes_file() -> None:

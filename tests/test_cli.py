@@ -25,7 +25,7 @@ from relay.routing import Destination, Route
 from relay.settings import Settings
 from relay.sources.generic import decode_secret
 from relay.web import create_app
-from tests.support import ServerThread, clear_relay_env, delete_prefix, free_port, relay_env
+from tests.support import SPEC_SECRET, ServerThread, clear_relay_env, delete_prefix, free_port, relay_env
 
 ROOT = Path(__file__).parent.parent
 
@@ -417,12 +417,13 @@ def test_relay_dev_runs_the_watcher_for_routes_that_opt_in(tmp_path: Path) -> No
 def test_relay_dev_uses_real_redis_and_letta_when_configured(tmp_path: Path, real_redis_url: str,
                                                              prefix: str, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, letta_url = stand_in  # plays the real Letta API
+    secret = SPEC_SECRET  # real deliveries: relay dev refuses the public development secret
     settings = dict(REDIS_URL=real_redis_url, RELAY_KEY_PREFIX=prefix, LETTA_API_KEY="real-key",
                     LETTA_BASE_URL=letta_url, LETTA_AGENT_ID="agent-real", LETTA_DEVICE_ID="device-test",
-                    RELAY_HOOK_SECRET=DEV_HOOK_SECRET)
+                    RELAY_HOOK_SECRET=secret)
     try:
         with relay_dev(tmp_path, **settings) as url:
-            send(url, "to the real thing", RELAY_HOOK_SECRET=DEV_HOOK_SECRET)
+            send(url, "to the real thing", RELAY_HOOK_SECRET=secret)
             assert standin.wait_for(lambda s: len(s.delivered()) == 1, 10), (tmp_path / "err").read_text()
             keys = asyncio.run(_count_keys(real_redis_url, prefix))
     finally:

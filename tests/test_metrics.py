@@ -116,6 +116,22 @@ async def test_requests_are_counted_by_outcome_and_reason(queue: Queue, settings
     assert value(after, "relay_ingest_ack_seconds_bucket", source="generic", le="+Inf") == 7
 
 
+async def test_a_bug_at_a_door_is_a_counted_logged_500_not_a_crash(queue: Queue, settings: Settings,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("relay.web.generic.envelope_for", broken)
+    async with web(settings, queue) as http:
+        with caplog.at_level("ERROR", logger="relay.web"):
+            answer = await post(http, {"text": "one"})
+        after = await scrape(http)
+    assert answer.status_code == 500 and answer.json() == {"error": "internal error"}
+    assert value(after, "relay_requests_total", source="generic", outcome="error", reason="internal") == 1
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == ["internal error"]
+
+
 async def test_queue_contents_are_read_from_redis_at_scrape_time(queue: Queue, settings: Settings) -> None:
     async with web(settings, queue) as http:
         empty = await scrape(http)

@@ -390,3 +390,36 @@ def test_selector_names_the_field_that_is_set(destination: Destination, selector
 
 def test_describe_names_agent_and_selector() -> None:
     assert BY_NAME.describe() == "agent agent-1 via connection_name=laptop"
+
+
+# --- which secret verifies a GitHub delivery ---------------------------------------------------
+
+
+def tenant(name: str, repositories: tuple[str, ...], secret: bytes | None) -> Route:
+    return Route(name, Destination(agent_id=f"agent-{name}", device_id="d"),
+                 github=GitHubRule(repositories=repositories, secret=secret))
+
+
+TENANT_ROUTER = Router((tenant("acme", ("acme/*",), b"A"), tenant("acme-web", ("acme/web",), b"A"),
+                        tenant("globex", ("globex/*",), b"G"), tenant("globex-ops", ("globex/ops",), b"G2"),
+                        tenant("shared", ("initech/*",), None)), None, None)
+
+
+@pytest.mark.parametrize(("repository", "secret"), [("acme/x", b"A"), ("ACME/web", b"A"), ("globex/x", b"G"),
+                                                     ("globex/ops", b"G2"), ("initech/x", None), ("hooli/x", None)])
+def test_a_deliverys_secret_is_the_one_of_the_route_its_repository_goes_to(repository: str,
+                                                                            secret: bytes | None) -> None:
+    assert TENANT_ROUTER.github_secret(repository, repository.split("/")[0]) == secret
+
+
+@pytest.mark.parametrize(("owner", "secret"), [("acme", b"A"), ("Acme", b"A"), ("globex", None), ("initech", None),
+                                                ("hooli", None), (None, None)])
+def test_without_a_repository_the_owners_routes_must_agree_on_one_secret(owner: str | None,
+                                                                          secret: bytes | None) -> None:
+    assert TENANT_ROUTER.github_secret(None, owner) == secret
+
+
+def test_a_fallback_route_without_a_github_rule_has_no_secret_of_its_own() -> None:
+    router = Router((tenant("acme", ("acme/*",), b"A"), Route("rest", Destination(agent_id="r", device_id="d"))),
+                    None, "rest")
+    assert router.github_secret("hooli/x", "hooli") is None

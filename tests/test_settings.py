@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import pytest
@@ -798,6 +799,66 @@ def test_github_fallback_naming_no_route_is_an_error(fallback: str) -> None:
     assert "fallback" in message and "[github]" in message
 
 
+# --- one GitHub secret per tenant ---------------------------------------------------------
+
+TENANTS = """
+[routes.acme]
+agent_id = "agent-acme"
+device_id = "d"
+[routes.acme.github]
+repositories = ["acme/*"]
+secret_env = "GITHUB_SECRET_ACME"
+
+[routes.globex]
+agent_id = "agent-globex"
+device_id = "d"
+[routes.globex.github]
+repositories = ["globex/*"]
+secret_env = "GITHUB_SECRET_GLOBEX"
+"""
+
+
+def tenants_env(**extra: str) -> dict[str, str]:
+    return {"RELAY_ROUTES": ROUTES_PATH, "GITHUB_SECRET_ACME": "acme-secret", "GITHUB_SECRET_GLOBEX": " globex-secret\n",
+            **extra}
+
+
+def test_a_route_may_take_its_own_github_secret_from_the_variable_it_names() -> None:
+    settings = load(tenants_env(), routes_file(TENANTS))
+    secrets = {route.name: route.github.secret for route in settings.routes if route.github}
+    assert secrets == {"acme": b"acme-secret", "globex": b"globex-secret"}
+    assert settings.serves_github and settings.github_webhook_secret is None
+    assert settings.github_routes_on_the_shared_secret == []
+    assert "acme-secret" not in repr(settings)
+
+
+def test_routes_on_the_shared_secret_still_need_github_webhook_secret() -> None:
+    text = TENANTS + '\n[routes.plain]\nagent_id = "p"\ndevice_id = "d"\n[routes.plain.github]\nrepositories = ["o/*"]\n'
+    message = config_error(tenants_env(), routes_file(text))
+    assert "plain" in message and "GITHUB_WEBHOOK_SECRET" in message and "acme" not in message
+    settings = load(tenants_env(GITHUB_WEBHOOK_SECRET="shared"), routes_file(text))
+    assert [r.name for r in settings.github_routes_on_the_shared_secret] == ["plain"]
+
+
+def test_a_github_fallback_without_its_own_secret_needs_the_shared_one() -> None:
+    text = TENANTS + '\n[routes.quiet]\nagent_id = "q"\ndevice_id = "d"\n\n[github]\nfallback = "quiet"\n'
+    assert "quiet" in config_error(tenants_env(), routes_file(text))
+    assert load(tenants_env(GITHUB_WEBHOOK_SECRET="shared"), routes_file(text)).github_fallback == "quiet"
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_secret_env_naming_an_unset_or_blank_variable_is_an_error_naming_both(value: str) -> None:
+    message = config_error(tenants_env(GITHUB_SECRET_ACME=value), routes_file(TENANTS))
+    assert "routes.acme.github" in message and "GITHUB_SECRET_ACME" in message and "not set" in message
+
+
+@pytest.mark.parametrize("name", ['"github_secret"', '"RELAY_GITHUB_SECRET"', '""', "5", '"A B"', '"A-B"',
+                                  '"' + "A" * 65 + '"', '["A"]'])
+def test_secret_env_that_is_not_a_variable_name_is_an_error(name: str) -> None:
+    text = github_route(f'repositories = ["o/n"]\nsecret_env = {name}\n')
+    assert "secret_env" in config_error(tenants_env(GITHUB_WEBHOOK_SECRET="shared"), routes_file(text))
+
+
 def test_github_table_that_is_not_a_table_is_an_error() -> None:
     assert "[github]" in github_error('github = "plain"\n' + GITHUB_ROUTES)
 
@@ -966,3 +1027,18 @@ def test_a_watch_value_that_is_not_a_table_is_an_error() -> None:
 
 def test_the_unknown_route_key_message_lists_watch() -> None:
     assert "watch" in routes_error('[routes.ops]\nagent_id = "a"\ndevice_id = "d"\nwatcher = 1\n')
+
+
+# --- the README's configuration reference -------------------------------------------------------
+
+
+def test_the_readme_configuration_reference_lists_every_variable_settings_reads() -> None:
+    from pathlib import Path
+
+    from tests.deploy.test_manifests import names_settings_reads
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    reference = readme[readme.index("## Configuration"):]
+    reference = reference[:reference.index("\n## ", 3)]
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", reference))
+    assert sorted(names_settings_reads() - listed) == []

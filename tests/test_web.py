@@ -130,6 +130,27 @@ async def test_oversized_body_without_a_length_is_refused_unread(http: httpx.Asy
     assert len(sent) <= 6  # reading stopped just past the limit
 
 
+@pytest.mark.parametrize("length", ["9" * 19, "9" * 300, "9" * 5000, "1" + "0" * 4400])
+async def test_an_absurd_content_length_is_413_not_a_crash(length: str, http: httpx.AsyncClient) -> None:
+    raw, headers = signed({"text": "hello"}, SECRET)
+    response = await http.post("/hooks/generic", content=raw, headers={**headers, "content-length": length})
+    assert response.status_code == 413
+
+
+async def test_a_request_without_signature_headers_is_refused_before_its_body_is_read(
+        http: httpx.AsyncClient) -> None:
+    sent = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(3):
+            sent.append(i)
+            yield b"x" * 1000
+
+    response = await http.post("/hooks/generic", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 401
+    assert sent == []  # not one byte of the body was asked for
+
+
 @pytest.mark.parametrize("method, path, status", [
     ("GET", "/nowhere", 404), ("POST", "/hooks/unknown", 404), ("GET", "/hooks/generic", 405)])
 async def test_unknown_routes_and_methods_answer_json(method: str, path: str, status: int,

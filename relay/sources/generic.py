@@ -35,6 +35,8 @@ SECRET_PREFIX = "whsec_"
 TOLERANCE_SECONDS = 300
 MIN_SECRET_BYTES = 24  # the spec's minimum for symmetric secrets
 MAX_ID_LENGTH = 256
+MAX_TIMESTAMP_DIGITS = 12  # seconds since 1970 have 10 digits until the year 2286
+MAX_SIGNATURES_LENGTH = 2048  # several `v1,<base64>` during a key rotation, never more
 
 
 def decode_secret(value: str) -> bytes:
@@ -77,7 +79,13 @@ def verify(
     return _verify({k.lower(): v for k, v in headers.items()}, body, secret, now, tolerance)
 
 
-def _verify(lowered: Mapping[str, str], body: bytes, secret: bytes, now: float, tolerance: int) -> str:
+def signature_headers(headers: Mapping[str, str], now: float, tolerance: int = TOLERANCE_SECONDS) -> None:
+    """The three headers present, bounded, well-formed and fresh (not yet checked against a body).
+    Raises BadSignature: the web refuses with it before reading a body."""
+    _headers({k.lower(): v for k, v in headers.items()}, now, tolerance)
+
+
+def _headers(lowered: Mapping[str, str], now: float, tolerance: int) -> tuple[str, str, str]:
     msg_id = lowered.get("webhook-id", "")
     timestamp = lowered.get("webhook-timestamp", "")
     signatures = lowered.get("webhook-signature", "")
@@ -87,10 +95,18 @@ def _verify(lowered: Mapping[str, str], body: bytes, secret: bytes, now: float, 
             raise BadSignature(f"missing {name} header")
     if len(msg_id) > MAX_ID_LENGTH or not msg_id.isprintable():
         raise BadSignature("webhook-id is not a printable id of at most 256 characters")
-    if not (timestamp.isascii() and timestamp.isdigit()):
-        raise BadSignature("webhook-timestamp is not an integer")
+    # Bounded before int(): a few hundred digits overflow a float, 4,300 exceed Python's int parsing.
+    if len(timestamp) > MAX_TIMESTAMP_DIGITS or not (timestamp.isascii() and timestamp.isdigit()):
+        raise BadSignature("webhook-timestamp is not an integer of at most 12 digits")
     if abs(now - int(timestamp)) > tolerance:
         raise BadSignature(f"webhook-timestamp is outside the ±{tolerance} s window")
+    if len(signatures) > MAX_SIGNATURES_LENGTH:
+        raise BadSignature(f"webhook-signature is longer than {MAX_SIGNATURES_LENGTH} characters")
+    return msg_id, timestamp, signatures
+
+
+def _verify(lowered: Mapping[str, str], body: bytes, secret: bytes, now: float, tolerance: int) -> str:
+    msg_id, timestamp, signatures = _headers(lowered, now, tolerance)
     expected = _digest(secret, msg_id, timestamp, body)
     matched = False
     for candidate in signatures.split(" "):

@@ -21,6 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 from relay.errors import BadRequest, BadSignature, quoted
 from relay.context import FileRef, slack_files
@@ -30,6 +31,9 @@ from relay.sources.payloads import form_fields, json_object
 
 SOURCE = "slack"
 TOLERANCE_SECONDS = 300
+MAX_TIMESTAMP_DIGITS = 12
+RESPONSE_URL_MAX = 2048
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 
 ACTION_APPROVE = "relay_approve"
 ACTION_DENY = "relay_deny"
@@ -61,9 +65,9 @@ def signed_headers(secret: bytes, timestamp: int, body: bytes, content_type: str
     }
 
 
-def verify(headers: Mapping[str, str], body: bytes, secret: bytes, now: float,
-           tolerance: int = TOLERANCE_SECONDS) -> None:
-    """Raises BadSignature unless the request carries a fresh, valid Slack signature."""
+def signature_headers(headers: Mapping[str, str], now: float, tolerance: int = TOLERANCE_SECONDS) -> tuple[str, str]:
+    """(timestamp, signature): present, bounded, well-formed and fresh, not yet checked against
+    a body. Raises BadSignature: the web refuses with it before reading a body."""
     lowered = {k.lower(): v for k, v in headers.items()}
     timestamp = lowered.get("x-slack-request-timestamp", "")
     signature = lowered.get("x-slack-signature", "")
@@ -71,10 +75,20 @@ def verify(headers: Mapping[str, str], body: bytes, secret: bytes, now: float,
         raise BadSignature("missing X-Slack-Request-Timestamp header")
     if not signature:
         raise BadSignature("missing X-Slack-Signature header")
-    if not (timestamp.isascii() and timestamp.isdigit()):
-        raise BadSignature("X-Slack-Request-Timestamp is not an integer")
+    # Bounded before int(): a few hundred digits overflow a float, 4,300 exceed Python's int parsing.
+    if len(timestamp) > MAX_TIMESTAMP_DIGITS or not (timestamp.isascii() and timestamp.isdigit()):
+        raise BadSignature("X-Slack-Request-Timestamp is not an integer of at most 12 digits")
     if abs(now - int(timestamp)) > tolerance:
         raise BadSignature(f"X-Slack-Request-Timestamp is outside the ±{tolerance} s window")
+    if len(signature) != 67 or not _SIGNATURE.fullmatch(signature):
+        raise BadSignature("X-Slack-Signature is not v0=<64 hex digits>")
+    return timestamp, signature
+
+
+def verify(headers: Mapping[str, str], body: bytes, secret: bytes, now: float,
+           tolerance: int = TOLERANCE_SECONDS) -> None:
+    """Raises BadSignature unless the request carries a fresh, valid Slack signature."""
+    timestamp, signature = signature_headers(headers, now, tolerance)
     expected = sign(secret, int(timestamp), body)
     if not hmac.compare_digest(expected.encode(), signature.encode("ascii", "replace")):
         raise BadSignature("X-Slack-Signature does not match")
@@ -93,11 +107,13 @@ class Command:
     response_url: str
     trigger_id: str
 
-    def inbound(self) -> Inbound:
+    def inbound(self, answer_on_response_url: bool = True) -> Inbound:
+        """The message; its reply goes to the response_url unless that is not Slack's to post to."""
         message_id = client_message_id(SOURCE, self.team, "command", self.trigger_id)
         content = f"Slack {self.command} from <@{self.user}|{self.user_name}> in <#{self.channel}>:\n{self.text}"
+        reply = {"via": "response_url", "url": self.response_url} if answer_on_response_url else None
         return Inbound(SOURCE, f"command:{self.trigger_id}", message_id, user_message(content, message_id),
-                       reply={"via": "response_url", "url": self.response_url})
+                       reply=reply)
 
 
 def parse_command(body: bytes) -> Command:
@@ -108,8 +124,29 @@ def parse_command(body: bytes) -> Command:
         raise BadRequest(f"slash command without {missing[0]}")
     return Command(team=form["team_id"], channel=form["channel_id"], user=form["user_id"],
                    user_name=form.get("user_name", ""), command=form["command"],
-                   text=form.get("text", "").strip(), response_url=form["response_url"],
+                   text=form.get("text", "").strip(), response_url=_response_url(form["response_url"]),
                    trigger_id=form["trigger_id"])
+
+
+def _response_url(value: Any) -> str:
+    """A response_url as Slack sends one: a bounded URL string, nothing else (relay posts to it)."""
+    if not isinstance(value, str) or not 0 < len(value) <= RESPONSE_URL_MAX or not _is_url_text(value):
+        raise BadRequest("response_url is not a URL")
+    return value
+
+
+def _is_url_text(value: str) -> bool:
+    return value.isascii() and value.isprintable() and " " not in value and "\\" not in value
+
+
+def response_url_allowed(url: str, allowed_prefix: str) -> bool:
+    """Whether relay may POST to this response_url: it starts with the allowed prefix
+    (SLACK_HOOKS_URL, Slack's hooks origin; a stand-in in tests) and names the same origin.
+    A signed payload still carries whatever URL its sender put in it."""
+    if not (_is_url_text(url) and url.startswith(allowed_prefix)):
+        return False
+    got, allowed = urlsplit(url), urlsplit(allowed_prefix)
+    return (got.scheme, got.netloc) == (allowed.scheme, allowed.netloc) and got.username is None
 
 
 # -- Events API ----------------------------------------------------------------------------------
@@ -421,7 +458,7 @@ def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
         if not isinstance(action.get("value"), str) or not data.get("response_url"):
             raise BadRequest("card action without a value or response_url")
         return Click(action=_ACTIONS[action["action_id"]], card_id=action["value"], team=team,  # type: ignore[arg-type]
-                     user=user["id"], user_name=user_name, response_url=data["response_url"],
+                     user=user["id"], user_name=user_name, response_url=_response_url(data["response_url"]),
                      trigger_id=str(data.get("trigger_id") or ""))
     if data.get("type") == "view_submission":
         view = data.get("view") if isinstance(data.get("view"), dict) else {}

@@ -74,7 +74,12 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
         *admin.routes(settings, queue, metrics),
         *([metrics.route()] if settings.web_metrics else []),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    async def server_error(request: Request, exc: Exception) -> Response:
+        metrics.request("web", "error", "internal")
+        log.error("internal error", exc_info=exc, extra=fields(path=request.url.path))
+        return JSONResponse({"error": "internal error"}, status_code=500)
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: server_error})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -82,7 +87,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     reason = {404: "not found", 405: "method not allowed"}.get(exc.status_code, exc.detail)
     return JSONResponse({"error": reason}, status_code=exc.status_code, headers=exc.headers)
 
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("internal error", exc_info=exc, extra=fields(path=request.url.path))
-    return JSONResponse({"error": "internal error"}, status_code=500)

@@ -24,6 +24,7 @@ def routes(settings: Settings, intake: Intake, router: Router, clock: Callable[[
         return []
 
     async def hook(request: Request) -> Response:
+        generic.signature_headers(request.headers, clock())  # before the body is read
         body = await read_body(request, settings.max_body_bytes)
         inbound = generic.receive(request.headers, body, secret, clock())
         envelope = envelope_for(inbound, router.pick(inbound.route), clock())

@@ -1,8 +1,11 @@
 """POST /slack/commands, /slack/events, /slack/interactions.
 
-Each verifies the Slack signature on the raw body first (401 and nothing else otherwise).
-Slack wants an answer within 3 s: decisions and messages are queued before answering; what
-only informs people (replacing a card, an ephemeral note) runs after the response is sent.
+Each checks the signature headers before reading a body, then verifies the Slack signature on
+the raw body (401 and nothing else otherwise). Slack wants an answer within 3 s: decisions and
+messages are queued before answering; what only informs people (replacing a card, an
+ephemeral note) runs after the response is sent. relay POSTs only to response_urls under
+SLACK_HOOKS_URL: a signed payload naming another is still acted on, and nothing is posted there.
+A click is answered with a card's contents only once the clicker may decide it.
 """
 
 from __future__ import annotations
@@ -55,9 +58,21 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
         return []
 
     async def verified(request: Request) -> bytes:
+        source.signature_headers(request.headers, clock())  # before the body is read
         body = await read_body(request, settings.max_body_bytes)
         source.verify(request.headers, body, secret, clock())
         return body
+
+    def may_post_to(response_url: str) -> bool:
+        if source.response_url_allowed(response_url, settings.slack_hooks_url):
+            return True
+        log.warning("response_url is not under SLACK_HOOKS_URL: nothing is posted to it",
+                    extra=fields(source="slack"))
+        return False
+
+    async def respond(response_url: str, payload: dict[str, Any]) -> None:
+        if may_post_to(response_url):
+            await slack.respond(response_url, payload)
 
     def ephemeral(text: str) -> Response:
         return JSONResponse({"response_type": "ephemeral", "text": text})
@@ -68,12 +83,14 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
                 await call(*args)
             except UpstreamError as exc:
                 log.warning("slack call failed", extra=fields(method=exc.method, error=exc.code))
+            except Exception as exc:  # after the answer: nobody to tell but the log, and it must not raise
+                log.error("slack call failed", exc_info=exc, extra=fields(error=type(exc).__name__))
         return BackgroundTask(run)
 
     def tell(response_url: str, text: str) -> Response:
         """Answer 200 now; send the person an ephemeral note right after."""
         payload = {"response_type": "ephemeral", "replace_original": False, "text": text}
-        return Response(status_code=200, background=later(slack.respond, response_url, payload))
+        return Response(status_code=200, background=later(respond, response_url, payload))
 
     async def commands(request: Request) -> Response:
         command = source.parse_command(await verified(request))
@@ -86,7 +103,8 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
                                                    reason=exc.reason))
             metrics.request(source.SOURCE, "ignored")
             return ephemeral(f"Not sent: {exc.reason}.")
-        result = await intake.enqueue(envelope_for(command.inbound(), route, clock()))
+        inbound = command.inbound(answer_on_response_url=may_post_to(command.response_url))
+        result = await intake.enqueue(envelope_for(inbound, route, clock()))
         count_queued(metrics, source.SOURCE, [result])
         if result is Queued.UNAVAILABLE:
             return ephemeral("Not sent: relay could not queue the message just now. Please try again.")
@@ -131,14 +149,14 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             return tell(c.response_url, "relay is unavailable right now; nothing was sent. Please try again.")
         if card is None:
             return tell(c.response_url, "This approval request is unknown or has expired; nothing was sent.")
+        refusal = await cards.refusal(card, c.team, c.user)  # before anything of the card is shown
+        if refusal is not None:
+            log.warning("decision refused", extra=fields(card=card.card_id, user=c.user, reason=refusal))
+            return tell(c.response_url, f"Not allowed: {refusal}. Nothing was sent.")
         if card.decision is not None:
             return show_decided(c, card)
         if card.closed is not None:
             return show_closed(c, card)
-        refusal = await cards.refusal(card, c.team, c.user)
-        if refusal is not None:
-            log.warning("decision refused", extra=fields(card=card.card_id, user=c.user, reason=refusal))
-            return tell(c.response_url, f"Not allowed: {refusal}. Nothing was sent.")
         if c.action == "deny_with_reason":
             try:
                 await slack.open_view(c.trigger_id, source.reason_modal(card))
@@ -161,7 +179,7 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             return tell(c.response_url, "This tool call was already decided; nothing changed.")
         log.info("decided", extra=fields(card=card.card_id, approve=decision.approve, user=c.user))
         replacement = {"replace_original": True, **source.decided_message(card.decided(decision))}
-        return Response(status_code=200, background=later(slack.respond, c.response_url, replacement))
+        return Response(status_code=200, background=later(respond, c.response_url, replacement))
 
     def show_decided(c: Click, card: Card) -> Response:
         return show(c, source.decided_message(card), already_text(card))
@@ -172,9 +190,8 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
     def show(c: Click, message: dict[str, Any], note: str) -> Response:
         """Tell the clicker `note` (why nothing was sent), and make sure the card shows `message`."""
         async def run() -> None:
-            await slack.respond(c.response_url, {"replace_original": True, **message})
-            await slack.respond(c.response_url, {"response_type": "ephemeral", "replace_original": False,
-                                                 "text": note})
+            await respond(c.response_url, {"replace_original": True, **message})
+            await respond(c.response_url, {"response_type": "ephemeral", "replace_original": False, "text": note})
         return Response(status_code=200, background=later(run))
 
     async def reason_given(cards: Cards, r: ReasonGiven) -> Response:
@@ -187,13 +204,13 @@ def routes(settings: Settings, intake: Intake, router: Router, slack: SlackApi |
             return error("relay is unavailable right now; nothing was sent. Please try again.")
         if card is None:
             return error("This approval request is unknown or has expired; nothing was sent.")
+        refusal = await cards.refusal(card, r.team, r.user)  # before anything of the card is shown
+        if refusal is not None:
+            return error(f"Not allowed: {refusal}. Nothing was sent.")
         if card.decision is not None:
             return error(already_text(card))
         if card.closed is not None:
             return error(closed_text(card))
-        refusal = await cards.refusal(card, r.team, r.user)
-        if refusal is not None:
-            return error(f"Not allowed: {refusal}. Nothing was sent.")
         decision = Decision(approve=False, user=r.user, user_name=r.user_name, at=clock(), reason=r.reason)
         try:
             result = await cards.decide(card, decision)

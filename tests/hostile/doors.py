@@ -96,6 +96,7 @@ def _bearer(body: bytes, ts: int, secret: bytes | None) -> dict[str, str]:
 
 
 COMMENT = {"action": "created", "issue": {"number": 1, "title": "t"}, "repository": {"full_name": "octo/repo"},
+           "sender": {"login": "octocat", "type": "User"},
            "comment": {"id": 7, "user": {"login": "octocat", "type": "User"}, "author_association": "OWNER",
                        "body": "@agent hello", "html_url": "https://github.com/octo/repo/issues/1#c7"}}
 MENTION = {"type": "event_callback", "team_id": "T0001", "event_id": "Ev1",
@@ -121,7 +122,7 @@ DOORS = [
     Door("github", "/github/webhook", "application/json", _github, json.dumps(COMMENT).encode(),
          ("action", "issue", "comment", "repository", "pull_request", "number", "title", "user", "login", "type",
           "author_association", "body", "id", "html_url", "full_name", "performed_via_github_app", "path", "line",
-          "zen")),
+          "zen", "sender", "updated_at", "organization")),
     Door("approvals", "/approvals", "application/json", _bearer,
          json.dumps({"tool_call_id": "t1", "tool_name": "x", "route": "everything", "channel": "C0001"}).encode(),
          ("tool_call_id", "tool_name", "arguments", "route", "destination", "channel", "thread_ts", "agent_id",

@@ -162,7 +162,7 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
                                                         "x-slack-signature": slack.sign(s.slack_signing_secret, now,
                                                                                         payload)})
         comment = json.dumps({"action": "created", "issue": {"number": 1, "title": BODY_MARKER},
-                              "repository": {"full_name": "octo/repo"},
+                              "repository": {"full_name": "octo/repo"}, "sender": {"login": "octocat"},
                               "comment": {"id": 9, "user": {"login": "octocat", "type": "User"},
                                           "author_association": "OWNER", "body": f"@agent {BODY_MARKER}"}}).encode()
         for secret in (SECRETS["github webhook secret"].encode(), b"wrong"):

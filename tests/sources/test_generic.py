@@ -184,6 +184,21 @@ def test_non_integer_timestamp_is_rejected(timestamp: str) -> None:
         verify(headers, SPEC_BODY, SPEC_KEY, now=SPEC_TIMESTAMP)
 
 
+@pytest.mark.parametrize("timestamp", ["9" * 20, "9" * 300, "1" + "0" * 400, "9" * 4301, "9" * 5000, "0" * 5000,
+                                       "9" * 100_000], ids=lambda t: f"{len(t)}-digits")
+def test_a_timestamp_of_absurd_length_is_401_not_a_crash(timestamp: str) -> None:
+    signature = sign(SPEC_KEY, SPEC_MSG_ID, timestamp, SPEC_BODY)  # type: ignore[arg-type]
+    headers = {"webhook-id": SPEC_MSG_ID, "webhook-timestamp": timestamp, "webhook-signature": signature}
+    with pytest.raises(BadSignature, match="webhook-timestamp"):
+        verify(headers, SPEC_BODY, SPEC_KEY, now=SPEC_TIMESTAMP)
+
+
+@pytest.mark.parametrize("signatures", ["v1," + "A" * 100_000, " ".join(["v1,AAAA"] * 5000), "v1,=" * 30_000])
+def test_a_signature_header_of_absurd_length_is_401_without_decoding_it(signatures: str) -> None:
+    with pytest.raises(BadSignature, match="webhook-signature"):
+        verify(with_signature(spec_headers(), signatures), SPEC_BODY, SPEC_KEY, now=SPEC_TIMESTAMP)
+
+
 @pytest.mark.parametrize("name", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_missing_header_is_rejected_naming_it(name: str) -> None:
     headers = spec_headers()

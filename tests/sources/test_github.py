@@ -17,7 +17,8 @@ import pytest
 from relay.errors import BadRequest, BadSignature
 from relay.messages import kind_of
 from relay.routing import GitHubRule
-from relay.sources.github import OWN_MARKER, Comment, Delivery, Ignored, Ping, parse, sign, verify
+from relay.sources.github import (OWN_MARKER, Comment, Delivery, Ignored, Ping, claimed, parse, sign, signature_of,
+                                  valid_repository, verify)
 from relay.web.github import admitted
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "github"
@@ -67,8 +68,8 @@ def form(body: bytes) -> bytes:
     return urlencode({"payload": body.decode()}).encode()
 
 
-def delivery(event: str = "issue_comment", delivery_id: str = DELIVERY_ID, hook_id: str = HOOK_ID) -> Delivery:
-    return Delivery(event, delivery_id, hook_id)
+def delivery(event: str = "issue_comment", delivery_id: str = DELIVERY_ID) -> Delivery:
+    return Delivery(event, delivery_id)
 
 
 def event_of(name: str) -> str:
@@ -212,19 +213,14 @@ def test_rejection_reason_never_contains_the_signature() -> None:
 
 def test_delivery_is_read_from_the_headers() -> None:
     headers = {"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": DELIVERY_ID, "X-GitHub-Hook-ID": HOOK_ID}
-    assert Delivery.from_headers(headers) == Delivery("issue_comment", DELIVERY_ID, HOOK_ID)
+    assert Delivery.from_headers(headers) == Delivery("issue_comment", DELIVERY_ID)
 
 
 @pytest.mark.parametrize("spell", [str.lower, str.upper, lambda s: s.replace("GitHub", "Github")])
 def test_delivery_header_names_match_in_any_case(spell: Callable[[str], str]) -> None:
     headers = {"X-GitHub-Event": "ping", "X-GitHub-Delivery": DELIVERY_ID, "X-GitHub-Hook-ID": HOOK_ID}
     found = Delivery.from_headers({spell(k): v for k, v in headers.items()})
-    assert found == Delivery("ping", DELIVERY_ID, HOOK_ID)
-
-
-def test_hook_id_is_optional() -> None:
-    found = Delivery.from_headers({"X-GitHub-Event": "ping", "X-GitHub-Delivery": DELIVERY_ID})
-    assert (found.event, found.delivery_id, found.hook_id) == ("ping", DELIVERY_ID, "")
+    assert found == Delivery("ping", DELIVERY_ID)
 
 
 @pytest.mark.parametrize("name", ["X-GitHub-Event", "X-GitHub-Delivery"])
@@ -241,32 +237,106 @@ def test_missing_event_or_delivery_header_is_a_bad_request_naming_it(name: str, 
     assert caught.value.status == 400
 
 
-@pytest.mark.parametrize("value", ["x" * 101, "72d3162e\ncc78", "72d3162e\x00"], ids=["too-long", "newline", "nul"])
+@pytest.mark.parametrize("value", ["x" * 101, "72d3162e\ncc78", "72d3162e\x00", "9" * 5000],
+                         ids=["too-long", "newline", "nul", "5000-digits"])
 def test_malformed_delivery_header_is_a_bad_request(value: str) -> None:
     with pytest.raises(BadRequest, match="X-GitHub-Delivery"):
         Delivery.from_headers({"X-GitHub-Event": "issue_comment", "X-GitHub-Delivery": value})
 
 
-def test_the_same_delivery_to_two_hooks_gives_two_message_ids() -> None:
-    # GitHub sends one delivery GUID to every hook subscribed to the event.
-    assert delivery(hook_id="1").message_id("comment") != delivery(hook_id="2").message_id("comment")
-    assert delivery(hook_id="1").message_id("comment") != delivery(hook_id="").message_id("comment")
+@pytest.mark.parametrize("value", ["x" * 65, "issue comment", "Issue_Comment", "issue_comment\n", "ping;x", "\u00e9"])
+def test_an_event_header_that_is_not_an_event_name_is_a_bad_request(value: str) -> None:
+    with pytest.raises(BadRequest, match="X-GitHub-Event"):
+        Delivery.from_headers({"X-GitHub-Event": value, "X-GitHub-Delivery": DELIVERY_ID})
 
 
-def test_the_same_hook_and_delivery_give_the_same_message_id() -> None:
-    # A redelivery (or a replay) is the same message.
-    assert delivery().message_id("comment") == Delivery("issue_comment", DELIVERY_ID, HOOK_ID).message_id("comment")
+@pytest.mark.parametrize("value", ["sha256=" + "0" * 64 * 1000, "sha256=" + "9" * 5000, " " * 71, "x" * 100_000])
+def test_a_signature_header_of_absurd_length_is_refused_before_any_body(value: str) -> None:
+    with pytest.raises(BadSignature):
+        signature_of({"X-Hub-Signature-256": value})
 
 
-def test_another_delivery_to_the_same_hook_gives_another_message_id() -> None:
-    other = "9a7b3c2e-cc78-11e3-81ab-4c9367dc0958"
-    assert delivery().message_id("comment") != delivery(delivery_id=other).message_id("comment")
+# --- identity: from the signed body, never the headers ------------------------------------
 
 
-def test_message_id_is_a_uuid_and_differs_by_part() -> None:
-    message_id = delivery().message_id("comment")
-    assert str(uuid.UUID(message_id)) == message_id
-    assert delivery().message_id("decision", "a") != delivery().message_id("decision", "b") != message_id
+def test_the_message_id_comes_from_the_signed_comment_not_the_delivery_headers() -> None:
+    # The same comment under another delivery GUID (a replay, or a second hook) is the same message.
+    found = comment(body="@agent hi")
+    one = found.message(delivery()).client_message_id
+    other = found.message(delivery(delivery_id=str(uuid.uuid4()))).client_message_id
+    assert one == other == found.message_id()
+    assert str(uuid.UUID(one)) == one
+
+
+def test_the_message_id_follows_the_comment_id_action_and_repository() -> None:
+    found = comment(body="@agent hi")
+    ids = {found.message_id(), replace(found, comment_id=found.comment_id + 1).message_id(),
+           replace(found, action="deleted").message_id(), replace(found, repository="other/repo").message_id(),
+           replace(found, event="pull_request_review_comment").message_id()}
+    assert len(ids) == 5
+    assert replace(found, repository=REPOSITORY.upper()).message_id() == found.message_id()
+
+
+def test_an_edit_is_a_new_message_only_with_a_new_updated_at() -> None:
+    edit = comment(EDITED, body="@agent hi")
+    assert edit.updated_at == "2019-05-15T15:20:22Z"
+    assert replace(edit, body="@agent replayed").message_id() == edit.message_id()
+    assert replace(edit, updated_at="2019-05-15T15:21:00Z").message_id() != edit.message_id()
+    # updated_at is not part of a created comment's identity (a created comment has one too)
+    created = comment(body="@agent hi")
+    assert replace(created, updated_at="2030-01-01T00:00:00Z").message_id() == created.message_id()
+
+
+def test_decision_ids_follow_the_comment_and_tool_call_whatever_the_action_or_edit() -> None:
+    created = comment(body="/approve toolu_a")
+    edit = replace(created, action="edited", updated_at="2030-01-01T00:00:00Z")
+    assert created.decision_id("toolu_a") == edit.decision_id("toolu_a") != created.decision_id("toolu_b")
+    assert created.decision_id("toolu_a") != created.message_id()
+    assert replace(created, comment_id=1).decision_id("toolu_a") != created.decision_id("toolu_a")
+
+
+@pytest.mark.parametrize(("name", "sender"), [(CREATED, "Codertocat"), (EDITED, "Codertocat"), (REVIEW, "Codertocat")])
+def test_the_sender_is_read_and_the_recorded_comments_are_by_their_author(name: str, sender: str) -> None:
+    found = comment(name)
+    assert found.sender == sender and found.by_its_author
+
+
+@pytest.mark.parametrize("sender", [{"login": "mallory"}, {}, None, "Codertocat", {"login": 7},
+                                    {"login": "Codertocat\n"}])
+def test_a_comment_is_by_its_author_only_when_the_sender_is_the_author(sender: Any) -> None:
+    found = parsed(EDITED, changed(EDITED, put(sender, "sender")))
+    assert isinstance(found, Comment) and not found.by_its_author
+    assert parsed(EDITED, changed(EDITED, put({"login": "CODERTOCAT"}, "sender"))).by_its_author  # type: ignore[union-attr]
+
+
+# --- claimed: what picks the secret -----------------------------------------------------------
+
+
+def test_claimed_names_the_repository_and_its_owner() -> None:
+    assert claimed(sample_json(CREATED)) == (REPOSITORY, "Codertocat")
+
+
+def test_claimed_falls_back_to_the_organization_of_an_organization_hooks_ping() -> None:
+    assert claimed({"zen": "z", "organization": {"login": "acme"}}) == (None, "acme")
+    assert claimed({"zen": "z"}) == (None, None)
+
+
+@pytest.mark.parametrize("data", [{"repository": {"full_name": "../x"}}, {"repository": {"full_name": 7}},
+                                  {"repository": "acme/x"}, {"repository": {"full_name": "a/b/c"}},
+                                  {"organization": {"login": "../.."}}])
+def test_claimed_ignores_names_that_are_not_github_names(data: dict[str, Any]) -> None:
+    assert claimed(data) == (None, None)
+
+
+@pytest.mark.parametrize("name", ["acme/x", "a-b/c_d.e", "A/B", "octocat/.github", "x/..."])
+def test_owner_slash_name_is_a_repository(name: str) -> None:
+    assert valid_repository(name)
+
+
+@pytest.mark.parametrize("name", ["acme", "acme/", "/x", "a/b/c", "acme/..", "../x", "acme/.", ".", "..", "acme/x y",
+                                  "acme/x?y", "acme/%2e%2e", "acme/\u00e9", "acme/" + "x" * 101, ""])
+def test_anything_else_is_not_a_repository(name: str) -> None:
+    assert not valid_repository(name)
 
 
 # --- parse: recorded payloads -----------------------------------------------------------
@@ -278,7 +348,7 @@ def test_recorded_issue_comment_is_parsed() -> None:
         title="Spelling error in the README file", kind="issue", author="Codertocat", author_type="User",
         association="OWNER", body="You are totally right! I'll get this fixed right away.",
         url="https://github.com/Codertocat/Hello-World/issues/1#issuecomment-492700400", comment_id=492700400,
-        by_app=False, path=None, line=None)
+        by_app=False, path=None, line=None, sender="Codertocat", updated_at="2019-05-15T15:20:21Z")
 
 
 def test_recorded_comment_on_a_pull_request_is_a_pull_request_comment() -> None:
@@ -305,7 +375,7 @@ def test_recorded_review_comment_is_parsed_with_path_and_line() -> None:
         title="Update the README with new information.", kind="pull request", author="Codertocat",
         author_type="User", association="OWNER", body="Maybe you should use more emojji on this line.",
         url="https://github.com/Codertocat/Hello-World/pull/2#discussion_r284312630", comment_id=284312630,
-        by_app=False, path="README.md", line=265)
+        by_app=False, path="README.md", line=265, sender="Codertocat", updated_at="2019-05-15T15:20:38Z")
 
 
 def test_recorded_bot_comment_has_author_type_bot() -> None:
@@ -563,10 +633,10 @@ def test_message_of_a_review_comment_names_the_file_and_line() -> None:
         assert needed in content
 
 
-def test_message_is_a_user_message_whose_id_is_the_deliverys() -> None:
+def test_message_is_a_user_message_whose_id_is_the_comments() -> None:
     found = comment()
     inbound = found.message(delivery())
-    message_id = delivery().message_id("comment")
+    message_id = found.message_id()
     assert inbound.client_message_id == message_id
     assert inbound.message == {"role": "user", "client_message_id": message_id,
                                "content": inbound.message["content"], "otid": message_id}
@@ -575,11 +645,11 @@ def test_message_is_a_user_message_whose_id_is_the_deliverys() -> None:
     assert inbound.reply == found.reply()
 
 
-def test_message_id_follows_the_delivery_not_the_text() -> None:
+def test_message_id_follows_the_comment_not_the_text_or_the_delivery() -> None:
     one = comment(body="@agent first").message(delivery())
-    edited = comment(body="@agent second").message(delivery())
-    other_hook = comment(body="@agent first").message(delivery(hook_id="1"))
-    assert one.client_message_id == edited.client_message_id != other_hook.client_message_id
+    changed_text = comment(body="@agent second").message(delivery())
+    other_delivery = comment(body="@agent first").message(delivery(delivery_id="another-guid"))
+    assert one.client_message_id == changed_text.client_message_id == other_delivery.client_message_id
 
 
 # --- Comment: decisions -----------------------------------------------------------------
@@ -624,9 +694,10 @@ def test_decision_lines_anywhere_in_the_body_come_in_order() -> None:
 def test_each_decision_has_its_own_client_message_id() -> None:
     inbounds = comment(body="/approve toolu_a\n/deny toolu_b no").decisions(delivery())
     ids = [inbound.client_message_id for inbound in inbounds]
-    assert ids == [delivery().message_id("decision", "toolu_a"), delivery().message_id("decision", "toolu_b")]
+    found = comment()
+    assert ids == [found.decision_id("toolu_a"), found.decision_id("toolu_b")]
     assert len(set(ids)) == 2
-    assert delivery().message_id("comment") not in ids
+    assert found.message_id() not in ids
 
 
 def test_decisions_reply_on_the_comment() -> None:

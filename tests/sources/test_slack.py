@@ -33,6 +33,7 @@ from relay.sources.slack import (
     parse_event,
     parse_interaction,
     reason_modal,
+    response_url_allowed,
     sign,
     signed_headers,
     verify,
@@ -204,6 +205,21 @@ def test_non_integer_timestamp_is_rejected(timestamp: str) -> None:
                "X-Slack-Signature": sign(KNOWN_SECRET, timestamp, KNOWN_BODY)}  # type: ignore[arg-type]
     with pytest.raises(BadSignature, match="not an integer"):
         verify(headers, KNOWN_BODY, KNOWN_SECRET, now=KNOWN_TIMESTAMP)
+
+
+@pytest.mark.parametrize("timestamp", ["9" * 20, "9" * 300, "1" + "0" * 400, "9" * 4301, "9" * 5000, "0" * 5000],
+                         ids=lambda t: f"{len(t)}-digits")
+def test_a_timestamp_of_absurd_length_is_401_not_a_crash(timestamp: str) -> None:
+    headers = {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": "v0=" + "0" * 64}
+    with pytest.raises(BadSignature, match="X-Slack-Request-Timestamp"):
+        verify(headers, KNOWN_BODY, KNOWN_SECRET, now=KNOWN_TIMESTAMP)
+
+
+@pytest.mark.parametrize("signature", ["v0=" + "0" * 100_000, "v0=" + "g" * 64, "v1=" + "0" * 64, "v0=" + "0" * 63,
+                                       "v0=\u00e9" + "0" * 63, "x" * 5000])
+def test_a_signature_that_is_not_v0_and_64_hex_digits_is_401(signature: str) -> None:
+    with pytest.raises(BadSignature, match="X-Slack-Signature"):
+        verify({**known_headers(), "X-Slack-Signature": signature}, KNOWN_BODY, KNOWN_SECRET, now=KNOWN_TIMESTAMP)
 
 
 def test_wrong_secret_is_rejected() -> None:
@@ -775,6 +791,42 @@ def test_the_team_falls_back_to_the_users_team() -> None:
 def test_an_interaction_whose_ids_are_not_strings_is_a_bad_request(change: Callable[[dict[str, Any]], Any]) -> None:
     with pytest.raises(BadRequest):
         parse_interaction(interaction("block_actions_approve.json", change))
+
+
+@pytest.mark.parametrize("response_url", [{"url": "https://hooks.slack.com/x"}, ["https://hooks.slack.com/x"], 7,
+                                          True, "", "https://hooks.slack.com/\nx", "h" * 3000])
+def test_a_click_whose_response_url_is_not_a_url_string_is_a_bad_request(response_url: Any) -> None:
+    body = interaction("block_actions_approve.json", lambda data: data.update(response_url=response_url))
+    with pytest.raises(BadRequest, match="response_url"):
+        parse_interaction(body)
+
+
+@pytest.mark.parametrize("response_url", ["", "https://hooks.slack.com/\nx", "h" * 3000])
+def test_a_command_whose_response_url_is_not_a_url_string_is_a_bad_request(response_url: str) -> None:
+    with pytest.raises(BadRequest, match="response_url"):
+        parse_command(command_form(response_url=response_url))
+
+
+@pytest.mark.parametrize("url", ["https://hooks.slack.com/commands/T1/2/x", "https://hooks.slack.com/actions/T1/2/y",
+                                 "https://hooks.slack.com/"])
+def test_response_urls_under_slacks_hooks_origin_are_allowed(url: str) -> None:
+    assert response_url_allowed(url, "https://hooks.slack.com/")
+
+
+@pytest.mark.parametrize("url", ["https://hooks.slack.com.evil.example/x", "https://evil.example/https://hooks.slack.com/",
+                                 "http://hooks.slack.com/commands/x", "https://hooks.slack.com@evil.example/x",
+                                 "https://hooks.slack.com:8443/x", "https://HOOKS.slack.com/x/../../evil",
+                                 "https://evil.example/", "http://169.254.169.254/latest/meta-data/", "hooks.slack.com/x",
+                                 "https://hooks.slack.com\\@evil.example/", "https://hooks.slack.com", "//hooks.slack.com/x",
+                                 "https://hooks.slack.com/x\r\nHost: evil"])
+def test_any_other_response_url_is_not_allowed(url: str) -> None:
+    assert not response_url_allowed(url, "https://hooks.slack.com/")
+
+
+def test_the_allowed_prefix_may_point_at_a_stand_in() -> None:
+    assert response_url_allowed("http://127.0.0.1:8123/response/k", "http://127.0.0.1:8123/response/")
+    assert not response_url_allowed("http://127.0.0.1:8124/response/k", "http://127.0.0.1:8123/response/")
+    assert not response_url_allowed("http://127.0.0.1:8123/api/k", "http://127.0.0.1:8123/response/")
 
 
 def test_an_action_id_that_is_not_a_string_is_rejected_not_a_crash() -> None:

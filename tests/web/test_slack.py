@@ -327,3 +327,93 @@ async def test_racing_clicks_queue_exactly_one_decision(http: httpx.AsyncClient,
                            for i, (action, user) in enumerate([(source.ACTION_APPROVE, APPROVER),
                                                                (source.ACTION_DENY, "U0GROUPMEMBER")] * 3)))
     assert len(await queued(queue)) == 1
+
+
+# -- who asks comes first; response_url only under SLACK_HOOKS_URL -------------------------------------
+
+@pytest.fixture
+def elsewhere() -> Any:
+    """Somewhere a signed payload's response_url could point that is not Slack (here: another stand-in)."""
+    from tests.support import ServerThread
+
+    sink = SlackStandIn()
+    with ServerThread(sink.app) as server:
+        sink.base_url = server.url
+        yield sink
+
+
+async def close_card(queue: Queue, slack_settings: Settings, slack_stand_in: SlackStandIn, tool_call_id: str) -> None:
+    from relay.cards import Cards
+    from relay.intake import Intake
+    from relay.routing import Router
+
+    slack = SlackApi(slack_settings.slack_bot_token, base_url=slack_stand_in.api_url)
+    router = Router(slack_settings.routes)
+    cards = Cards(queue, slack, router, Intake(queue))
+    assert await cards.close(router.pick("incidents").destination, tool_call_id, "answered in the terminal")
+    await slack.aclose()
+
+
+@pytest.mark.parametrize("state", ["decided", "closed"])
+@pytest.mark.parametrize("who", [{"user": "U0MALLORY"}, {"team": "T0OTHER"}], ids=["not-an-approver", "other-team"])
+async def test_a_click_on_a_decided_or_closed_card_by_someone_not_allowed_shows_nothing_of_it(
+        state: str, who: dict[str, str], http: httpx.AsyncClient, queue: Queue, slack_settings: Settings,
+        slack_stand_in: SlackStandIn) -> None:
+    card_id = (await post_card(http, arguments={"command": "cat /etc/secret-plan"})).json()["card_id"]
+    if state == "decided":
+        await click(http, slack_stand_in, card_id, key="approver")
+    else:
+        await close_card(queue, slack_settings, slack_stand_in, "toolu_01")
+    response = await click(http, slack_stand_in, card_id, action=source.ACTION_DENY, key="outsider", **who)
+    assert response.status_code == 200
+    [note] = slack_stand_in.responses("outsider")
+    assert note["response_type"] == "ephemeral" and note["text"].startswith("Not allowed")
+    assert "secret-plan" not in json.dumps(note) and "blocks" not in note
+    assert len(await queued(queue)) == (1 if state == "decided" else 0)
+
+
+@pytest.mark.parametrize("state", ["decided", "closed"])
+async def test_a_reason_on_a_decided_or_closed_card_from_someone_not_allowed_is_told_only_that(
+        state: str, http: httpx.AsyncClient, queue: Queue, slack_settings: Settings,
+        slack_stand_in: SlackStandIn) -> None:
+    card_id = (await post_card(http)).json()["card_id"]
+    if state == "decided":
+        await click(http, slack_stand_in, card_id)
+    else:
+        await close_card(queue, slack_settings, slack_stand_in, "toolu_01")
+    response = await submit_reason(http, card_id, "no", user="U0MALLORY")
+    assert response.json()["errors"]["reason"].startswith("Not allowed")
+
+
+async def test_an_approver_clicking_a_decided_card_is_still_shown_the_decision(
+        http: httpx.AsyncClient, slack_stand_in: SlackStandIn) -> None:
+    card_id = (await post_card(http)).json()["card_id"]
+    await click(http, slack_stand_in, card_id, key="first")
+    await click(http, slack_stand_in, card_id, user="U0GROUPMEMBER", key="second")
+    texts = [r.get("text", "") for r in slack_stand_in.responses("second")]
+    assert any(t.startswith(f"Already approved by <@{APPROVER}>") for t in texts)
+
+
+async def test_a_command_whose_response_url_is_not_slacks_is_queued_but_nothing_is_posted_there(
+        http: httpx.AsyncClient, queue: Queue, elsewhere: SlackStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="relay.web.slack"):
+        response = await command(http, elsewhere)
+    assert response.status_code == 200 and "Sent to" in response.json()["text"]
+    [envelope] = await queued(queue)
+    assert envelope.reply is None  # the worker has nowhere to say "Delivered"
+    assert elsewhere.calls == []
+    assert any("SLACK_HOOKS_URL" in r.getMessage() for r in caplog.records)
+    assert all(elsewhere.base_url not in r.getMessage() + json.dumps(getattr(r, "fields", {}))
+               for r in caplog.records)
+
+
+async def test_a_click_whose_response_url_is_not_slacks_decides_but_posts_nothing_there(
+        http: httpx.AsyncClient, queue: Queue, elsewhere: SlackStandIn) -> None:
+    card_id = (await post_card(http)).json()["card_id"]
+    response = await click(http, elsewhere, card_id)
+    assert response.status_code == 200
+    assert [e.kind for e in await queued(queue)] == ["approval"]
+    outsider = await click(http, elsewhere, card_id, user="U0MALLORY", key="mallory")
+    unknown = await click(http, elsewhere, "no-such-card", key="stale")
+    assert outsider.status_code == unknown.status_code == 200
+    assert elsewhere.calls == []
