@@ -4,6 +4,7 @@
     POST /slack/commands|events|interactions   Slack (web/slack.py)
     POST /github/webhook                   GitHub issue and pull-request comments (web/github.py)
     POST /linear/webhook                   Linear agent sessions and comments (web/linear.py)
+    POST /gitlab/webhook                   GitLab notes on issues and merge requests (web/gitlab.py)
     POST /approvals                        post an approval card in Slack (web/approvals.py)
     /admin/…                               queue depths and dead letters (web/admin.py)
     GET  /healthz, /readyz                 liveness, and readiness (Redis answers)
@@ -28,6 +29,7 @@ from starlette.routing import Route
 from relay.cards import Cards
 from relay.errors import QueueUnavailable
 from relay.github_api import GitHubApi
+from relay.gitlab_api import GitLabApi
 from relay.intake import Intake
 from relay.linear_api import LinearApi
 from relay.logs import fields
@@ -36,7 +38,7 @@ from relay.queue import Queue
 from relay.routing import Router
 from relay.settings import Settings
 from relay.slack_api import SlackApi
-from relay.web import admin, approvals, generic, github, linear, slack
+from relay.web import admin, approvals, generic, github, gitlab, linear, slack
 from relay.web.common import read_body
 
 __all__ = ["create_app", "read_body"]
@@ -46,7 +48,8 @@ log = logging.getLogger("relay.web")
 
 def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None = None,
                github_api: GitHubApi | None = None, clock: Callable[[], float] = time.time,
-               metrics: Metrics | None = None, linear_api: LinearApi | None = None) -> Starlette:
+               metrics: Metrics | None = None, linear_api: LinearApi | None = None,
+               gitlab_api: GitLabApi | None = None) -> Starlette:
     """`metrics`: the process's registry (`relay dev` shares one with its worker); else a new one."""
     metrics = metrics or Metrics()
     metrics.watch(queue)
@@ -73,6 +76,7 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
         *slack.routes(settings, intake, router, slack_api, cards, clock, metrics),
         *github.routes(settings, intake, router, github_api, clock, metrics),
         *linear.routes(settings, intake, router, linear_api, clock, metrics),
+        *gitlab.routes(settings, intake, router, gitlab_api, clock, metrics),
         *approvals.routes(settings, router, cards, metrics),
         *admin.routes(settings, queue, metrics),
         *([metrics.route()] if settings.web_metrics else []),
