@@ -6,6 +6,7 @@
     POST /linear/webhook                   Linear agent sessions and comments (web/linear.py)
     POST /gitlab/webhook                   GitLab notes on issues and merge requests (web/gitlab.py)
     POST /discord/interactions             Discord slash commands and approval buttons (web/discord.py)
+    POST /hooks/mapped/{route}             any JSON webhook, mapped to a message by its route (web/mapped.py)
     POST /approvals                        post an approval card in Slack (web/approvals.py)
     /admin/…                               queue depths and dead letters (web/admin.py)
     GET  /healthz, /readyz                 liveness, and readiness (Redis answers)
@@ -41,7 +42,7 @@ from relay.queue import Queue
 from relay.routing import Router
 from relay.settings import Settings
 from relay.slack_api import SlackApi
-from relay.web import admin, approvals, discord, generic, github, gitlab, linear, slack
+from relay.web import admin, approvals, discord, generic, github, gitlab, linear, mapped, slack
 from relay.web.common import read_body
 
 __all__ = ["create_app", "read_body"]
@@ -83,6 +84,7 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
         *linear.routes(settings, intake, router, linear_api, clock, metrics),
         *gitlab.routes(settings, intake, router, gitlab_api, clock, metrics),
         *discord.routes(settings, intake, router, discord_cards, clock, metrics),
+        *mapped.routes(settings, intake, router, clock, metrics),
         *approvals.routes(settings, router, cards, metrics),
         *admin.routes(settings, queue, metrics),
         *([metrics.route()] if settings.web_metrics else []),
