@@ -168,6 +168,8 @@ def parse(data: Mapping[str, Any]) -> SessionEvent | CommentEvent | Ignored:
     """A verified, fresh payload → what it is. Raises BadRequest for a payload relay should
     understand but cannot."""
     kind, action = data.get("type"), data.get("action")
+    if kind in ("AgentSessionEvent", "Comment") and not isinstance(action, str):
+        raise BadRequest(f"a {kind} webhook without an action")
     try:
         if kind == "AgentSessionEvent":
             if action not in ("created", "prompted"):
