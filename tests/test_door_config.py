@@ -66,3 +66,15 @@ def test_a_door_that_could_not_work_is_refused_at_start(routes: str, env: dict[s
 
 def test_the_new_door_tables_are_known_route_parts() -> None:
     assert "unknown key 'telegram'" in refused("telegram = 1\n")
+
+
+def test_the_readme_configuration_reference_lists_every_door_variable() -> None:
+    import re
+    from pathlib import Path
+
+    from relay.door_config import VARIABLES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    reference = readme[readme.index("## Configuration"):]
+    reference = reference[:reference.index("\n## ", 3)]
+    assert sorted(set(VARIABLES) - set(re.findall(r"`([A-Z][A-Z0-9_]+)`", reference))) == []

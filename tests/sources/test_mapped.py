@@ -217,3 +217,10 @@ def test_a_mapped_table_that_cannot_work_is_a_config_error(table: dict[str, Any]
     environ = {"S": "short", "W": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
     with pytest.raises(ConfigError, match=message):
         route_parts({"mapped": table}, "[routes.x]", environ)
+
+
+def test_a_payload_the_template_renders_to_nothing_is_400() -> None:
+    rule_ = MappedRule("hmac", parse("{{ missing.path }}"), ("id",), key=b"k", hmac=HmacScheme("x-sig"))
+    body = b'{"id": "1"}'
+    with pytest.raises(BadRequest, match="rendered nothing"):
+        mapped.receive("r", rule_, {"x-sig": mapped.sign_hmac(HmacScheme("x-sig"), b"k", body)}, body, 0)
