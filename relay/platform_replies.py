@@ -3,8 +3,10 @@
 `replies.Replier` hands a message to the one of these its reply target names (`via`):
 
     {"via": "linear", "session"}              an agent session: a thought when delivered, an
-                                              error activity when not; the answer is the response
-                                              activity (a failed turn: its error as an error activity)
+                                              error activity when not; while the turn runs, what the
+                                              agent does (progress.py: actions, ephemeral thoughts);
+                                              the answer is the response activity (a failed turn:
+                                              its error as an error activity)
     {"via": "linear", "issue", "comment"}     a comment: 🚀 / a reply when not delivered; the answer
                                               is a reply in the comment's thread
     {"via": "gitlab", "project", "noteable", "iid", "note", "discussion"}
@@ -82,6 +84,15 @@ class LinearReplies:
 
     async def settled(self, envelope: Envelope, note: str) -> None:
         return None  # Linear has no approval decisions
+
+    async def progress(self, session: str, activity: str | None) -> None:
+        """What the agent is doing now, in its session: running a tool is an action; anything else
+        an ephemeral thought (replaced by the next activity)."""
+        doing = activity or "working"
+        if doing.startswith("running ") and doing != "running a tool":
+            await self.linear.action(session, "Running", doing.removeprefix("running "))
+        else:
+            await self.linear.activity(session, "thought", f"{doing[:1].upper()}{doing[1:]}…", ephemeral=True)
 
     async def answer(self, origin: Origin, texts: list[str]) -> int:
         reply = origin.reply

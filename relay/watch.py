@@ -235,5 +235,6 @@ def watcher_for(settings: Settings, redis: Any, queue: Queue, letta: Letta, slac
     return Watcher(settings, queue, letta, cards_for(settings, queue, slack),
                    Origins(redis, settings.key_prefix, settings.origin_ttl), Replier(slack, github, others=others),
                    prompts=GitHubPrompts(queue, github) if github is not None else None,
-                   progress=ProgressBoard(queue, slack, github, metrics), metrics=metrics,
+                   progress=ProgressBoard(queue, slack, github, metrics, linear=others.get("linear")),  # type: ignore[arg-type]
+                   metrics=metrics,
                    discord_cards=platforms.discord_cards(settings, queue) if platforms is not None else None)

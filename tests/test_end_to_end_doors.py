@@ -106,8 +106,12 @@ async def test_a_linear_session_gets_a_first_thought_then_the_agents_response(
         answer = await post(relay, "/linear/webhook", body, {"linear-signature": linear_source.sign(LINEAR_SECRET, body)})
         assert answer.status_code == 200
         await until(lambda t: linear.wait_for(lambda s: "response" in s.kinds(), t))
-    assert linear.kinds() == ["thought", "thought", "response"]  # received (within 10 s), delivered, the answer
-    assert linear.activities[1].ephemeral and linear.activities[2].body == ANSWER
+    kinds, activities = linear.kinds(), linear.activities
+    # Received (Linear's 10 s), delivered, what the agent does while its turn runs, then the answer.
+    assert kinds[:2] == ["thought", "thought"] and kinds[-1] == "response", kinds
+    assert activities[0].body == "Received. Passing this to the agent…" and activities[1].ephemeral
+    assert all(a.ephemeral or a.type == "action" for a in activities[1:-1])
+    assert activities[-1].body == ANSWER
     assert "ENG-482" in user_texts(standin)[0] and linear.refused == []
 
 

@@ -157,3 +157,25 @@ def test_discord_answers_are_cut_into_at_most_four_messages_with_a_note() -> Non
     assert len(messages) == DISCORD_MESSAGES_MAX and all(len(m) <= DISCORD_MESSAGE_MAX for m in messages)
     assert messages[-1].endswith("more characters)")
     assert discord_messages("short") == ["short"]
+
+
+async def test_a_running_linear_session_shows_each_change_of_what_the_agent_does(
+        linear_stand_in: LinearStandIn) -> None:
+    import fakeredis
+
+    from relay.progress import ProgressBoard
+    from relay.queue import Queue
+
+    api = LinearApi(linear_stand_in.token, url=linear_stand_in.url)
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    board = ProgressBoard(Queue(redis, prefix="progress-test"), None, None, linear=LinearReplies(api))
+    origin = Origin("r", "linear", {"via": "linear", "session": SESSION}, "id-1")
+    assert board.shows(origin) and not board.shows(Origin("r", "linear", {"via": "linear", "comment": "c"}, "id-2"))
+    for activity in ("thinking", "thinking", "running Bash", "waiting for an approval to run Bash"):
+        await board.show(origin, "key-1", (), activity)
+        await redis.delete("progress-test:rec:progress-lease:key-1")  # as if LINEAR_EVERY had passed
+    await api.aclose()
+    await redis.aclose()
+    assert [(a.type, a.body or a.content.get("parameter")) for a in linear_stand_in.activities] == [
+        ("thought", "Thinking…"), ("action", "Bash"), ("thought", "Waiting for an approval to run Bash…")]
+    assert linear_stand_in.activities[1].content["action"] == "Running"
