@@ -30,6 +30,7 @@ from relay.letta import LettaClient
 from relay.metrics import Metrics
 from relay.origins import Origins
 from relay.queue import Queue, connect
+from relay.check import door_sources
 from relay.platforms import Platforms
 from relay.replies import Replier
 from relay.routing import Destination, Route
@@ -146,6 +147,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         notes.append(f"slack: /slack/* with the Slack API at {settings.slack_api_base_url}")
     if settings.serves_github:
         notes.append("github: /github/webhook" + (f" (reactions via {settings.github_api_url})" if github else ""))
+    if door_sources(settings):  # Linear, GitLab, Discord, mapped webhooks
+        notes.append("doors: " + ", ".join(door_sources(settings)))
     web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                          dedup_window=settings.dedup_window)
