@@ -144,6 +144,14 @@ def door_problems(settings: Settings) -> list[Problem]:
             "error", f"route(s) {_names(linear)} accept Linear agent sessions, and without LINEAR_API_KEY relay "
                      "posts no first activity within Linear's 10 s (the agent shows as unresponsive) and no answer",
             "set LINEAR_API_KEY (a personal API key lin_api_…, or the agent app's OAuth access token)"))
+    anywhere = [r for r in linear if r.linear and r.linear.teams and not r.linear.organizations]
+    if anywhere:
+        problems.append(Problem(
+            "warning", f"route(s) {_names(anywhere)} match Linear team keys in any workspace: an OAuth app signs every "
+                       "workspace's webhooks with one secret, so a team of the same key in another workspace that "
+                       "installs the app reaches this route",
+            "add organizations = [\"<organization id>\"] to [routes.NAME.linear] (fine as is for a webhook of "
+            "your own workspace with its own secret)"))
     gitlab = [r for r in settings.routes if r.gitlab]
     if gitlab and not settings.gitlab_token:
         problems.append(Problem(

@@ -358,7 +358,7 @@ def test_linear_routes_without_an_api_key_are_an_error_gitlab_and_discord_withou
     from relay.check import door_problems, door_sources
     from relay.door_rules import DiscordRule, GitLabRule, LinearRule
 
-    routes = (Route("eng", NAMED.destination, linear=LinearRule(teams=("ENG",))),
+    routes = (Route("eng", NAMED.destination, linear=LinearRule(organizations=("org-1",), teams=("ENG",))),
               Route("gl", NAMED.destination, gitlab=GitLabRule(projects=("g/*",), access_level=0)),
               Route("dc", NAMED.destination, discord=DiscordRule(guilds=("1",))))
     settings = Settings(routes=routes, linear_webhook_secret=b"s", gitlab_webhook_token=b"t",
@@ -392,3 +392,14 @@ def test_relay_check_names_the_new_doors_and_what_they_lack(env: Any, capsys: An
     code, out, _ = check(capsys)
     assert code == 1
     assert any(p.startswith("[error] route(s) eng accept Linear agent sessions") for p in numbered(out))
+
+
+def test_linear_team_keys_without_an_organization_are_a_cross_workspace_warning() -> None:
+    from relay.check import door_problems
+    from relay.door_rules import LinearRule
+
+    loose = Route("eng", NAMED.destination, linear=LinearRule(teams=("ENG",)))
+    [problem] = door_problems(Settings(routes=(loose,), linear_webhook_secret=b"s", linear_api_key="k"))
+    assert problem.severity == "warning" and "any workspace" in problem.what and "organizations" in problem.fix
+    pinned = replace(loose, linear=LinearRule(organizations=("org-1",), teams=("ENG",)))
+    assert door_problems(Settings(routes=(pinned,), linear_webhook_secret=b"s", linear_api_key="k")) == []
