@@ -35,6 +35,7 @@ from relay.messages import Envelope
 from relay.origins import Origin
 from relay.sources import discord as discord_source
 from relay.sources.linear import OWN_MARKER as LINEAR_MARKER
+from relay.status_frames import NO_LONGER_PENDING
 
 if TYPE_CHECKING:
     from relay.discord_cards import DiscordCards
@@ -181,8 +182,6 @@ class DiscordReplies:
     async def settled(self, envelope: Envelope, note: str) -> None:
         if self.cards is None:
             return
-        from relay.status_frames import NO_LONGER_PENDING
-
         for approval in envelope.message.get("approvals", []):
             if isinstance(approval, dict) and isinstance(approval.get("tool_call_id"), str):
                 await self.cards.close(envelope.destination, approval["tool_call_id"], NO_LONGER_PENDING,

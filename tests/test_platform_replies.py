@@ -179,3 +179,35 @@ async def test_a_running_linear_session_shows_each_change_of_what_the_agent_does
     assert [(a.type, a.body or a.content.get("parameter")) for a in linear_stand_in.activities] == [
         ("thought", "Thinking…"), ("action", "Bash"), ("thought", "Waiting for an approval to run Bash…")]
     assert linear_stand_in.activities[1].content["action"] == "Running"
+
+
+async def test_a_decision_the_device_no_longer_waits_for_closes_its_discord_card(
+        discord_stand_in: DiscordStandIn) -> None:
+    import fakeredis
+
+    from relay.discord_cards import DiscordCards
+    from relay.intake import Intake
+    from relay.messages import ApprovalRequest, approval_decision, approval_message
+    from relay.queue import Queue
+    from relay.routing import Route, Router
+
+    api = DiscordApi(discord_stand_in.bot_token, base_url=discord_stand_in.base_url)
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    queue = Queue(redis, prefix="discord-settle")
+    route = Route("r", Destination(agent_id="agent-1", device_id="dev"))
+    cards = DiscordCards(queue, api, Router([route]), Intake(queue))
+    card, _ = await cards.ask(route, ApprovalRequest("req", "toolu_1", "Bash", {}, "agent-1"), "22")
+    decision = replace_message(envelope({"via": "discord-card", "channel": "22", "message": card.message_id}),
+                               approval_message([approval_decision("toolu_1", True)]))
+    await Replier(others={"discord-card": DiscordReplies(api, cards)}).settled(decision, "gone")
+    await api.aclose()
+    await redis.aclose()
+    edit = discord_stand_in.calls[-1]
+    assert edit.kind == "edit_message" and edit.data["components"] == []
+    assert "no longer pending" in edit.data["content"]
+
+
+def replace_message(e: Envelope, message: dict[str, Any]) -> Envelope:
+    from dataclasses import replace
+
+    return replace(e, kind="approval", message=message)

@@ -15,6 +15,7 @@ reason…" opens a form; its reason denies.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Callable
 
 from starlette.requests import Request
@@ -119,7 +120,6 @@ def routes(settings: Settings, intake: Intake, router: Router, cards: DiscordCar
                 return JSONResponse(source.respond(source.UPDATE_MESSAGE, shown_message(latest)))
             return say("This tool call was already decided; nothing changed.")
         log.info("decided", extra=fields(card=card.card_id, approve=made.approve, user=who.user))
-        decided = DiscordCard(**{**card.__dict__, "decision": made})
-        return JSONResponse(source.respond(source.UPDATE_MESSAGE, shown_message(decided)))
+        return JSONResponse(source.respond(source.UPDATE_MESSAGE, shown_message(replace(card, decision=made))))
 
     return [Route("/discord/interactions", guarded(source.SOURCE, interactions, metrics), methods=["POST"])]
