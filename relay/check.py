@@ -66,8 +66,8 @@ def settings_problems(settings: Settings) -> list[Problem]:
                                 "set REDIS_URL=redis://HOST:6379/0 (only relay dev runs without it)"))
     if not sources(settings):
         problems.append(Problem("error", "no source is configured: relay serve would accept nothing",
-                                "set RELAY_HOOK_SECRET (`relay secret` makes one), SLACK_SIGNING_SECRET "
-                                "and/or GITHUB_WEBHOOK_SECRET"))
+                                "set RELAY_HOOK_SECRET (`relay secret` makes one), SLACK_SIGNING_SECRET, "
+                                "GITHUB_WEBHOOK_SECRET, or route Linear, GitLab, Discord or a mapped webhook"))
     if not settings.routes:
         problems.append(Problem("error", "no destination is configured",
                                 "set LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / LETTA_DEVICE_ID / "
@@ -76,9 +76,10 @@ def settings_problems(settings: Settings) -> list[Problem]:
 
 
 def sources(settings: Settings) -> list[str]:
-    return [name for name, served in (("generic webhook", settings.hook_secret is not None),
-                                      ("Slack", settings.slack_signing_secret is not None),
-                                      ("GitHub", settings.serves_github)) if served]
+    found = [name for name, served in (("generic webhook", settings.hook_secret is not None),
+                                       ("Slack", settings.slack_signing_secret is not None),
+                                       ("GitHub", settings.serves_github)) if served]
+    return found + door_sources(settings)
 
 
 def github_secret_problems(settings: Settings) -> list[Problem]:
@@ -121,6 +122,48 @@ def github_summary(settings: Settings) -> str:
 
 def _owner(pattern: str) -> str:
     return pattern.split("/", 1)[0]
+
+
+def door_sources(settings: Settings) -> list[str]:
+    """The Linear, GitLab, Discord and mapped doors the routes open."""
+    routes = settings.routes
+    mapped = [f"/hooks/mapped/{r.name}" for r in routes if r.mapped]
+    return ([*(["Linear"] if any(r.linear for r in routes) else []),
+             *(["GitLab"] if any(r.gitlab for r in routes) else []),
+             *(["Discord"] if settings.discord_public_key is not None else []),
+             *([f"mapped webhooks ({', '.join(mapped)})"] if mapped else [])])
+
+
+def door_problems(settings: Settings) -> list[Problem]:
+    """What the Linear, GitLab and Discord doors need beyond their secrets (which settings
+    already insists on): the API tokens that tell people what became of their messages."""
+    problems = []
+    linear = [r for r in settings.routes if r.linear]
+    if linear and not settings.linear_api_key:
+        problems.append(Problem(
+            "error", f"route(s) {_names(linear)} accept Linear agent sessions, and without LINEAR_API_KEY relay "
+                     "posts no first activity within Linear's 10 s (the agent shows as unresponsive) and no answer",
+            "set LINEAR_API_KEY (a personal API key lin_api_…, or the agent app's OAuth access token)"))
+    anywhere = [r for r in linear if r.linear and r.linear.teams and not r.linear.organizations]
+    if anywhere:
+        problems.append(Problem(
+            "warning", f"route(s) {_names(anywhere)} match Linear team keys in any workspace: an OAuth app signs every "
+                       "workspace's webhooks with one secret, so a team of the same key in another workspace that "
+                       "installs the app reaches this route",
+            "add organizations = [\"<organization id>\"] to [routes.NAME.linear] (fine as is for a webhook of "
+            "your own workspace with its own secret)"))
+    gitlab = [r for r in settings.routes if r.gitlab]
+    if gitlab and not settings.gitlab_token:
+        problems.append(Problem(
+            "warning", f"route(s) {_names(gitlab)}: without GITLAB_TOKEN relay awards no emoji and posts no answer",
+            "set GITLAB_TOKEN (a token with the api scope on the routed projects; GITLAB_URL for self-managed)"))
+    discord = [r for r in settings.routes if r.discord]
+    if discord and not settings.discord_bot_token:
+        problems.append(Problem(
+            "warning", f"route(s) {_names(discord)}: without DISCORD_BOT_TOKEN there are no approval cards in Discord, "
+                       "and an answer later than 15 minutes (the interaction's webhook) is dropped",
+            "set DISCORD_BOT_TOKEN (the application's bot token; the bot needs Send Messages in the routed channels)"))
+    return problems
 
 
 def settings_summary(settings: Settings) -> str:
@@ -262,6 +305,7 @@ async def run(environ: Mapping[str, str]) -> Report:
         if not secrets:
             report.ok.append(github_summary(settings))
         report.problems += secrets
+    report.problems += door_problems(settings)
     watching = watch_problems(settings)
     if any(route.watched for route in settings.routes) and not watching:
         report.ok.append(watch_summary(settings))

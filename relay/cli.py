@@ -211,6 +211,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from relay.connections import ConnectionLimits
     from relay.github_api import GitHubApi
     from relay.metrics import Metrics
+    from relay.platforms import Platforms
     from relay.serving import server_config
     from relay.slack_api import SlackApi
     from relay.web import create_app
@@ -226,13 +227,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await _warn_about_durability(queue)
             slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
             metrics = Metrics()
-            app = create_app(settings, queue, slack_api=slack, github_api=github, metrics=metrics)
+            platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
+            app = create_app(settings, queue, slack_api=slack, github_api=github, metrics=metrics,
+                             **platforms.web_apis())
             config = server_config(app, args.host, args.port, ConnectionLimits.from_settings(settings),
                                    metrics.connection_closed)
             try:
                 await uvicorn.Server(config).serve(sockets=[sock])
             finally:
                 await serving.close_all(slack, github)
+                await platforms.aclose()
 
     serving.run(run())
     return 0
@@ -243,6 +247,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from relay.letta import LettaClient
     from relay.metrics import Metrics
     from relay.origins import Origins
+    from relay.platforms import Platforms
     from relay.replies import Replier
     from relay.slack_api import SlackApi
     from relay.approval_delivery import Deliverer
@@ -264,16 +269,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
             metrics.watch(queue)
             letta = LettaClient.from_settings(settings, metrics=metrics)
             slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+            platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
             stop = serving.stop_on_signals()
             try:
                 async with _serving_metrics(metrics, metrics_sock):
                     origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
-                    replier = Replier(slack, github, cards=cards_for(settings, queue, slack))
+                    replier = Replier(slack, github, cards=cards_for(settings, queue, slack),
+                                      others=platforms.repliers(settings, queue))
                     await Worker(queue, Deliverer(letta, settings, records=queue), settings, replier=replier,
                                  origins=origins, metrics=metrics,
                                  enricher=Enricher(settings, queue, slack, github)).run(stop)
             finally:
                 await serving.close_all(letta, slack, github)
+                await platforms.aclose()
 
     serving.run(run())
     return 0
@@ -283,6 +291,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from relay.github_api import GitHubApi
     from relay.letta import LettaClient
     from relay.metrics import Metrics
+    from relay.platforms import Platforms
     from relay.slack_api import SlackApi
     from relay.watch import watcher_for
 
@@ -301,12 +310,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
             metrics = Metrics()
             letta = LettaClient.from_settings(settings, metrics=metrics)
             slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+            platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
             stop = serving.stop_on_signals()
             try:
                 async with _serving_metrics(metrics, metrics_sock):
-                    await watcher_for(settings, queue.redis, queue, letta, slack, github, metrics=metrics).run(stop)
+                    await watcher_for(settings, queue.redis, queue, letta, slack, github, metrics=metrics,
+                                      platforms=platforms).run(stop)
             finally:
                 await serving.close_all(letta, slack, github)
+                await platforms.aclose()
 
     serving.run(run())
     return 0

@@ -30,6 +30,8 @@ from relay.letta import LettaClient
 from relay.metrics import Metrics
 from relay.origins import Origins
 from relay.queue import Queue, connect
+from relay.check import door_sources
+from relay.platforms import Platforms
 from relay.replies import Replier
 from relay.routing import Destination, Route
 from relay import serving
@@ -145,21 +147,26 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         notes.append(f"slack: /slack/* with the Slack API at {settings.slack_api_base_url}")
     if settings.serves_github:
         notes.append("github: /github/webhook" + (f" (reactions via {settings.github_api_url})" if github else ""))
+    if door_sources(settings):  # Linear, GitLab, Discord, mapped webhooks
+        notes.append("doors: " + ", ".join(door_sources(settings)))
     web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
                          dedup_window=settings.dedup_window)
     await web_queue.ensure_groups()
-    app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics)
+    platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
+    app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics,
+                     **platforms.web_apis())
     web = EmbeddedServer(server_config(app, host, port, ConnectionLimits.from_settings(settings),
                                        metrics.connection_closed))
-    replier = Replier(slack, github, cards=cards_for(settings, worker_queue, slack))
+    replier = Replier(slack, github, cards=cards_for(settings, worker_queue, slack),
+                      others=platforms.repliers(settings, worker_queue))
     worker = Worker(worker_queue, Deliverer(letta, settings, records=worker_queue), settings, replier=replier,
                     origins=Origins(redis, settings.key_prefix, settings.origin_ttl), metrics=metrics,
                     enricher=Enricher(settings, worker_queue, slack, github))
     watcher = None
     if any(route.watched for route in settings.routes):
         watcher = watcher_for(settings, redis, Queue(redis, prefix=settings.key_prefix), letta, slack, github,
-                              metrics=metrics)
+                              metrics=metrics, platforms=platforms)
         notes.append("watch: status sockets of " + ", ".join(r.name for r in watcher.routes))
     if settings.web_metrics:
         notes.append(f"metrics: http://{host}:{port}/metrics")
@@ -179,6 +186,7 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         stand_in_server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
     await serving.close_all(letta, slack, github)
+    await platforms.aclose()
     await redis.aclose()
 
 

@@ -8,7 +8,10 @@ While a turn relay started runs, `relay watch` shows it:
   one progress message ("what the agent said so far" and a line saying what it is doing:
   thinking, running Bash, waiting for an approval), edited as the turn goes;
 - on GitHub: one tracking comment under the triggering comment, marked as relay's own so it is
-  never read as a request, edited as the turn goes.
+  never read as a request, edited as the turn goes;
+- in a Linear agent session: what the agent is doing as activities (running a tool: an
+  `action`; thinking, waiting: an ephemeral `thought`), one for each change, at most every
+  `LINEAR_EVERY` seconds (platform_replies.LinearReplies.progress).
 
 When the turn ends, the answer completes the stream or replaces the message (`Replier.answer` is
 given its place). A slash command has no thread to show progress in (its response_url takes 5
@@ -52,6 +55,7 @@ CLAIM_TTL = 30.0
 #: at most every PROGRESS_EVERY seconds, a little more than SLACK_EVERY, so none is skipped there).
 SLACK_EVERY = 1.0
 GITHUB_EVERY = 5.0
+LINEAR_EVERY = 2.0
 PROGRESS_EVERY = 1.5
 #: Slack errors that mean "no streaming here": relay edits a message instead from then on.
 STREAM_UNAVAILABLE = frozenset({"unknown_method", "not_allowed_token_type", "missing_scope", "not_allowed",
@@ -66,10 +70,15 @@ class Records(Protocol):
     async def put_record(self, kind: str, record_id: str, value: str, ttl: float) -> None: ...
 
 
+class LinearProgress(Protocol):
+    async def progress(self, session: str, activity: str | None) -> None: ...
+
+
 class ProgressBoard:
     def __init__(self, records: Records, slack: SlackApi | None, github: GitHubApi | None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, *, linear: LinearProgress | None = None) -> None:
         self.records, self.slack, self.github = records, slack, github
+        self.linear = linear
         self.metrics = metrics or Metrics()
         self.streaming = True  # until Slack says it cannot stream here
 
@@ -77,11 +86,16 @@ class ProgressBoard:
         """Whether this origin gets a progress message at all."""
         if origin.reply.get("via") == "github":
             return self.github is not None
+        if origin.reply.get("via") == "linear":
+            return self.linear is not None and bool(origin.reply.get("session"))
         return origin.slack_thread() is not None and self.slack is not None and self.slack.can_post
 
     async def show(self, origin: Origin, key: str, texts: tuple[str, ...], activity: str | None) -> None:
         """Post or edit the progress message of the turn keyed `key` (reply target + message id)."""
         if not self.shows(origin):
+            return
+        if origin.reply.get("via") == "linear":
+            await self._show_linear(origin, key, activity)
             return
         via = "github" if origin.reply.get("via") == "github" else "slack"
         try:
@@ -99,6 +113,24 @@ class ProgressBoard:
             self.metrics.progress(via, "ok")
         except (UpstreamError, QueueUnavailable) as exc:
             self.metrics.progress(via, "error")
+            log.warning("could not show progress", extra=fields(client_message_id=origin.client_message_id,
+                                                                 error=str(exc)))
+
+    async def _show_linear(self, origin: Origin, key: str, activity: str | None) -> None:
+        """One activity per change of what the agent does (Linear's activities are a log, not a
+        message to edit); the place record remembers the last one shown."""
+        assert self.linear is not None
+        try:
+            if await self.records.create_record(LEASE_KIND, key, "1", LINEAR_EVERY) is not None:
+                return
+            shown = await self.place(key)
+            if shown is not None and shown.get("activity") == activity:
+                return
+            await self.linear.progress(origin.reply["session"], activity)
+            await self.records.put_record(PLACE_KIND, key, json.dumps({"via": "linear", "activity": activity}), TTL)
+            self.metrics.progress("linear", "ok")
+        except (UpstreamError, QueueUnavailable) as exc:
+            self.metrics.progress("linear", "error")
             log.warning("could not show progress", extra=fields(client_message_id=origin.client_message_id,
                                                                  error=str(exc)))
 

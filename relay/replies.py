@@ -8,6 +8,7 @@ target a source put on the message:
     {"via": "card", "channel", "ts"}      approval decision: a thread note under the card on failure
     {"via": "github", "repository", "comment_id", "api", "number"}   a comment: 🚀 when delivered,
                                                    😕 when not (👀 was added when it was queued)
+    {"via": "linear" | "gitlab" | "discord" | "discord-card", …}   platform_replies.py
 
 An approval decision the device no longer waits for (answered elsewhere, or gone) is settled,
 not failed: its card is closed with that note (and a note in its thread); a GitHub decision
@@ -25,7 +26,7 @@ pull request; a review comment → a reply in its review thread. answers.py cuts
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from relay.answers import github_comment, joined, slack_messages
 from relay.errors import QueueUnavailable, UpstreamError
@@ -37,6 +38,9 @@ from relay.slack_api import SlackApi
 from relay.routing import Destination
 from relay.sources.slack import escape
 from relay.status_frames import NO_LONGER_PENDING
+
+if TYPE_CHECKING:
+    from relay.platform_replies import PlatformReplier
 
 log = logging.getLogger("relay.replies")
 
@@ -52,10 +56,11 @@ class CardCloser(Protocol):
 
 class Replier:
     def __init__(self, slack: SlackApi | None = None, github: GitHubApi | None = None, *,
-                 cards: CardCloser | None = None) -> None:
+                 cards: CardCloser | None = None, others: Mapping[str, PlatformReplier] | None = None) -> None:
         self.slack = slack
         self.github = github
         self.cards = cards
+        self.others = dict(others or {})  # Linear, GitLab, Discord: by the `via` they serve
 
     async def delivered(self, envelope: Envelope) -> None:
         await self._tell(envelope, None)
@@ -81,6 +86,8 @@ class Replier:
                                               thread_ts=reply["ts"])
             elif reply.get("via") == "github" and self.github is not None:
                 await self._answer_github(reply, note)
+            for other in {id(o): o for o in self.others.values()}.values():
+                await other.settled(envelope, note)
         except UpstreamError as exc:
             log.warning("could not tell the source", extra=fields(**envelope.log_fields(), method=exc.method,
                                                                    error=exc.code))
@@ -100,6 +107,8 @@ class Replier:
                 posted = await self._answer_github(origin.reply, text, place)
             elif via in ("reaction", "response_url") and self.slack is not None:
                 posted = await self._answer_slack(origin, text, place)
+            elif isinstance(via, str) and via in self.others:
+                posted = await self.others[via].answer(origin, texts)
             else:
                 return False  # nowhere to answer (a generic webhook, a card) or no client for it
         except UpstreamError as exc:
@@ -160,7 +169,10 @@ class Replier:
         if not reply:
             return
         try:
-            if reply.get("via") == "github":
+            other = self.others.get(str(reply.get("via")))
+            if other is not None:
+                await (other.delivered(envelope) if failure is None else other.failed(envelope, failure))
+            elif reply.get("via") == "github":
                 if self.github is not None:
                     await self.github.react(reply["repository"], reply["comment_id"], reply["api"],
                                             "rocket" if failure is None else "confused")

@@ -8,9 +8,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from relay.errors import BadRequest, NoRoute, quoted
+
+if TYPE_CHECKING:
+    from relay.door_rules import DiscordRule, GitLabRule, LinearRule, MappedRule
 
 #: The three ways a destination can name its Letta environment; exactly one is set.
 SELECTORS = ("connection_id", "device_id", "connection_name")
@@ -122,6 +125,11 @@ class Route:
     github: GitHubRule | None = None
     watch: WatchRule | None = None
     approvals: str = "socket"  # one of APPROVAL_PATHS
+    # The doors of door_rules.py: Linear, GitLab, Discord, and a mapped webhook.
+    linear: LinearRule | None = None
+    gitlab: GitLabRule | None = None
+    discord: DiscordRule | None = None
+    mapped: MappedRule | None = None
 
     @property
     def watched(self) -> bool:
@@ -162,6 +170,11 @@ class Router:
 
     def get(self, name: str) -> Route | None:
         return self._routes.get(name)
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every route, by name."""
+        return [self._routes[name] for name in sorted(self._routes)]
 
     def listing_slack_channel(self, channel: str) -> Route:
         """The route whose Slack rule names this channel (first by name). Raises BadRequest."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
+from relay import door_config
 from relay.errors import ConfigError
 from relay.routing import (APPROVAL_PATHS, DEFAULT_ASSOCIATIONS, DEFAULT_ROUTE, SELECTORS, Destination, GitHubRule,
                            Route, SlackRule, WatchRule)
@@ -57,6 +58,16 @@ class Settings:
     github_webhook_secret: bytes | None = field(default=None, repr=False)
     github_token: str | None = field(default=None, repr=False)
     github_api_url: str = DEFAULT_GITHUB_API_URL
+    # Linear, GitLab and Discord (door_config.py reads their variables)
+    linear_webhook_secret: bytes | None = field(default=None, repr=False)
+    linear_api_key: str | None = field(default=None, repr=False)  # an API key (lin_api_…) or an OAuth token
+    linear_api_url: str = door_config.DEFAULT_LINEAR_API_URL
+    gitlab_webhook_token: bytes | None = field(default=None, repr=False)
+    gitlab_token: str | None = field(default=None, repr=False)
+    gitlab_url: str = door_config.DEFAULT_GITLAB_URL
+    discord_public_key: bytes | None = None  # Ed25519, 32 bytes (public)
+    discord_bot_token: str | None = field(default=None, repr=False)
+    discord_api_url: str = door_config.DEFAULT_DISCORD_API_URL
     key_prefix: str = "relay"
     max_body_bytes: int = 1024 * 1024
     # The web's connections (relay/connections.py): worst-case memory is about
@@ -237,6 +248,7 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
             raise ConfigError(f"RELAY_HOOK_SECRET {exc}") from None
     values.update(_slack_settings(env))
     values.update(_github_settings(env))
+    values.update(door_config.environment(env))
     if "RELAY_ADMIN_TOKEN" in env:
         token = env["RELAY_ADMIN_TOKEN"].strip()
         if len(token) < MIN_ADMIN_TOKEN_LENGTH:
@@ -261,6 +273,7 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
     values["github_fallback"] = _fallback(document, "github", routes)
     settings = Settings(**values)
     _check_sources(settings)
+    door_config.check(settings)
     return settings
 
 
@@ -365,11 +378,12 @@ def parse_routes(document: Mapping[str, Any], origin: str = "routes file",
         approvals = spec.get("approvals", "socket")
         if approvals not in APPROVAL_PATHS:
             raise ConfigError(f"{where}: approvals must be \"socket\" (the default) or \"rest\"")
-        routes[name] = Route(name, destination, slack=slack, github=github, watch=watch, approvals=approvals)
+        doors = door_config.route_parts(spec, where, environ or {})
+        routes[name] = Route(name, destination, slack=slack, github=github, watch=watch, approvals=approvals, **doors)
     return routes
 
 
-_ROUTE_PARTS = ("slack", "github", "watch", "approvals")
+_ROUTE_PARTS = ("slack", "github", "watch", "approvals", *door_config.ROUTE_PARTS)
 
 
 DESTINATION_KEYS = ("agent_id", "conversation_id", *SELECTORS)

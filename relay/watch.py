@@ -54,8 +54,9 @@ class Watcher:
                  progress: ProgressBoard | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  backoff: Backoff = Backoff(0.5, 30.0), recall_wait: float = 2.0,
-                 check_every: float | None = None) -> None:
+                 check_every: float | None = None, discord_cards: Any = None) -> None:
         self.settings, self.queue, self.letta, self.cards = settings, queue, letta, cards
+        self.discord_cards = discord_cards  # discord_cards.DiscordCards: cards for Discord-started turns
         self.origins, self.replier, self.prompts, self.progress = origins, replier, prompts, progress
         self.metrics = metrics or Metrics()
         self.clock, self.rng, self.backoff = clock, rng or random.Random(), backoff
@@ -86,7 +87,7 @@ class RouteWatch:
                                     prompts=watcher.prompts, progress=watcher.progress, metrics=watcher.metrics,
                                     recall_wait=watcher.recall_wait,
                                     pending=lambda: self.session.pending if self.session else {},
-                                    connection=lambda: self.connection_id)
+                                    connection=lambda: self.connection_id, discord_cards=watcher.discord_cards)
 
     def _log(self, **extra: Any) -> dict[str, Any]:
         return {"extra": fields(route=self.route.name, connection=self.connection_id, **extra)}
@@ -221,15 +222,19 @@ async def _read(socket: ClientConnection, inbox: asyncio.Queue[str | bytes | Non
 
 
 def watcher_for(settings: Settings, redis: Any, queue: Queue, letta: Letta, slack: Any, github: Any, *,
-                metrics: Metrics | None = None) -> Watcher:
+                metrics: Metrics | None = None, platforms: Any = None) -> Watcher:
     """A Watcher with relay's own cards, prompts, progress, origins and replier (what `relay watch`
-    and `relay dev` run)."""
+    and `relay dev` run); `platforms` (platforms.Platforms): the Linear, GitLab and Discord clients,
+    for their answers, progress and cards."""
     from relay.cards import cards_for
     from relay.origins import Origins
     from relay.replies import Replier
 
     metrics = metrics or Metrics()
+    others = platforms.repliers(settings, queue) if platforms is not None else {}
     return Watcher(settings, queue, letta, cards_for(settings, queue, slack),
-                   Origins(redis, settings.key_prefix, settings.origin_ttl), Replier(slack, github),
+                   Origins(redis, settings.key_prefix, settings.origin_ttl), Replier(slack, github, others=others),
                    prompts=GitHubPrompts(queue, github) if github is not None else None,
-                   progress=ProgressBoard(queue, slack, github, metrics), metrics=metrics)
+                   progress=ProgressBoard(queue, slack, github, metrics, linear=others.get("linear")),  # type: ignore[arg-type]
+                   metrics=metrics,
+                   discord_cards=platforms.discord_cards(settings, queue) if platforms is not None else None)

@@ -5,7 +5,9 @@ In order, off the socket loop (acks never wait on Slack or GitHub):
 - an approval request → remember its request id (the worker's approval delivery answers by it,
   without a sync) → ask where the turn started: a card in the Slack thread of a mention or DM;
   a prompt comment on the issue or pull request of a GitHub comment (and a card in the route's
-  `slack_channel` too, when it has one); else a card in `slack_channel`;
+  `slack_channel` too, when it has one); a Discord card in the channel of a Discord command
+  (discord_cards.py; and a Slack card in `slack_channel` when there is one); else a card in
+  `slack_channel`;
 - a request that ended elsewhere → its card and prompt say so;
 - a running turn → its progress message, edited as it goes (`progress.py`);
 - a turn that ended → its answer (with the stop reason and error of a failed turn) where each of
@@ -60,6 +62,12 @@ class CardDesk(Protocol):
     async def close(self, destination: Destination, tool_call_id: str, note: str) -> bool: ...
 
 
+class DiscordDesk(Protocol):
+    async def ask(self, route: Route, request: ApprovalRequest, channel: str) -> tuple[Any, bool]: ...
+
+    async def close(self, destination: Destination, tool_call_id: str, note: str) -> bool: ...
+
+
 class Recaller(Protocol):
     async def recall(self, client_message_id: str) -> Origin | None: ...
 
@@ -92,11 +100,13 @@ class EventActions:
                  cards: CardDesk | None = None, prompts: GitHubPrompts | None = None,
                  progress: ProgressBoard | None = None, metrics: Metrics | None = None,
                  recall_wait: float = 2.0, pending: Callable[[], dict[str, ApprovalRequest]] = dict,
-                 connection: Callable[[], str | None] = lambda: None) -> None:
+                 connection: Callable[[], str | None] = lambda: None,
+                 discord_cards: DiscordDesk | None = None) -> None:
         self.route, self.destination, self.queue = route, route.destination, queue
         self.origins, self.replier, self.cards, self.prompts = origins, replier, cards, prompts
         self.progress, self.metrics = progress, metrics or Metrics()
         self.recall_wait, self.pending, self.connection = recall_wait, pending, connection
+        self.discord_cards = discord_cards  # cards for turns a Discord command started
         self._tasks: set[asyncio.Task[None]] = set()
         self._chains: dict[str, asyncio.Task[None]] = {}  # progress key → its latest update
 
@@ -141,6 +151,9 @@ class EventActions:
         if origin is not None and origin.reply.get("via") == "github" and self.prompts is not None:
             asked = await self._ask("github", request, lambda: self.prompts.ask(self.route, request, origin))  # type: ignore[union-attr]
             thread = None  # and a card in the route's channel, when it has one
+        if origin is not None and origin.reply.get("via") == "discord" and self.discord_cards is not None:
+            desk, in_channel = self.discord_cards, str(origin.reply.get("channel") or "")
+            asked = await self._ask("discord", request, lambda: self._discord_card(desk, request, in_channel))
         where = thread or ((channel, None) if channel else None)
         if where is not None and self.cards is not None:
             cards = self.cards
@@ -148,6 +161,10 @@ class EventActions:
         if not asked and where is None:
             log.warning("no place for the approval request: set slack_channel in [routes.NAME.watch]",
                         **self._log(tool_call_id=request.tool_call_id))
+
+    async def _discord_card(self, desk: DiscordDesk, request: ApprovalRequest, channel: str) -> bool:
+        _card, posted = await desk.ask(self.route, request, channel)
+        return bool(posted)
 
     async def _card(self, cards: CardDesk, request: ApprovalRequest, where: tuple[str, str | None]) -> bool:
         _card, posted = await cards.ask(self.route, request, *where)
@@ -176,6 +193,9 @@ class EventActions:
         if self.prompts is not None and await self.prompts.close(self.route, self.destination, event.tool_call_id,
                                                                  event.reason):
             self.metrics.card("github", "closed")
+        if self.discord_cards is not None and await self.discord_cards.close(self.destination, event.tool_call_id,
+                                                                             event.reason):
+            self.metrics.card("discord", "closed")
 
     async def save_pending(self) -> None:
         value = json.dumps([asdict(r) for r in self.pending().values()], separators=(",", ":"))

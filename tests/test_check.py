@@ -350,3 +350,56 @@ def test_a_ready_watch_route_is_an_ok_line(env: Any, capsys: Any, redis_server: 
     code, out, _ = check(capsys)
     assert code == 0, out
     assert "ok  relay watch: ops (cards in C0CARDS, decisions over socket)" in out.splitlines()
+
+
+# -- the Linear, GitLab, Discord and mapped doors ----------------------------------------------------
+
+def test_linear_routes_without_an_api_key_are_an_error_gitlab_and_discord_without_tokens_warnings() -> None:
+    from relay.check import door_problems, door_sources
+    from relay.door_rules import DiscordRule, GitLabRule, LinearRule
+
+    routes = (Route("eng", NAMED.destination, linear=LinearRule(organizations=("org-1",), teams=("ENG",))),
+              Route("gl", NAMED.destination, gitlab=GitLabRule(projects=("g/*",), access_level=0)),
+              Route("dc", NAMED.destination, discord=DiscordRule(guilds=("1",))))
+    settings = Settings(routes=routes, linear_webhook_secret=b"s", gitlab_webhook_token=b"t",
+                        discord_public_key=b"\0" * 32)
+    problems = door_problems(settings)
+    assert [(p.severity, p.what.split(":")[0].split(" accept")[0]) for p in problems] == [
+        ("error", "route(s) eng"), ("warning", "route(s) gl"), ("warning", "route(s) dc")]
+    assert "LINEAR_API_KEY" in problems[0].fix and "GITLAB_TOKEN" in problems[1].fix
+    assert "DISCORD_BOT_TOKEN" in problems[2].fix
+    assert door_sources(settings) == ["Linear", "GitLab", "Discord"]
+    from relay.check import settings_summary
+    from relay.door_rules import MappedRule
+    from relay.template import parse as template
+
+    pd = Route("pd", NAMED.destination, mapped=MappedRule("hmac", template("x"), ("id",)))
+    assert settings_summary(replace(settings, routes=(*routes, pd))).endswith(
+        "sources: Linear, GitLab, Discord, mapped webhooks (/hooks/mapped/pd)")
+    ready = replace(settings, linear_api_key="lin_api_x", gitlab_token="glpat", discord_bot_token="bot")
+    assert door_problems(ready) == []
+
+
+def test_relay_check_names_the_new_doors_and_what_they_lack(env: Any, capsys: Any, tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text('[routes.pd]\nagent_id = "a"\ndevice_id = "d"\n[routes.pd.mapped]\nverify = "hmac"\n'
+                    'secret_env = "PD_SECRET"\nheader = "X-PagerDuty-Signature"\nprefix = "v1="\n'
+                    'identity = "event.id"\ntext = "{{ event.event_type }}"\n'
+                    '[routes.eng]\nagent_id = "a"\ndevice_id = "d"\n[routes.eng.linear]\nteams = ["ENG"]\n')
+    env.setenv("RELAY_ROUTES", str(path))
+    env.setenv("PD_SECRET", "pagerduty-secret")
+    env.setenv("LINEAR_WEBHOOK_SECRET", "linear-secret")
+    code, out, _ = check(capsys)
+    assert code == 1
+    assert any(p.startswith("[error] route(s) eng accept Linear agent sessions") for p in numbered(out))
+
+
+def test_linear_team_keys_without_an_organization_are_a_cross_workspace_warning() -> None:
+    from relay.check import door_problems
+    from relay.door_rules import LinearRule
+
+    loose = Route("eng", NAMED.destination, linear=LinearRule(teams=("ENG",)))
+    [problem] = door_problems(Settings(routes=(loose,), linear_webhook_secret=b"s", linear_api_key="k"))
+    assert problem.severity == "warning" and "any workspace" in problem.what and "organizations" in problem.fix
+    pinned = replace(loose, linear=LinearRule(organizations=("org-1",), teams=("ENG",)))
+    assert door_problems(Settings(routes=(pinned,), linear_webhook_secret=b"s", linear_api_key="k")) == []

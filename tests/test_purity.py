@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 IO_LIBRARIES = frozenset({"starlette", "redis", "httpx", "uvicorn", "tenacity", "fakeredis", "websockets"})
 NAMED_PURE = ["relay.errors", "relay.routing", "relay.messages", "relay.policy", "relay.settings",
-              "relay.sources.generic", "relay.status_frames", "relay.status_session", "relay.approval_exchange", "relay.context", "relay.answers"]
+              "relay.sources.generic", "relay.status_frames", "relay.status_session", "relay.approval_exchange", "relay.context", "relay.answers",
+              "relay.door_rules", "relay.door_config", "relay.template", "relay.sources.linear", "relay.sources.gitlab",
+              "relay.sources.discord", "relay.sources.mapped", "relay.sources.signatures"]
 
 
 def module_file(root: Path, name: str) -> Path | None:

@@ -8,7 +8,7 @@ import contextlib
 import json
 import time
 from dataclasses import replace
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlencode
 
 import httpx
@@ -20,6 +20,7 @@ from relay.enrich import Enricher
 from relay.github_api import GitHubApi
 from relay.letta import LettaClient
 from relay.origins import Origins
+from relay.platforms import Platforms
 from relay.policy import Backoff
 from relay.queue import Queue, connect
 from relay.replies import Replier
@@ -40,8 +41,11 @@ class Relay:
     """relay serve + relay worker + relay watch, on real Redis, for the duration of a test."""
 
     def __init__(self, settings: Settings, redis_url: str, redis: Any, prefix: str, letta_url: str,
-                 slack: SlackStandIn | None, github: GitHubStandIn | None, *, api_key: str = "test-key") -> None:
+                 slack: SlackStandIn | None, github: GitHubStandIn | None, *, api_key: str = "test-key",
+                 platforms: Callable[[], Platforms] | None = None) -> None:
         self.settings = replace(settings, key_prefix=prefix)
+        # Linear, GitLab, Discord: new clients for each process, from the settings by default.
+        self.platforms = platforms or (lambda: Platforms.from_settings(self.settings))
         self.api_key = api_key
         self.redis_url, self.redis, self.prefix, self.letta_url = redis_url, redis, prefix, letta_url
         self.slack_url = slack.api_url if slack else None
@@ -56,15 +60,18 @@ class Relay:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
         web_slack, web_github = self.apis()
+        web_platforms, platforms = self.platforms(), self.platforms()
         app = create_app(self.settings, Queue(connect(self.redis_url), prefix=self.prefix), slack_api=web_slack,
-                         github_api=web_github)
+                         github_api=web_github, **web_platforms.web_apis())
         slack, github = self.apis()
         queue = Queue(self.redis, prefix=self.prefix, consumer="worker-1")
         letta = LettaClient(self.letta_url, self.api_key, retry_wait=wait_none())
         worker = Worker(queue, Deliverer(letta, self.settings, records=queue), self.settings, poll_interval=0.01,
-                        replier=Replier(slack, github, cards=cards_for(self.settings, queue, slack)),
+                        replier=Replier(slack, github, cards=cards_for(self.settings, queue, slack),
+                                        others=platforms.repliers(self.settings, queue)),
                         origins=Origins(self.redis, self.prefix), enricher=Enricher(self.settings, queue, slack, github))
-        watcher = watcher_for(self.settings, self.redis, Queue(self.redis, prefix=self.prefix), letta, slack, github)
+        watcher = watcher_for(self.settings, self.redis, Queue(self.redis, prefix=self.prefix), letta, slack, github,
+                              platforms=platforms)
         watcher.backoff, watcher.check_every = Backoff(0.05, 0.3), 0.5
         stop = asyncio.Event()
         with ServerThread(app) as server:
@@ -78,6 +85,8 @@ class Relay:
                 for client in (letta, slack, github, web_slack, web_github):
                     if client is not None:
                         await client.aclose()
+                await platforms.aclose()
+                # The web's clients belong to the server thread's event loop, closed with it.
 
     async def slack(self, path: str, body: bytes, content_type: str) -> httpx.Response:
         headers = slack_source.signed_headers(SLACK_SECRET, int(time.time()), body, content_type)

@@ -3,6 +3,10 @@
     POST /hooks/generic                    Standard Webhooks (web/generic.py)
     POST /slack/commands|events|interactions   Slack (web/slack.py)
     POST /github/webhook                   GitHub issue and pull-request comments (web/github.py)
+    POST /linear/webhook                   Linear agent sessions and comments (web/linear.py)
+    POST /gitlab/webhook                   GitLab notes on issues and merge requests (web/gitlab.py)
+    POST /discord/interactions             Discord slash commands and approval buttons (web/discord.py)
+    POST /hooks/mapped/{route}             any JSON webhook, mapped to a message by its route (web/mapped.py)
     POST /approvals                        post an approval card in Slack (web/approvals.py)
     /admin/…                               queue depths and dead letters (web/admin.py)
     GET  /healthz, /readyz                 liveness, and readiness (Redis answers)
@@ -25,16 +29,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.cards import Cards
+from relay.discord_api import DiscordApi
+from relay.discord_cards import DiscordCards
 from relay.errors import QueueUnavailable
 from relay.github_api import GitHubApi
+from relay.gitlab_api import GitLabApi
 from relay.intake import Intake
+from relay.linear_api import LinearApi
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.queue import Queue
 from relay.routing import Router
 from relay.settings import Settings
 from relay.slack_api import SlackApi
-from relay.web import admin, approvals, generic, github, slack
+from relay.web import admin, approvals, discord, generic, github, gitlab, linear, mapped, slack
 from relay.web.common import read_body
 
 __all__ = ["create_app", "read_body"]
@@ -44,7 +52,8 @@ log = logging.getLogger("relay.web")
 
 def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None = None,
                github_api: GitHubApi | None = None, clock: Callable[[], float] = time.time,
-               metrics: Metrics | None = None) -> Starlette:
+               metrics: Metrics | None = None, linear_api: LinearApi | None = None,
+               gitlab_api: GitLabApi | None = None, discord_api: DiscordApi | None = None) -> Starlette:
     """`metrics`: the process's registry (`relay dev` shares one with its worker); else a new one."""
     metrics = metrics or Metrics()
     metrics.watch(queue)
@@ -53,6 +62,8 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
     if slack_api is None and settings.slack_signing_secret is not None:
         slack_api = SlackApi(settings.slack_bot_token, base_url=settings.slack_api_base_url)
     cards = Cards(queue, slack_api, router, intake, clock) if slack_api and slack_api.can_post else None
+    discord_cards = (DiscordCards(queue, discord_api, router, intake, clock)
+                     if discord_api is not None and discord_api.can_post else None)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -70,6 +81,10 @@ def create_app(settings: Settings, queue: Queue, *, slack_api: SlackApi | None =
         *generic.routes(settings, intake, router, clock, metrics),
         *slack.routes(settings, intake, router, slack_api, cards, clock, metrics),
         *github.routes(settings, intake, router, github_api, clock, metrics),
+        *linear.routes(settings, intake, router, linear_api, clock, metrics),
+        *gitlab.routes(settings, intake, router, gitlab_api, clock, metrics),
+        *discord.routes(settings, intake, router, discord_cards, clock, metrics),
+        *mapped.routes(settings, intake, router, clock, metrics),
         *approvals.routes(settings, router, cards, metrics),
         *admin.routes(settings, queue, metrics),
         *([metrics.route()] if settings.web_metrics else []),

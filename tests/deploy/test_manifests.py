@@ -23,6 +23,7 @@ import yaml
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from relay import door_config
 from relay import settings as relay_settings
 from relay.queue import Queue
 from relay.settings import Settings, load, parse_duration, parse_routes
@@ -202,6 +203,7 @@ def names_settings_reads() -> frozenset[str]:
         elif isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == "env" \
                 and isinstance(node.slice, ast.Constant):
             found.add(node.slice.value)
+    found |= set(door_config.VARIABLES)  # the Linear, GitLab and Discord doors' (relay/door_config.py)
     return frozenset(name for name in found if isinstance(name, str))
 
 

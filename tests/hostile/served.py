@@ -1,6 +1,6 @@
 """A real `relay serve` process on loopback with every door open, as an attacker meets it: its
 own Redis key prefix on the test Redis, a routes file with Slack, GitHub (one tenant on a secret
-of its own) and the generic webhook, and the process's memory and sockets readable from /proc."""
+of its own), Linear, GitLab, Discord, a mapped webhook and the generic webhook, and the process's memory and sockets readable from /proc."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Iterator
 
 import httpx
 
+from relay.sources import discord
 from tests.support import free_port, relay_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +31,10 @@ SLACK_SECRET = b"hostile-slack-signing-secret-0123"
 GITHUB_SECRET = b"hostile-github-shared-secret-0123"
 ACME_SECRET = b"hostile-github-acme-secret-0123"
 ADMIN_TOKEN = "hostile-admin-token-0123456789abcdef"
+LINEAR_SECRET = b"hostile-linear-signing-secret-0123"
+GITLAB_TOKEN = b"hostile-gitlab-webhook-token-0123"
+DISCORD_SEED = b"hostile-discord-application-key!"  # 32 bytes: the application's Ed25519 key
+MAPPED_SECRET = b"hostile-mapped-hmac-secret-0123"
 ROUTES = """
 [routes.default]
 agent_id = "agent-default"
@@ -57,6 +62,29 @@ device_id = "device-h"
 repositories = ["acme/*"]
 approvers = ["wile"]
 secret_env = "GITHUB_SECRET_ACME"
+
+[routes.doors]
+agent_id = "agent-doors"
+device_id = "device-h"
+[routes.doors.linear]
+teams = ["ENG"]
+[routes.doors.gitlab]
+projects = ["octo/*"]
+access_level = "any"
+[routes.doors.discord]
+guilds = ["1300000000000000001"]
+
+[routes.pd]
+agent_id = "agent-pd"
+device_id = "device-h"
+[routes.pd.mapped]
+verify = "hmac"
+secret_env = "PD_SECRET"
+header = "X-PagerDuty-Signature"
+prefix = "v1="
+separator = ","
+identity = "event.id"
+text = "PagerDuty {{ event.event_type }}: {{ event.data.title }}"
 """
 
 
@@ -107,7 +135,10 @@ def relay_serve(tmp: Path, redis_url: str, prefix: str, slack_api_url: str, slac
                     RELAY_ROUTES=str(routes), SLACK_SIGNING_SECRET=SLACK_SECRET.decode(),
                     SLACK_BOT_TOKEN="xoxb-hostile", SLACK_API_BASE_URL=slack_api_url,
                     SLACK_HOOKS_URL=slack_hooks_url, GITHUB_WEBHOOK_SECRET=GITHUB_SECRET.decode(),
-                    GITHUB_SECRET_ACME=ACME_SECRET.decode(), RELAY_ADMIN_TOKEN=ADMIN_TOKEN, **settings)
+                    GITHUB_SECRET_ACME=ACME_SECRET.decode(), RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
+                    LINEAR_WEBHOOK_SECRET=LINEAR_SECRET.decode(), GITLAB_WEBHOOK_TOKEN=GITLAB_TOKEN.decode(),
+                    DISCORD_PUBLIC_KEY=discord.public_key_of(DISCORD_SEED).hex(), PD_SECRET=MAPPED_SECRET.decode(),
+                    **settings)
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--port", str(port)], env=env,

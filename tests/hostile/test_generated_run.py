@@ -29,9 +29,10 @@ import redis.asyncio as aioredis
 
 from relay.messages import client_message_id
 from relay.queue import PARTITIONS, Keys
-from relay.sources import generic, github, slack
-from tests.hostile.served import (ACME_SECRET, GITHUB_SECRET, HOOK_KEY, SLACK_SECRET, Served, record_figures,
-                                  relay_serve)
+from relay.sources import discord, generic, github, linear, mapped, slack
+from relay.door_rules import HmacScheme
+from tests.hostile.served import (ACME_SECRET, DISCORD_SEED, GITHUB_SECRET, GITLAB_TOKEN, HOOK_KEY, LINEAR_SECRET,
+                                  MAPPED_SECRET, SLACK_SECRET, Served, record_figures, relay_serve)
 from tests.support import delete_prefix, unique_prefix
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,7 @@ class Generator:
         self.counter = 0
         self.answered_generic: list[bytes] = []  # valid requests relay has answered (so replays follow them)
         self.answered_github: list[tuple[str, bytes]] = []
+        self.answered_linear: list[bytes] = []
         self.kinds: list[tuple[str, int, Callable[[], Request]]] = [
             ("generic: valid", 30, self.generic_valid), ("slack command: valid", 12, self.slack_command_valid),
             ("slack event: valid", 12, self.slack_event_valid), ("github: valid", 12, self.github_valid),
@@ -81,7 +83,9 @@ class Generator:
         ]
         for door, path in (("generic", "/hooks/generic"), ("slack", "/slack/commands"), ("slack", "/slack/events"),
                            ("slack", "/slack/interactions"), ("github", "/github/webhook"), ("approvals", "/approvals"),
-                           ("admin", "/admin/dead-letters/replay")):
+                           ("admin", "/admin/dead-letters/replay"), ("linear", "/linear/webhook"),
+                           ("gitlab", "/gitlab/webhook"), ("discord", "/discord/interactions"),
+                           ("mapped", "/hooks/mapped/pd")):
             self.kinds.append((f"{path}: unsigned", 40, self.unsigned(door, path)))
         for door in ("generic", "slack", "github"):
             self.kinds += [(f"{door}: wrong secret", 30, self.signed_badly(door, "wrong secret")),
@@ -90,6 +94,7 @@ class Generator:
         for door in ("generic", "slack"):
             for case in ("stale", "300-digit timestamp", "5,000-digit timestamp", "future"):
                 self.kinds.append((f"{door}: {case}", 15, self.signed_badly(door, case)))
+        self.kinds += NewDoors(self).kinds()
         self.kinds += [
             ("github: cross-tenant", 30, self.cross_tenant), ("github: forged author", 25, self.forged_author),
             ("github: 1e400 comment id", 15, self.github_odd_number), ("generic: signed, not JSON", 15,
@@ -296,6 +301,108 @@ class Generator:
         return Request("", "other", http("GET", "/healthz", {}), frozenset({200}))
 
 
+PD_SCHEME = HmacScheme("x-pagerduty-signature", prefix="v1=", separator=",")
+
+
+class NewDoors:
+    """The Linear, GitLab, Discord and mapped doors' requests: valid ones (and Linear replays),
+    and signed with the wrong key, stale, or not at all."""
+
+    def __init__(self, g: Generator) -> None:
+        self.g = g
+
+    def kinds(self) -> list[tuple[str, int, Callable[[], Request]]]:
+        return [("linear: valid", 8, self.linear_valid), ("linear: replay", 6, self.linear_replay),
+                ("gitlab: valid", 8, self.gitlab_valid), ("discord: valid", 8, self.discord_valid),
+                ("mapped: valid", 8, self.mapped_valid),
+                ("linear: wrong secret", 15, self.linear_bad("wrong secret")),
+                ("linear: stale", 15, self.linear_bad("stale")),
+                ("gitlab: wrong token", 15, self.gitlab_bad), ("discord: wrong key", 15, self.discord_bad("key")),
+                ("discord: stale", 15, self.discord_bad("stale")), ("mapped: wrong secret", 15, self.mapped_bad)]
+
+    def linear_body(self, shift_ms: int = 0) -> tuple[bytes, str]:
+        session = f"session-{self.g.fresh()}"
+        return json.dumps({"type": "AgentSessionEvent", "action": "created", "organizationId": "org-1",
+                           "webhookTimestamp": int(time.time() * 1000) + shift_ms, "promptContext": "hello",
+                           "agentSession": {"id": session, "issue": {"identifier": "ENG-1", "title": "t",
+                                                                     "team": {"key": "ENG"}}}}).encode(), session
+
+    def linear_valid(self) -> Request:
+        body, session = self.linear_body()
+        headers = {"Content-Type": "application/json", "Linear-Signature": linear.sign(LINEAR_SECRET, body)}
+        return Request("linear: valid", "linear", http("POST", "/linear/webhook", headers, body), frozenset({200}),
+                       (client_message_id("linear", "org-1", "session", session, "created"),))
+
+    def linear_replay(self) -> Request:
+        if not self.g.answered_linear:
+            return self.linear_valid()
+        # A recent one, well within Linear's 60 s: a replay, not a stale delivery.
+        return Request("linear: replay", "linear", self.g.rng.choice(self.g.answered_linear[-20:]), frozenset({200}))
+
+    def linear_bad(self, case: str) -> Callable[[], Request]:
+        def make() -> Request:
+            body, _ = self.linear_body(-3_600_000 if case == "stale" else 0)
+            secret = b"another-secret-of-at-least-24-bytes" if case == "wrong secret" else LINEAR_SECRET
+            headers = {"Content-Type": "application/json", "Linear-Signature": linear.sign(secret, body)}
+            return Request("", "linear", http("POST", "/linear/webhook", headers, body), frozenset({401}))
+        return make
+
+    def gitlab_body(self) -> tuple[bytes, int]:
+        note = self.g.fresh()
+        return json.dumps({"object_kind": "note", "user": {"id": 1, "username": "octocat"},
+                           "project": {"id": 5, "path_with_namespace": "octo/repo"}, "issue": {"iid": 1, "title": "t"},
+                           "object_attributes": {"id": note, "note": "@agent hello", "noteable_type": "Issue",
+                                                 "action": "create"}}).encode(), note
+
+    def gitlab_valid(self) -> Request:
+        body, note = self.gitlab_body()
+        headers = {"Content-Type": "application/json", "X-Gitlab-Token": GITLAB_TOKEN.decode()}
+        return Request("gitlab: valid", "gitlab", http("POST", "/gitlab/webhook", headers, body), frozenset({202}),
+                       (client_message_id("gitlab", "5", "note", str(note), "create"),))
+
+    def gitlab_bad(self) -> Request:
+        body, _ = self.gitlab_body()
+        headers = {"Content-Type": "application/json", "X-Gitlab-Token": self.g.rng.choice(["guess", "x" * 5000])}
+        return Request("", "gitlab", http("POST", "/gitlab/webhook", headers, body), frozenset({401}))
+
+    def discord_request(self, seed: bytes, shift: int = 0) -> tuple[bytes, str]:
+        interaction = str(1600000000000000000 + self.g.fresh())
+        body = json.dumps({"type": 2, "id": interaction, "application_id": "1100000000000000001", "token": "tok",
+                           "guild_id": "1300000000000000001", "channel_id": "1400000000000000002",
+                           "member": {"user": {"id": "1800000000000000006", "username": "u"}, "roles": []},
+                           "data": {"name": "agent", "options": [{"type": 3, "value": "hello"}]}}).encode()
+        now = int(time.time()) + shift
+        headers = {"Content-Type": "application/json", "X-Signature-Timestamp": str(now),
+                   "X-Signature-Ed25519": discord.sign(seed, now, body)}
+        return http("POST", "/discord/interactions", headers, body), interaction
+
+    def discord_valid(self) -> Request:
+        data, interaction = self.discord_request(DISCORD_SEED)
+        return Request("discord: valid", "discord", data, frozenset({200}),
+                       (client_message_id("discord", "1100000000000000001", "interaction", interaction),))
+
+    def discord_bad(self, case: str) -> Callable[[], Request]:
+        def make() -> Request:
+            data, _ = self.discord_request(b"\x07" * 32 if case == "key" else DISCORD_SEED,
+                                           -3600 if case == "stale" else 0)
+            return Request("", "discord", data, frozenset({401}))
+        return make
+
+    def mapped_request(self, secret: bytes) -> tuple[bytes, str]:
+        event = f"evt-{self.g.fresh()}"
+        body = json.dumps({"event": {"id": event, "event_type": "incident.triggered", "data": {"title": "t"}}}).encode()
+        headers = {"Content-Type": "application/json",
+                   "X-PagerDuty-Signature": mapped.sign_hmac(PD_SCHEME, secret, body)}
+        return http("POST", "/hooks/mapped/pd", headers, body), event
+
+    def mapped_valid(self) -> Request:
+        data, event = self.mapped_request(MAPPED_SECRET)
+        return Request("mapped: valid", "mapped", data, frozenset({202}), (client_message_id("mapped", "pd", event),))
+
+    def mapped_bad(self) -> Request:
+        return Request("", "mapped", self.mapped_request(b"another-secret")[0], frozenset({401}))
+
+
 @dataclass
 class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
@@ -362,6 +469,8 @@ def record(request: Request, status: int, body: bytes, generator: Generator, tal
         tally.expected_ids.update(request.message_ids)
         if request.door == "generic":
             generator.answered_generic.append(request.data)
+        elif request.door == "linear":
+            generator.answered_linear.append(request.data)
 
 
 async def stored_ids(redis_url: str, prefix: str) -> set[str]:

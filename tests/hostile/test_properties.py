@@ -19,7 +19,8 @@ from tests.hostile.doors import DOORS, SIGNED_SOURCES, Door, client, fresh, keys
 
 HEADER_NAMES = ["content-type", "webhook-id", "webhook-timestamp", "webhook-signature", "x-slack-request-timestamp",
                 "x-slack-signature", "x-slack-retry-num", "x-github-event", "x-github-delivery", "x-github-hook-id",
-                "x-hub-signature-256", "x-hub-signature", "authorization"]
+                "x-hub-signature-256", "x-hub-signature", "authorization", "linear-signature", "x-gitlab-token",
+                "x-signature-ed25519", "x-signature-timestamp", "x-pagerduty-signature"]
 NOW = str(int(time.time()))
 TRICKY = ["", " ", "0", "-1", NOW, str(int(NOW) + 10**12), "9" * 40, "v1,", "v1,AAAA", "v1a,AAAA v1,", "v0=", "v0=" + "0" * 64,
           "sha256=", "sha256=" + "0" * 64, "sha1=" + "0" * 40, "Bearer ", "Bearer " + "x" * 36, "Basic Zm9v",

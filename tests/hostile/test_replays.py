@@ -36,10 +36,21 @@ UNSIGNED: dict[str, dict[str, list[str | None]]] = {
                "x-hub-signature": ["sha1=" + "0" * 40],
                "content-type": ["application/json; charset=utf-8"],
                "x-github-event": ["issues", "ping", "pull_request_review_comment", "push"]},
+    "linear": {"linear-delivery": [str(uuid.uuid4()) for _ in range(3)] + [None],
+               "linear-event": ["Comment", "Issue", "AgentSessionEvent", None],
+               "content-type": ["application/json; charset=utf-8"]},
+    "gitlab": {"x-gitlab-event-uuid": [str(uuid.uuid4()) for _ in range(3)] + [None],
+               "x-gitlab-webhook-uuid": [str(uuid.uuid4()), None], "x-gitlab-instance": ["https://gitlab.example"],
+               "x-gitlab-event": ["Issue Hook", "System Hook", None], "idempotency-key": [str(uuid.uuid4())]},
+    "discord": {"content-type": ["application/json; charset=utf-8", None]},
+    "mapped": {"webhook-id": [str(uuid.uuid4())], "x-request-id": [str(uuid.uuid4())],
+               "content-type": ["application/json; charset=utf-8", None]},
 }
 #: Signature headers whose signed value can be written another way (still valid, still the same request).
-RESPELLED = {"generic": lambda v: f"v1,AAAA {v} v2,xyz", "github": lambda v: v.upper().replace("SHA256=", "sha256=")}
-SIGNATURE = {"generic": "webhook-signature", "github": "x-hub-signature-256"}
+RESPELLED = {"generic": lambda v: f"v1,AAAA {v} v2,xyz", "github": lambda v: v.upper().replace("SHA256=", "sha256="),
+             "linear": str.upper, "discord": str.upper, "mapped": lambda v: f"v1={'0' * 64},{v}"}
+SIGNATURE = {"generic": "webhook-signature", "github": "x-hub-signature-256", "linear": "linear-signature",
+             "discord": "x-signature-ed25519", "mapped": "x-pagerduty-signature"}
 
 
 def variants(door: Door) -> list[tuple[str, str | None]]:

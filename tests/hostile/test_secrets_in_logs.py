@@ -25,7 +25,9 @@ from relay.replies import Replier
 from relay.routing import Destination, GitHubRule, Route, SlackRule
 from relay.settings import Settings
 from relay.slack_api import SlackApi
-from relay.sources import generic, github, slack
+from relay.door_rules import DiscordRule, GitLabRule, HmacScheme, LinearRule, MappedRule
+from relay.sources import discord, generic, github, linear, mapped, slack
+from relay.template import parse as template
 from relay.web import create_app
 from tests.conftest import DEVICE
 from tests.support import running_worker
@@ -42,7 +44,15 @@ SECRETS = {
     "letta api key": "letta-api-key-KNOWN-0123",
     "admin token": "admin-token-KNOWN-0123456789",
     "response_url secret": "RESPONSE-URL-SECRET-KNOWN",
+    "linear signing secret": "linear-signing-secret-KNOWN-0123",
+    "linear api key": "lin_api_linear-api-key-KNOWN-0123",
+    "gitlab webhook token": "gitlab-webhook-token-KNOWN-0123",
+    "gitlab token": "glpat-gitlab-token-KNOWN-0123",
+    "discord bot token": "discord-bot-token-KNOWN-0123",
+    "discord interaction token": "discord-interaction-token-KNOWN-0123",
+    "mapped webhook secret": "mapped-webhook-secret-KNOWN-0123",
 }
+DISCORD_SEED = b"discord-known-application-key-32"
 #: Quoted, so that a body in a log line is escaped (both formats write a quote as \"): a search
 #: for the marker as sent would miss it there.
 BODY_MARKER = 'BODY-MARKER-"never"-logged'
@@ -96,7 +106,8 @@ async def test_a_full_run_logs_no_secret_token_signature_or_body(log_format: str
     try:
         await run_everything(letta, letta_url, slack_stand_in, github_stand_in, settings, prefix, sent_signatures)
         text = captured.getvalue()
-        values = [s.partition(",")[2] if s.startswith("v1,") else s.partition("=")[2] for s in sent_signatures]
+        values = [s.partition(",")[2] if s.startswith("v1,") else s.partition("=")[2] if "=" in s else s
+                  for s in sent_signatures]
         plant_leaks(values)
         planted = captured.getvalue()[len(text):]
     finally:
@@ -116,8 +127,16 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
                          prefix: str, signatures: list[str]) -> None:
     route = Route("all", Destination(agent_id="agent-all", device_id=DEVICE),
                   slack=SlackRule(teams=("T0001",), approvers=("U0001",)),
-                  github=GitHubRule(repositories=("octo/*",)))
-    s = replace(settings, routes=(*settings.routes, route), key_prefix=prefix,
+                  github=GitHubRule(repositories=("octo/*",)), linear=LinearRule(teams=("ENG",)),
+                  gitlab=GitLabRule(projects=("octo/*",), access_level=0), discord=DiscordRule(guilds=("13",)))
+    mapped_route = Route("pd", Destination(agent_id="agent-all", device_id=DEVICE), mapped=MappedRule(
+        "hmac", template("{{ event.data.title }}"), ("event.id",), key=SECRETS["mapped webhook secret"].encode(),
+        hmac=HmacScheme("x-pagerduty-signature", prefix="v1=")))
+    s = replace(settings, routes=(*settings.routes, route, mapped_route), key_prefix=prefix,
+                linear_webhook_secret=SECRETS["linear signing secret"].encode(),
+                linear_api_key=SECRETS["linear api key"], gitlab_webhook_token=SECRETS["gitlab webhook token"].encode(),
+                gitlab_token=SECRETS["gitlab token"], discord_public_key=discord.public_key_of(DISCORD_SEED),
+                discord_bot_token=SECRETS["discord bot token"],
                 hook_secret=HOOK_KEY, slack_signing_secret=SECRETS["slack signing secret"].encode(),
                 slack_bot_token=SECRETS["slack bot token"], slack_api_base_url=slack_stand_in.api_url,
                 github_webhook_secret=SECRETS["github webhook secret"].encode(), github_token=SECRETS["github token"],
@@ -134,7 +153,7 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
     now = int(time.time())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as http:
         async def post(path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-            signatures.extend(v for k, v in headers.items() if "signature" in k)
+            signatures.extend(v for k, v in headers.items() if "signature" in k and "timestamp" not in k)
             return await http.post(path, content=body, headers=headers)
 
         for text, secret, ts in ((BODY_MARKER, HOOK_KEY, now), ("poison " + BODY_MARKER, HOOK_KEY, now),
@@ -169,6 +188,7 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
             await post("/github/webhook", comment, {"x-github-event": "issue_comment", "x-github-delivery": "d-1",
                                                     "content-type": "application/json",
                                                     "x-hub-signature-256": github.sign(secret, comment)})
+        await run_new_doors(post, now)
         await http.get("/admin/dead-letters", headers={"authorization": f"Bearer {SECRETS['admin token']}"})
         await http.get("/admin/dead-letters", headers={"authorization": "Bearer guess"})
     worker_settings = replace(s, retry_base=0.01, retry_cap=0.05)
@@ -185,3 +205,32 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
     await slack_api.aclose()
     await github_api.aclose()
     await redis.aclose()
+
+
+async def run_new_doors(post: Any, now: int) -> None:
+    """Linear, GitLab, Discord and a mapped webhook: each once validly signed and once not."""
+    json_type = {"content-type": "application/json"}
+    session = json.dumps({"type": "AgentSessionEvent", "action": "created", "organizationId": "org-1",
+                          "webhookTimestamp": int(time.time() * 1000), "promptContext": BODY_MARKER,
+                          "agentSession": {"id": "s-1", "issue": {"identifier": "ENG-1", "title": BODY_MARKER,
+                                                                  "team": {"key": "ENG"}}}}).encode()
+    for secret in (SECRETS["linear signing secret"].encode(), b"wrong"):
+        await post("/linear/webhook", session, {**json_type, "linear-signature": linear.sign(secret, session)})
+    note = json.dumps({"object_kind": "note", "user": {"id": 1, "username": "octocat"},
+                       "project": {"id": 5, "path_with_namespace": "octo/repo"}, "issue": {"iid": 1, "title": "t"},
+                       "object_attributes": {"id": 9, "note": f"@agent {BODY_MARKER}", "noteable_type": "Issue",
+                                             "action": "create"}}).encode()
+    for token in (SECRETS["gitlab webhook token"], "wrong"):
+        await post("/gitlab/webhook", note, {**json_type, "x-gitlab-token": token})
+    interaction = json.dumps({"type": 2, "id": "16", "application_id": "11", "guild_id": "13", "channel_id": "14",
+                              "token": SECRETS["discord interaction token"],
+                              "member": {"user": {"id": "18", "username": "u"}, "roles": []},
+                              "data": {"name": "agent", "options": [{"type": 3, "value": BODY_MARKER}]}}).encode()
+    for seed in (DISCORD_SEED, b"\x09" * 32):
+        await post("/discord/interactions", interaction, {**json_type, "x-signature-timestamp": str(now),
+                                                          "x-signature-ed25519": discord.sign(seed, now, interaction)})
+    incident = json.dumps({"event": {"id": "e-1", "data": {"title": BODY_MARKER}}}).encode()
+    scheme = HmacScheme("x-pagerduty-signature", prefix="v1=")
+    for secret in (SECRETS["mapped webhook secret"].encode(), b"wrong"):
+        await post("/hooks/mapped/pd", incident, {**json_type,
+                                                  "x-pagerduty-signature": mapped.sign_hmac(scheme, secret, incident)})
