@@ -12,6 +12,9 @@ the Slack stand-in (tests/slack_standin.py) hands out, speaking Slack's envelope
                   is not such an object is a protocol error (`errors`)
     redelivery    an envelope not acked within `ack_timeout` is sent again, to the next open
                   connection, with retry_attempt + 1 and retry_reason "timeout", up to `retries` times
+    lost acks     `send(…, lose_acks=n)`: that envelope's first n acks are dropped on the way (recorded
+                  in `lost`), as when a connection fails under an ack: the envelope comes again, to
+                  another connection where there is one
     disconnect    `disconnect(reason)` sends {"type": "disconnect", "reason"} and closes that connection
                   `disconnect_grace` later; `drop()` closes one at once, without a word
 
@@ -67,6 +70,7 @@ class Envelope:
     acks: list[Ack] = field(default_factory=list)
     due: float = 0.0  # when to send (again); 0: as soon as a connection is open
     given_up: bool = False
+    lose_acks: int = 0
 
     def frame(self) -> str:
         attempt = len(self.deliveries)
@@ -89,6 +93,7 @@ class SocketModeStandIn(Watched):
         self.envelopes: dict[str, Envelope] = {}
         self.errors: list[str] = []
         self.refused_tickets = 0
+        self.lost: list[Ack] = []
         self._tickets: set[str] = set()
         self._numbers = itertools.count(1)
         self._turn = 0
@@ -104,11 +109,12 @@ class SocketModeStandIn(Watched):
             self._tickets.add(ticket)
         return f"{self.base_url}/link/?ticket={ticket}&app_id={APP_ID}"
 
-    def send(self, kind: str, payload: dict[str, Any], *, accepts_response_payload: bool | None = None) -> str:
+    def send(self, kind: str, payload: dict[str, Any], *, accepts_response_payload: bool | None = None,
+             lose_acks: int = 0) -> str:
         envelope_id = str(uuid.uuid4())
         accepts = accepts_payload(kind, payload) if accepts_response_payload is None else accepts_response_payload
         with self._changed:
-            self.envelopes[envelope_id] = Envelope(envelope_id, kind, payload, accepts)
+            self.envelopes[envelope_id] = Envelope(envelope_id, kind, payload, accepts, lose_acks=lose_acks)
         return envelope_id
 
     def disconnect(self, reason: str = "refresh_requested") -> None:
@@ -189,7 +195,12 @@ class SocketModeStandIn(Watched):
             payload = data.get("payload")
             if payload is not None and not envelope.accepts_response_payload:
                 self.errors.append(f"a payload on a {envelope.type} envelope, which accepts none")
-            envelope.acks.append(Ack(connection.number, payload, len(envelope.deliveries)))
+            ack = Ack(connection.number, payload, len(envelope.deliveries))
+            if envelope.lose_acks > 0:
+                envelope.lose_acks -= 1
+                self.lost.append(ack)
+            else:
+                envelope.acks.append(ack)
             self._changed.notify_all()
 
     async def _run_pump(self) -> None:
@@ -227,7 +238,8 @@ class SocketModeStandIn(Watched):
                 if len(envelope.deliveries) > self.retries:
                     envelope.given_up = True
                     continue
-                connection = ready[self._turn % len(ready)]
+                others = [c for c in ready if not envelope.deliveries or c.number != envelope.deliveries[-1]]
+                connection = (others or ready)[self._turn % len(others or ready)]
                 self._turn += 1
                 out.append((connection, envelope.frame()))
                 envelope.deliveries.append(connection.number)
