@@ -356,3 +356,18 @@ async def test_relay_dev_with_an_app_token_takes_a_mention_over_socket_mode(
     text = log.read_text()
     assert "slack: Socket Mode (SLACK_APP_TOKEN)" in text and "/slack/*" not in text
     assert APP_TOKEN not in text
+
+
+def test_slack_sdk_lines_lose_the_connection_ticket_and_the_traceback() -> None:
+    import logging
+
+    from relay.socket_mode import _SdkLines
+
+    try:
+        raise ConnectionError("cannot connect to wss://wss-primary.slack.com/link/?ticket=5e1f-secret&app_id=A1")
+    except ConnectionError as exc:
+        record = logging.LogRecord("relay.socket_mode.sdk", logging.ERROR, __file__, 1,
+                                   "Failed to connect (error: %s); Retrying...", (exc,), (type(exc), exc, None))
+    assert _SdkLines().filter(record)
+    assert "5e1f-secret" not in record.getMessage() and "ticket=…" in record.getMessage()
+    assert record.getMessage().endswith("(ConnectionError)") and record.exc_info is None
