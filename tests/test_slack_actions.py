@@ -64,6 +64,25 @@ async def test_an_event_that_could_not_be_stored_is_not_acknowledged(slack_setti
     assert answer == NOT_STORED and answer.acknowledge is False
 
 
+async def test_a_mention_no_route_takes_is_acknowledged_and_dropped(queue: Queue, slack_settings: Settings,
+                                                                    slack: SlackApi) -> None:
+    stranger = Mention(team="T0STRANGER", channel=SLACK_CHANNEL, user="U0ALICE", text="hi", ts="1.2",
+                       event_id="Ev1", kind="mention")
+    assert await actions_for(slack_settings, queue, slack).answer(stranger) == Answer()
+    assert (await queue.stats()).ready == 0
+
+
+async def test_a_command_relay_could_not_queue_is_answered_so_not_resent(slack_settings: Settings, slack: SlackApi,
+                                                                        slack_stand_in: SlackStandIn) -> None:
+    redis = connect(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1.0)
+    try:
+        answer = await actions_for(slack_settings, Queue(redis), slack).answer(command(slack_stand_in))
+    finally:
+        await redis.aclose()
+    assert answer.acknowledge and answer.body is not None  # Slack never resends a command: say so instead
+    assert answer.body["text"] == "Not sent: relay could not queue the message just now. Please try again."
+
+
 async def test_challenges_and_ignored_events_are_answered_without_storing(queue: Queue, slack_settings: Settings,
                                                                          slack: SlackApi) -> None:
     actions = actions_for(slack_settings, queue, slack)
