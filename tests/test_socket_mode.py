@@ -284,10 +284,12 @@ async def test_the_app_token_never_reaches_the_log(socket_settings: Settings, so
             await until(socket_stand_in, lambda s: len(s.connections) == 2 and s.connected())
             envelope_id = socket_stand_in.send("events_api", mention("a secret plan"))
             await until(socket_stand_in, lambda s: s.acked(envelope_id))
-    relay_lines = "\n".join(r.getMessage() + str(getattr(r, "fields", "")) for r in caplog.records
-                             if r.name.startswith("relay"))
-    assert "socket mode connected" in relay_lines
-    assert APP_TOKEN not in relay_lines and "a secret plan" not in relay_lines and "ticket=" not in relay_lines.replace("ticket=…", "")
+    client_side = ("relay", "slack_sdk", "aiohttp")  # not the stand-ins' servers, which log their own URLs
+    lines = "\n".join(r.getMessage() + str(getattr(r, "fields", "")) for r in caplog.records
+                       if r.name.startswith(client_side))
+    assert "socket mode connected" in lines
+    assert APP_TOKEN not in lines and "a secret plan" not in lines
+    assert "ticket=" not in lines.replace("ticket=…", "")
 
 
 # -- the commands: two relay serve processes, relay dev ---------------------------------------------
