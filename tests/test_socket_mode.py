@@ -263,6 +263,19 @@ async def test_a_malformed_envelope_is_acked_dropped_and_counted(
     assert value(scraped, "relay_requests_total", source="slack", outcome="rejected", reason="bad_request") == 2
 
 
+async def test_an_envelope_larger_than_the_body_limit_is_acked_and_dropped_as_too_large(
+        socket_settings: Settings, socket_stand_in: SocketModeStandIn, real_redis: Any, prefix: str) -> None:
+    queue = Queue(real_redis, prefix=prefix)
+    metrics = Metrics()
+    async with door(replace(socket_settings, max_body_bytes=4096), queue, metrics):
+        await until(socket_stand_in, lambda s: s.connected())
+        large = socket_stand_in.send("events_api", mention("x" * 5000))
+        small = socket_stand_in.send("events_api", mention("small", ts="1700000002.000100"))
+        await until(socket_stand_in, lambda s: s.acked(large) and s.acked(small))
+    assert await queued(queue) == 1
+    assert value(registry(metrics), "relay_requests_total", source="slack", outcome="rejected", reason="too_large") == 1
+
+
 async def test_without_a_signing_secret_the_http_slack_doors_are_not_served(
         socket_settings: Settings, real_redis: Any, prefix: str) -> None:
     import httpx
