@@ -22,7 +22,7 @@ from relay.cards import Cards
 from relay.errors import NoRoute, QueueUnavailable, UpstreamError
 from relay.intake import Intake, Queued
 from relay.logs import fields
-from relay.messages import envelope_for
+from relay.messages import Envelope, envelope_for
 from relay.metrics import Metrics
 from relay.routing import Route, Router
 from relay.settings import Settings
@@ -204,7 +204,7 @@ class SlackActions:
 
     # -- the parts -----------------------------------------------------------------------------
 
-    async def _enqueue(self, envelope: Any) -> Queued:
+    async def _enqueue(self, envelope: Envelope) -> Queued:
         result = await self.intake.enqueue(envelope)
         self._count(result)
         return result
