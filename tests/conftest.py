@@ -147,8 +147,9 @@ def slack_stand_in() -> Iterator[SlackStandIn]:
 @pytest.fixture
 def socket_stand_in(slack_stand_in: SlackStandIn) -> Iterator[SocketModeStandIn]:
     """Slack's Socket Mode on loopback, handed out by the Slack stand-in's apps.connections.open;
-    unacknowledged envelopes come again after half a second."""
-    standin = SocketModeStandIn(ack_timeout=0.5)
+    unacknowledged envelopes come again after two seconds (more than relay ever needs to ack,
+    even on a busy machine, so an envelope comes again only when a test makes it)."""
+    standin = SocketModeStandIn(ack_timeout=2.0)
     with ServerThread(standin.app) as server:
         standin.base_url = server.url.replace("http://", "ws://")
         slack_stand_in.socket = standin

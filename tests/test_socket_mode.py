@@ -45,7 +45,7 @@ def socket_settings(slack_settings: Settings, socket_stand_in: SocketModeStandIn
 @contextlib.asynccontextmanager
 async def door(settings: Settings, queue: Queue, metrics: Metrics | None = None) -> AsyncIterator[SocketModeDoor]:
     slack = SlackApi(settings.slack_bot_token, base_url=settings.slack_api_base_url)
-    socket_door = socket_door_for(settings, queue, slack, metrics or Metrics(), ping_interval=0.2)
+    socket_door = socket_door_for(settings, queue, slack, metrics or Metrics(), ping_interval=1.0)
     assert socket_door is not None
     stop = asyncio.Event()
     task = asyncio.create_task(socket_door.run(stop))
@@ -138,11 +138,12 @@ async def test_a_dropped_connection_is_replaced_and_envelopes_go_on(
     async with door(socket_settings, queue):
         await until(socket_stand_in, lambda s: s.connected())
         socket_stand_in.drop()
-        await until(socket_stand_in, lambda s: len(s.connections) == 2 and s.connected())
+        await until(socket_stand_in, lambda s: len(s.connections) >= 2 and s.connected())
         envelope_id = socket_stand_in.send("events_api", mention())
         await until(socket_stand_in, lambda s: s.acked(envelope_id))
     assert await queued(queue) == 1
-    assert len(slack_stand_in.of("apps.connections.open")) == 2  # a fresh URL for each connection
+    # a fresh URL for each connection (each ticket admits one)
+    assert len(slack_stand_in.of("apps.connections.open")) == len(socket_stand_in.connections)
     assert socket_stand_in.refused_tickets == 0
 
 
@@ -153,12 +154,12 @@ async def test_a_disconnect_message_moves_relay_to_a_new_connection_before_the_o
     async with door(socket_settings, queue):
         await until(socket_stand_in, lambda s: s.connected())
         socket_stand_in.disconnect("refresh_requested")
-        await until(socket_stand_in, lambda s: len(s.connections) == 2 and len(s.open_connections()) == 1)
-        [first, second] = socket_stand_in.connections
-        assert not first.open and second.open
+        await until(socket_stand_in, lambda s: len(s.connections) >= 2 and len(s.open_connections()) == 1)
+        first = socket_stand_in.connections[0]
+        assert not first.open  # relay closed it itself: Slack would have waited 30 s
         envelope_id = socket_stand_in.send("events_api", mention())
         await until(socket_stand_in, lambda s: s.acked(envelope_id))
-    assert socket_stand_in.envelope(envelope_id).acks[0].connection == second.number
+    assert socket_stand_in.envelope(envelope_id).acks[0].connection != first.number
     assert await queued(queue) == 1
 
 
@@ -294,7 +295,7 @@ async def test_the_app_token_never_reaches_the_log(socket_settings: Settings, so
         async with door(socket_settings, Queue(real_redis, prefix=prefix)):
             await until(socket_stand_in, lambda s: s.connected())
             socket_stand_in.drop()
-            await until(socket_stand_in, lambda s: len(s.connections) == 2 and s.connected())
+            await until(socket_stand_in, lambda s: len(s.connections) >= 2 and s.connected())
             envelope_id = socket_stand_in.send("events_api", mention("a secret plan"))
             await until(socket_stand_in, lambda s: s.acked(envelope_id))
     client_side = ("relay", "slack_sdk", "aiohttp")  # not the stand-ins' servers, which log their own URLs

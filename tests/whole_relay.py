@@ -75,7 +75,7 @@ class Relay:
             tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(watcher.run(stop))]
             door_slack = SlackApi("xoxb-test-token", base_url=self.slack_url) if self.slack_url else None
             door = socket_door_for(self.settings, Queue(self.redis, prefix=self.prefix), door_slack, Metrics(),
-                                   ping_interval=0.2) if door_slack else None
+                                   ping_interval=1.0) if door_slack else None
             if door is not None:
                 tasks.append(asyncio.create_task(door.run(stop)))
             try:
