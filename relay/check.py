@@ -66,8 +66,9 @@ def settings_problems(settings: Settings) -> list[Problem]:
                                 "set REDIS_URL=redis://HOST:6379/0 (only relay dev runs without it)"))
     if not sources(settings):
         problems.append(Problem("error", "no source is configured: relay serve would accept nothing",
-                                "set RELAY_HOOK_SECRET (`relay secret` makes one), SLACK_SIGNING_SECRET, "
-                                "GITHUB_WEBHOOK_SECRET, or route Linear, GitLab, Discord or a mapped webhook"))
+                                "set RELAY_HOOK_SECRET (`relay secret` makes one), SLACK_SIGNING_SECRET (or "
+                                "SLACK_APP_TOKEN), GITHUB_WEBHOOK_SECRET, or route Linear, GitLab, Discord or a "
+                                "mapped webhook"))
     if not settings.routes:
         problems.append(Problem("error", "no destination is configured",
                                 "set LETTA_AGENT_ID and one of LETTA_CONNECTION_ID / LETTA_DEVICE_ID / "
@@ -78,8 +79,19 @@ def settings_problems(settings: Settings) -> list[Problem]:
 def sources(settings: Settings) -> list[str]:
     found = [name for name, served in (("generic webhook", settings.hook_secret is not None),
                                        ("Slack", settings.slack_signing_secret is not None),
+                                       ("Slack Socket Mode", settings.slack_app_token is not None),
                                        ("GitHub", settings.serves_github)) if served]
     return found + door_sources(settings)
+
+
+def slack_summary(settings: Settings) -> str | None:
+    """How Slack reaches relay: over HTTP (signed requests), over Socket Mode, or both."""
+    if settings.slack_app_token is None:
+        return None
+    if settings.slack_signing_secret is None:
+        return ("Slack: Socket Mode (SLACK_APP_TOKEN); SLACK_SIGNING_SECRET is not needed, and without it "
+                "the HTTP doors /slack/* are not served")
+    return "Slack: Socket Mode (SLACK_APP_TOKEN) and the HTTP doors /slack/* (SLACK_SIGNING_SECRET)"
 
 
 def github_secret_problems(settings: Settings) -> list[Problem]:
@@ -300,6 +312,9 @@ async def run(environ: Mapping[str, str]) -> Report:
     if not found:
         report.ok.append(settings_summary(settings))
     report.problems += found
+    slack = slack_summary(settings)
+    if slack is not None:
+        report.ok.append(slack)
     if settings.uses_github:
         secrets = github_secret_problems(settings)
         if not secrets:

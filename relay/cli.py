@@ -1,6 +1,7 @@
 """The `relay` command.
 
-    relay serve [--host H] [--port P]   the web process (Procfile: web)
+    relay serve [--host H] [--port P]   the web process (Procfile: web); with SLACK_APP_TOKEN it
+                                        also holds Slack's Socket Mode connection
     relay worker                        the delivery process (Procfile: worker)
     relay watch                         carry agents' approval requests and replies back to chat
                                         (Procfile: watch; routes opt in with [routes.NAME.watch])
@@ -214,6 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from relay.platforms import Platforms
     from relay.serving import server_config
     from relay.slack_api import SlackApi
+    from relay.socket_mode import socket_door_for
     from relay.web import create_app
 
     settings = _settings()
@@ -232,14 +234,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
                              **platforms.web_apis())
             config = server_config(app, args.host, args.port, ConnectionLimits.from_settings(settings),
                                    metrics.connection_closed)
+            door = socket_door_for(settings, queue, slack, metrics) if slack is not None else None
             try:
-                await uvicorn.Server(config).serve(sockets=[sock])
+                if door is None:
+                    await uvicorn.Server(config).serve(sockets=[sock])
+                else:
+                    await _serve_beside(door, config, sock)
             finally:
                 await serving.close_all(slack, github)
                 await platforms.aclose()
 
     serving.run(run())
     return 0
+
+
+async def _serve_beside(door: Any, config: Any, sock: socket.socket) -> None:
+    """The web and the Socket Mode door until SIGINT/SIGTERM, then both stop gracefully (the door
+    acknowledges what it has stored). uvicorn's own signal handling would raise the signal again
+    once the web stopped, ending the process before the door could."""
+    stop = serving.stop_on_signals()
+    server = serving.EmbeddedServer(config)
+    web = asyncio.create_task(server.serve(sockets=[sock]))
+    socket_mode = asyncio.create_task(door.run(stop))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({web, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    server.should_exit = True
+    await asyncio.gather(web, socket_mode, stopped)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

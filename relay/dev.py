@@ -5,7 +5,8 @@ web + worker + an in-process fakeredis (unless REDIS_URL is set) + a local Letta
 device the tests use. It prints what the device receives, and what it refuses as the real one
 would; a message containing "!tool" makes its agent ask to run a tool first, to be decided
 with `relay send --approve/--deny`. It says so loudly: nothing is durable and nothing leaves
-the machine.
+the machine. With SLACK_APP_TOKEN it holds Slack's Socket Mode connection too, so a real Slack
+workspace reaches a laptop without a public URL.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from relay.routing import Destination, Route
 from relay import serving
 from relay.serving import EmbeddedServer, bound_socket, server_config
 from relay.slack_api import SlackApi
+from relay.socket_mode import socket_door_for
 from relay.settings import Settings
 from relay.sources.generic import decode_secret
 from relay.standin import DEV_AGENT_ID, DEV_DEVICE_ID, Device, LettaStandIn
@@ -143,8 +145,11 @@ async def run(settings: Settings, listener: socket.socket) -> None:
                  if settings.admin_token else "admin API (/admin/…): off (set RELAY_ADMIN_TOKEN)")
 
     slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-    if slack is not None:
+    if slack is not None and settings.slack_signing_secret is not None:
         notes.append(f"slack: /slack/* with the Slack API at {settings.slack_api_base_url}")
+    if settings.slack_app_token is not None:
+        notes.append(f"slack: Socket Mode (SLACK_APP_TOKEN), no public URL needed; Slack API at "
+                     f"{settings.slack_api_base_url}")
     if settings.serves_github:
         notes.append("github: /github/webhook" + (f" (reactions via {settings.github_api_url})" if github else ""))
     if door_sources(settings):  # Linear, GitLab, Discord, mapped webhooks
@@ -156,6 +161,7 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
     app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics,
                      **platforms.web_apis())
+    door = socket_door_for(settings, web_queue, slack, metrics) if slack is not None else None
     web = EmbeddedServer(server_config(app, host, port, ConnectionLimits.from_settings(settings),
                                        metrics.connection_closed))
     replier = Replier(slack, github, cards=cards_for(settings, worker_queue, slack),
@@ -179,6 +185,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         tasks.append(asyncio.create_task(stand_in_server.serve(sockets=[sock])))
     if watcher is not None:
         tasks.append(asyncio.create_task(watcher.run(stop)))
+    if door is not None:
+        tasks.append(asyncio.create_task(door.run(stop)))
     await stop.wait()
     web.should_exit = True
     await tasks[1]  # the worker drains while the stand-in still answers

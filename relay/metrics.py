@@ -70,6 +70,8 @@ def reject_reason(exc: Rejected) -> str:
 WATCHED_FRAMES = frozenset({"control_request", "update_device_status", "update_loop_status", "turn_finished",
                             "stream_delta", "input_accepted", "sync_response", "update_queue",
                             "update_subagent_state"})
+#: Socket Mode envelope types counted by name; anything else counts as "other".
+SOCKET_ENVELOPES = frozenset({"events_api", "slash_commands", "interactive"})
 
 
 class Metrics:
@@ -125,6 +127,16 @@ class Metrics:
         self.watch_errors = Counter(
             "relay_watch_errors", "Things relay watch could not do, by kind (resolve, socket, act)",
             ["kind"], registry=r)
+        self.socket_connections = Gauge(
+            "relay_socket_mode_connections_open", "Slack Socket Mode connections this process holds open "
+            "(0 or 1; sum across processes, at most 10 per Slack app)", registry=r)
+        self.socket_connects = Counter(
+            "relay_socket_mode_connects", "Slack Socket Mode connections opened (Slack's hello), reconnections "
+            "included", registry=r)
+        self.socket_envelopes = Counter(
+            "relay_socket_mode_envelopes", "Slack Socket Mode envelopes by type (events_api, slash_commands, "
+            "interactive, other) and outcome (acked; unacked: nothing stored, Slack sends it again; rejected: "
+            "malformed, acked and dropped; error: a bug, unacked)", ["type", "outcome"], registry=r)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -181,6 +193,16 @@ class Metrics:
 
     def watch_error(self, kind: str) -> None:
         self.watch_errors.labels(kind).inc()
+
+    def socket_mode(self, is_open: Callable[[], bool]) -> None:
+        """The Socket Mode door's connection, read at scrape time."""
+        self.socket_connections.set_function(lambda: 1.0 if is_open() else 0.0)
+
+    def socket_connected(self) -> None:
+        self.socket_connects.inc()
+
+    def envelope(self, kind: str, outcome: str) -> None:
+        self._child(self.socket_envelopes, kind if kind in SOCKET_ENVELOPES else "other", outcome).inc()
 
     def cache(self, hit: bool) -> None:
         self.connection_cache.labels("hit" if hit else "miss").inc()

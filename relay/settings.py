@@ -51,6 +51,7 @@ class Settings:
     slack_fallback: str | None = None  # route for Slack channels no route lists
     slack_signing_secret: bytes | None = field(default=None, repr=False)
     slack_bot_token: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)  # xapp-…: the Socket Mode door
     slack_api_base_url: str = DEFAULT_SLACK_API_BASE_URL
     slack_hooks_url: str = DEFAULT_SLACK_HOOKS_URL  # response_urls relay may POST to start with this
     admin_token: str | None = field(default=None, repr=False)
@@ -104,6 +105,11 @@ class Settings:
     @property
     def uses_slack(self) -> bool:
         return any(route.slack for route in self.routes) or self.slack_fallback is not None
+
+    @property
+    def receives_slack(self) -> bool:
+        """Some Slack door is open: the HTTP one (signing secret) or Socket Mode (app token)."""
+        return self.slack_signing_secret is not None or self.slack_app_token is not None
 
     @property
     def uses_github(self) -> bool:
@@ -286,11 +292,22 @@ def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
         if not token.startswith("xoxb-"):
             raise ConfigError("SLACK_BOT_TOKEN must be a bot token (it starts with xoxb-)")
         values["slack_bot_token"] = token
+    if "SLACK_APP_TOKEN" in env:
+        values["slack_app_token"] = _app_token(env["SLACK_APP_TOKEN"])
     if "SLACK_API_BASE_URL" in env:
         values["slack_api_base_url"] = _parse_http_url("SLACK_API_BASE_URL", env["SLACK_API_BASE_URL"])
     if "SLACK_HOOKS_URL" in env:
         values["slack_hooks_url"] = _parse_url_prefix("SLACK_HOOKS_URL", env["SLACK_HOOKS_URL"])
     return values
+
+
+def _app_token(value: str) -> str:
+    token = value.strip()
+    if not token.startswith("xapp-") or not (token.isascii() and token.isprintable()) or " " in token:
+        hint = " (that is a bot token: it goes in SLACK_BOT_TOKEN)" if token.startswith("xoxb-") else ""
+        raise ConfigError("SLACK_APP_TOKEN must be an app-level token (it starts with xapp-; Basic Information → "
+                          f"App-Level Tokens, with connections:write){hint}")
+    return token
 
 
 def _secret(name: str, value: str) -> bytes:
@@ -329,8 +346,9 @@ def _fallback(document: Mapping[str, Any], source: str, routes: Mapping[str, Rou
 
 def _check_sources(settings: Settings) -> None:
     """A source's routes need its secret, and a secret needs routes: never fail open or idle."""
-    if settings.uses_slack and settings.slack_signing_secret is None:
-        raise ConfigError("routes accept Slack but SLACK_SIGNING_SECRET is not set")
+    if settings.uses_slack and not settings.receives_slack:
+        raise ConfigError("routes accept Slack but SLACK_SIGNING_SECRET is not set "
+                          "(nor SLACK_APP_TOKEN, for Socket Mode)")
     shared = [r.name for r in settings.github_routes_on_the_shared_secret]
     if shared and settings.github_webhook_secret is None:
         raise ConfigError(f"routes accept GitHub ({', '.join(shared)}) but GITHUB_WEBHOOK_SECRET is not set "
@@ -343,6 +361,9 @@ def _check_sources(settings: Settings) -> None:
         if secret is not None and not used:
             raise ConfigError(f"{variable} is set but no route accepts {name}: add "
                               f"[routes.NAME.{table}] {example} to the routes file (RELAY_ROUTES)")
+    if settings.slack_app_token is not None and not settings.uses_slack:
+        raise ConfigError("SLACK_APP_TOKEN is set but no route accepts Slack: add [routes.NAME.slack] "
+                          'teams = ["T…"] to the routes file (RELAY_ROUTES)')
     if settings.slack_fallback is not None and not any(route.slack for route in settings.routes):
         raise ConfigError("[slack] fallback only serves workspaces some route names: add "
                           "[routes.NAME.slack] teams = [\"T…\"] to the routes file")

@@ -38,8 +38,8 @@ class SlackApi:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SlackApi | None:
-        """A client when Slack is configured (signing secret or bot token), else None."""
-        if settings.slack_signing_secret is None and settings.slack_bot_token is None:
+        """A client when Slack is configured (signing secret, app token or bot token), else None."""
+        if not settings.receives_slack and settings.slack_bot_token is None:
             return None
         return cls(settings.slack_bot_token, base_url=settings.slack_api_base_url)
 

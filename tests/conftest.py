@@ -24,6 +24,7 @@ from relay.standin import Device, LettaStandIn
 from relay.sources.generic import decode_secret
 from tests.github_standin import GitHubStandIn
 from tests.slack_standin import SlackStandIn
+from tests.socket_mode_standin import SocketModeStandIn
 from tests.support import SPEC_SECRET, RedisServer, ServerThread, owned, redis_answers, unique_prefix
 
 AGENT = "agent-test"
@@ -141,6 +142,19 @@ def slack_stand_in() -> Iterator[SlackStandIn]:
     with ServerThread(standin.app) as server:
         standin.base_url = server.url
         yield standin
+
+
+@pytest.fixture
+def socket_stand_in(slack_stand_in: SlackStandIn) -> Iterator[SocketModeStandIn]:
+    """Slack's Socket Mode on loopback, handed out by the Slack stand-in's apps.connections.open;
+    unacknowledged envelopes come again after two seconds (more than relay ever needs to ack,
+    even on a busy machine, so an envelope comes again only when a test makes it)."""
+    standin = SocketModeStandIn(ack_timeout=2.0)
+    with ServerThread(standin.app) as server:
+        standin.base_url = server.url.replace("http://", "ws://")
+        slack_stand_in.socket = standin
+        yield standin
+        slack_stand_in.socket = None
 
 
 @pytest.fixture

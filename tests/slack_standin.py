@@ -7,6 +7,8 @@
     POST /response/{key}      a response_url: recorded, answered "ok" (a scripted failure:
                               HTTP 404 with the error, as Slack answers an expired or used-up URL)
     GET  /files/{name}        a private file (`files`), only with the bot token
+    POST /api/apps.connections.open   with the app token (`app_token`) only: a new URL of the
+                              Socket Mode stand-in (`socket`, tests/socket_mode_standin.py)
 
 Tests script failures with `fail(method, error)` and group membership with `groups`.
 """
@@ -24,6 +26,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from relay.standin import Watched
+from tests.socket_mode_standin import SocketModeStandIn
+
+APP_TOKEN = "xapp-1-A0RELAYTEST-1-standin"
 
 
 @dataclass
@@ -58,6 +63,8 @@ class SlackStandIn(Watched):
     users: dict[str, str] = field(default_factory=dict)  # user id → display name
     files: dict[str, bytes] = field(default_factory=dict)  # name → content, served at /files/{name}
     streaming: bool = False  # answer chat.startStream (else unknown_method, as where it is not offered)
+    socket: SocketModeStandIn | None = None  # where apps.connections.open sends Socket Mode clients
+    app_token: str = APP_TOKEN
 
     def __post_init__(self) -> None:
         self.base_url = ""  # set by the fixture once the server listens
@@ -111,13 +118,17 @@ class SlackStandIn(Watched):
 
     async def _api(self, request: Request) -> Response:
         method = request.path_params["method"]
+        raw = await request.body()
         if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-            body = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
+            body = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
         else:
-            body = await request.json()
-        failure = self._record(Call(method, body, request.headers.get("authorization", "")))
+            body = await request.json() if raw else {}
+        authorization = request.headers.get("authorization", "")
+        failure = self._record(Call(method, body, authorization))
         if failure is not None:
             return JSONResponse({"ok": False, "error": failure})
+        if method == "apps.connections.open":
+            return self._connections_open(authorization)
         if method == "chat.postMessage":
             ts = f"1700000000.{next(self._ts):06d}"
             with self._changed:
@@ -151,6 +162,15 @@ class SlackStandIn(Watched):
         if method == "views.open":
             return JSONResponse({"ok": True, "view": {"id": "V0001"}})
         return JSONResponse({"ok": True})
+
+    def _connections_open(self, authorization: str) -> Response:
+        """As Slack: an app-level token only (a bot token is the wrong type), then a fresh URL."""
+        token = authorization.removeprefix("Bearer ")
+        if not token.startswith("xapp-"):
+            return JSONResponse({"ok": False, "error": "not_allowed_token_type" if token else "not_authed"})
+        if token != self.app_token or self.socket is None:
+            return JSONResponse({"ok": False, "error": "invalid_auth"})
+        return JSONResponse({"ok": True, "url": self.socket.issue_url()})
 
     def _stream(self, method: str, body: dict[str, Any]) -> Response:
         with self._changed:

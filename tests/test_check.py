@@ -23,6 +23,7 @@ from relay.check import (
     redis_location,
     redis_problems,
     settings_problems,
+    slack_summary,
     watch_problems,
 )
 from relay.cli import main
@@ -230,6 +231,53 @@ def test_a_bad_routes_file_is_one_readable_problem(routes: str, complaint: str, 
     assert problem.startswith("[error] RELAY_ROUTES=") and complaint in problem
     assert "fix: correct the routes file" in out
     assert "not checked: Redis and destinations" in out
+
+
+SOCKET_ROUTES = """
+[routes.ops]
+agent_id = "agent-2"
+device_id = "device-test"
+
+[routes.ops.slack]
+teams = ["T0001"]
+"""
+APP_TOKEN = "xapp-1-A0001-1234567890-abcdef"
+
+
+def test_slack_summary_says_which_doors_slack_reaches() -> None:
+    http = Settings(slack_signing_secret=b"s")
+    assert slack_summary(http) is None
+    assert "SLACK_SIGNING_SECRET is not needed" in (slack_summary(Settings(slack_app_token=APP_TOKEN)) or "")
+    both = slack_summary(replace(http, slack_app_token=APP_TOKEN)) or ""
+    assert "Socket Mode" in both and "/slack/*" in both and "not needed" not in both
+
+
+def test_socket_mode_without_a_signing_secret_is_a_complete_slack_setup(env: Any, capsys: Any, redis_server: Any,
+                                                                       tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(SOCKET_ROUTES)
+    env.delenv("RELAY_HOOK_SECRET")
+    env.setenv("RELAY_ROUTES", str(path))
+    env.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+    env.setenv("REDIS_URL", redis_server.url)
+    code, out, _ = check(capsys)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert "sources: Slack Socket Mode" in lines[0]
+    assert "ok  Slack: Socket Mode (SLACK_APP_TOKEN); SLACK_SIGNING_SECRET is not needed" in out
+    assert APP_TOKEN not in out
+
+
+def test_a_slack_app_token_of_the_wrong_shape_is_one_problem(env: Any, capsys: Any, tmp_path: Path) -> None:
+    path = tmp_path / "routes.toml"
+    path.write_text(SOCKET_ROUTES)
+    env.setenv("RELAY_ROUTES", str(path))
+    env.setenv("SLACK_APP_TOKEN", "xoxb-1234-not-an-app-token")
+    code, out, _ = check(capsys)
+    assert code == 1
+    [problem] = numbered(out)
+    assert "SLACK_APP_TOKEN must be an app-level token (it starts with xapp-" in problem
+    assert "xoxb-1234-not-an-app-token" not in out
 
 
 def test_a_missing_routes_file_is_reported(env: Any, capsys: Any, tmp_path: Path) -> None:

@@ -209,6 +209,24 @@ def test_registries_are_per_instance() -> None:
     assert value(registry(second), "relay_requests_total", source="generic", outcome="accepted", reason="") == 0
 
 
+def test_socket_mode_envelope_types_are_a_bounded_set_and_the_connection_is_read_at_scrape_time() -> None:
+    metrics = Metrics()
+    connected = [False]
+    metrics.socket_mode(lambda: connected[0])
+    for kind in ("events_api", "slash_commands", "interactive", "hello-from-the-future", "x" * 500):
+        metrics.envelope(kind, "acked")
+    metrics.socket_connected()
+    before = registry(metrics)
+    connected[0] = True
+    after = registry(metrics)
+    assert value(before, "relay_socket_mode_connections_open") == 0
+    assert value(after, "relay_socket_mode_connections_open") == 1
+    assert value(after, "relay_socket_mode_connects_total") == 1
+    kinds = {dict(labels)["type"] for name, labels in after if name == "relay_socket_mode_envelopes_total"}
+    assert kinds == {"events_api", "slash_commands", "interactive", "other"}
+    assert value(after, "relay_socket_mode_envelopes_total", type="other", outcome="acked") == 2
+
+
 @pytest.mark.parametrize("status, label", [(200, "2xx"), (204, "2xx"), (301, "3xx"), (404, "4xx"), (429, "4xx"),
                                            (503, "5xx"), (None, "error"), (999, "error")])
 def test_status_classes(status: int | None, label: str) -> None:

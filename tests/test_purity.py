@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IO_LIBRARIES = frozenset({"starlette", "redis", "httpx", "uvicorn", "tenacity", "fakeredis", "websockets"})
+IO_LIBRARIES = frozenset({"starlette", "redis", "httpx", "uvicorn", "tenacity", "fakeredis", "websockets",
+                          "slack_sdk", "aiohttp"})
 NAMED_PURE = ["relay.errors", "relay.routing", "relay.messages", "relay.policy", "relay.settings",
               "relay.sources.generic", "relay.status_frames", "relay.status_session", "relay.approval_exchange", "relay.context", "relay.answers",
               "relay.door_rules", "relay.door_config", "relay.template", "relay.sources.linear", "relay.sources.gitlab",
@@ -132,6 +133,7 @@ def test_the_checker_sees_the_io_of_impure_relay_modules() -> None:
     assert "redis" in external_imports(ROOT, "relay.queue")
     assert "starlette" in external_imports(ROOT, "relay.web")
     assert "httpx" in external_imports(ROOT, "relay.letta")
+    assert "slack_sdk" in external_imports(ROOT, "relay.socket_mode")
 
 
 # --- the checker itself, on a package written for the test ------------------------------

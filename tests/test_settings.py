@@ -574,6 +574,42 @@ def test_slack_bot_token_that_is_not_a_bot_token_is_an_error(token: str) -> None
     assert token not in message
 
 
+APP_TOKEN = "xapp-1-A0001-1234567890-abcdef0123456789"
+
+
+def test_slack_routes_with_only_an_app_token_load_for_socket_mode() -> None:
+    settings = load({"RELAY_ROUTES": ROUTES_PATH, "SLACK_APP_TOKEN": f" {APP_TOKEN}\n"}, routes_file(SLACK_ROUTES))
+    assert settings.slack_app_token == APP_TOKEN and settings.slack_signing_secret is None
+    assert settings.receives_slack and settings.uses_slack
+
+
+def test_slack_routes_without_a_signing_secret_or_app_token_name_both() -> None:
+    message = config_error({"RELAY_ROUTES": ROUTES_PATH}, routes_file(SLACK_ROUTES))
+    assert "SLACK_SIGNING_SECRET" in message and "SLACK_APP_TOKEN" in message
+
+
+@pytest.mark.parametrize("token", ["xoxb-0000-0000-bot-token", "xoxp-0000-user", "XAPP-1-A0001-x", "app-token",
+                                   "xapp-1-A0001 with-space", "xapp-1-A0001-\u00e9"])
+def test_slack_app_token_that_is_not_an_app_level_token_is_an_error(token: str) -> None:
+    message = slack_error(SLACK_ROUTES, SLACK_APP_TOKEN=token)
+    assert "SLACK_APP_TOKEN" in message and "xapp-" in message and "connections:write" in message
+    assert token not in message
+
+
+def test_a_bot_token_in_slack_app_token_is_told_where_it_goes() -> None:
+    assert "it goes in SLACK_BOT_TOKEN" in slack_error(SLACK_ROUTES, SLACK_APP_TOKEN="xoxb-0000-0000-bot-token")
+
+
+def test_slack_app_token_without_any_slack_route_is_an_error() -> None:
+    message = config_error({"SLACK_APP_TOKEN": APP_TOKEN, "LETTA_AGENT_ID": "agent-1", "LETTA_DEVICE_ID": "dev-1"})
+    assert "SLACK_APP_TOKEN" in message and "[routes.NAME.slack]" in message
+
+
+def test_the_app_token_is_not_in_the_settings_repr() -> None:
+    settings = load({"RELAY_ROUTES": ROUTES_PATH, "SLACK_APP_TOKEN": APP_TOKEN}, routes_file(SLACK_ROUTES))
+    assert APP_TOKEN not in repr(settings)
+
+
 @pytest.mark.parametrize(("url", "stored"), [("https://slack.example.com/api/", "https://slack.example.com/api"),
                                              ("http://127.0.0.1:9000", "http://127.0.0.1:9000")])
 def test_slack_api_base_url_is_read_and_trimmed(url: str, stored: str) -> None:

@@ -1,5 +1,6 @@
 """relay serve + relay worker + relay watch in one test process, on real Redis, wired as the
-commands wire them (approvals over the status socket, cards, origins, replies)."""
+commands wire them (approvals over the status socket, cards, origins, replies; with
+SLACK_APP_TOKEN in the settings, relay serve's Socket Mode door too)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from relay.cards import cards_for
 from relay.enrich import Enricher
 from relay.github_api import GitHubApi
 from relay.letta import LettaClient
+from relay.metrics import Metrics
 from relay.origins import Origins
 from relay.platforms import Platforms
 from relay.policy import Backoff
@@ -26,6 +28,7 @@ from relay.queue import Queue, connect
 from relay.replies import Replier
 from relay.settings import Settings
 from relay.slack_api import SlackApi
+from relay.socket_mode import socket_door_for
 from relay.sources import slack as slack_source
 from relay.sources.slack import card_id_for
 from relay.watch import watcher_for
@@ -77,12 +80,17 @@ class Relay:
         with ServerThread(app) as server:
             self.web_url = server.url
             tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(watcher.run(stop))]
+            door_slack = SlackApi("xoxb-test-token", base_url=self.slack_url) if self.slack_url else None
+            door = socket_door_for(self.settings, Queue(self.redis, prefix=self.prefix), door_slack, Metrics(),
+                                   ping_interval=1.0) if door_slack else None
+            if door is not None:
+                tasks.append(asyncio.create_task(door.run(stop)))
             try:
                 yield self
             finally:
                 stop.set()
                 await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
-                for client in (letta, slack, github, web_slack, web_github):
+                for client in (letta, slack, github, web_slack, web_github, door_slack):
                     if client is not None:
                         await client.aclose()
                 await platforms.aclose()

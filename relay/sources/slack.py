@@ -117,15 +117,22 @@ class Command:
 
 
 def parse_command(body: bytes) -> Command:
-    form = form_fields(body)
+    """A slash command as the HTTP door receives it: a form body."""
+    return command_from(form_fields(body))
+
+
+def command_from(fields: Mapping[str, Any]) -> Command:
+    """A slash command's fields, already decoded (a form's, or a Socket Mode payload's)."""
     missing = [k for k in ("team_id", "channel_id", "user_id", "command", "response_url", "trigger_id")
-               if not form.get(k)]
+               if not fields.get(k) or not isinstance(fields[k], str)]
     if missing:
         raise BadRequest(f"slash command without {missing[0]}")
-    return Command(team=form["team_id"], channel=form["channel_id"], user=form["user_id"],
-                   user_name=form.get("user_name", ""), command=form["command"],
-                   text=form.get("text", "").strip(), response_url=_response_url(form["response_url"]),
-                   trigger_id=form["trigger_id"])
+    user_name, text = fields.get("user_name", ""), fields.get("text", "")
+    if not isinstance(user_name, str) or not isinstance(text, str):
+        raise BadRequest("slash command whose user_name or text is not text")
+    return Command(team=fields["team_id"], channel=fields["channel_id"], user=fields["user_id"],
+                   user_name=user_name, command=fields["command"], text=text.strip(),
+                   response_url=_response_url(fields["response_url"]), trigger_id=fields["trigger_id"])
 
 
 def _response_url(value: Any) -> str:
@@ -196,7 +203,12 @@ class Mention:
 
 
 def parse_event(body: bytes) -> Challenge | Ignored | Mention:
-    data = json_object(body)
+    """An Events API callback as the HTTP door receives it: a JSON body."""
+    return event_from(json_object(body))
+
+
+def event_from(data: Mapping[str, Any]) -> Challenge | Ignored | Mention:
+    """An Events API callback, already decoded (an HTTP body's, or a Socket Mode payload's)."""
     kind = data.get("type")
     if kind == "url_verification":
         challenge = data.get("challenge")
@@ -440,10 +452,15 @@ _ACTIONS = {ACTION_APPROVE: "approve", ACTION_DENY: "deny", ACTION_DENY_WITH_REA
 
 
 def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
+    """An interaction as the HTTP door receives it: JSON in a form's `payload` field."""
     payload = form_fields(body).get("payload")
     if not payload:
         raise BadRequest("interaction without a payload field")
-    data = json_object(payload)
+    return interaction_from(json_object(payload))
+
+
+def interaction_from(data: Mapping[str, Any]) -> Click | ReasonGiven | Ignored:
+    """An interaction payload, already decoded (an HTTP form's, or a Socket Mode payload's)."""
     user = data.get("user") if isinstance(data.get("user"), dict) else {}
     team = data["team"].get("id") if isinstance(data.get("team"), dict) else None
     team = team or user.get("team_id")
@@ -473,3 +490,51 @@ def parse_interaction(body: bytes) -> Click | ReasonGiven | Ignored:
         return ReasonGiven(card_id=str(view["private_metadata"]), team=team, user=user["id"],
                            user_name=user_name, reason=reason.strip()[:REASON_MAX])
     return Ignored(f"interaction type {quoted(data.get('type'))}")
+
+
+# -- Socket Mode ---------------------------------------------------------------------------------
+# https://api.slack.com/apis/socket-mode: over the app's WebSocket, Slack sends `hello` and
+# `disconnect` (the client library acts on those) and envelopes carrying what the HTTP doors get
+# in a request body. Each envelope is acknowledged by sending back its envelope_id (with a
+# response payload where `accepts_response_payload`); one not acknowledged is sent again.
+
+ENVELOPE_ID_MAX = 256
+SOCKET_PAYLOADS = ("events_api", "slash_commands", "interactive")
+
+
+@dataclass(frozen=True)
+class SocketEnvelope:
+    envelope_id: str
+    type: str
+    payload: Any  # a JSON object for the types relay reads; checked by `from_socket`
+    accepts_response_payload: bool = False
+    retry_attempt: int = 0
+
+
+def socket_envelope(message: Mapping[str, Any]) -> SocketEnvelope | None:
+    """A decoded Socket Mode message → its envelope; None when it carries none (hello,
+    disconnect). BadRequest when its envelope_id cannot be acknowledged (none, or not a
+    bounded printable string)."""
+    if "envelope_id" not in message:
+        return None
+    envelope_id, kind = message.get("envelope_id"), message.get("type")
+    if not isinstance(envelope_id, str) or not 0 < len(envelope_id) <= ENVELOPE_ID_MAX \
+            or not (envelope_id.isascii() and envelope_id.isprintable()):
+        raise BadRequest("envelope without a usable envelope_id")
+    retry = message.get("retry_attempt")
+    return SocketEnvelope(envelope_id, kind if isinstance(kind, str) else "", message.get("payload"),
+                          accepts_response_payload=message.get("accepts_response_payload") is True,
+                          retry_attempt=retry if isinstance(retry, int) and not isinstance(retry, bool) else 0)
+
+
+def from_socket(envelope: SocketEnvelope) -> Command | Challenge | Ignored | Mention | Click | ReasonGiven:
+    """What an envelope carries, read by the same parser as its HTTP twin's body."""
+    if envelope.type not in SOCKET_PAYLOADS:
+        return Ignored(f"envelope type {quoted(envelope.type)}")
+    if not isinstance(envelope.payload, dict):
+        raise BadRequest(f"{envelope.type} envelope without a payload object")
+    if envelope.type == "slash_commands":
+        return command_from(envelope.payload)
+    if envelope.type == "events_api":
+        return event_from(envelope.payload)
+    return interaction_from(envelope.payload)

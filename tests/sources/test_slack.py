@@ -15,6 +15,7 @@ from relay.errors import BadRequest, BadSignature, Rejected
 from relay.messages import kind_of
 from relay.routing import Destination
 from relay.sources.slack import (
+    ENVELOPE_ID_MAX,
     REASON_MAX,
     SECTION_TEXT_MAX,
     Card,
@@ -25,10 +26,12 @@ from relay.sources.slack import (
     Ignored,
     Mention,
     ReasonGiven,
+    SocketEnvelope,
     card_id_for,
     card_message,
     closed_message,
     decided_message,
+    from_socket,
     parse_command,
     parse_event,
     parse_interaction,
@@ -36,6 +39,7 @@ from relay.sources.slack import (
     response_url_allowed,
     sign,
     signed_headers,
+    socket_envelope,
     verify,
 )
 
@@ -1080,3 +1084,76 @@ def test_submitting_the_reason_modal_as_slack_echoes_it_gives_the_reason() -> No
     assert recorded["view"]["private_metadata"] == modal["private_metadata"]
     given = parse_interaction(form(recorded))
     assert isinstance(given, ReasonGiven) and given.card_id == card.card_id
+
+
+# -- Socket Mode: envelopes, and the same parsers as the HTTP door ---------------------------------
+
+
+def envelope(kind: str, payload: Any, **fields: Any) -> SocketEnvelope:
+    found = socket_envelope({"envelope_id": "57d6a792-4d35-4d0b-b6aa-3361493e1caf", "type": kind,
+                             "payload": payload, **fields})
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize("message", [
+    {"type": "hello", "num_connections": 1, "connection_info": {"app_id": "A0001"}},
+    {"type": "disconnect", "reason": "refresh_requested"},
+    {},
+])
+def test_socket_messages_without_an_envelope_carry_none(message: dict[str, Any]) -> None:
+    assert socket_envelope(message) is None
+
+
+def test_an_envelope_keeps_its_id_type_retry_and_whether_it_takes_a_payload() -> None:
+    found = envelope("slash_commands", {}, accepts_response_payload=True, retry_attempt=2, retry_reason="timeout")
+    assert found == SocketEnvelope("57d6a792-4d35-4d0b-b6aa-3361493e1caf", "slash_commands", {},
+                                   accepts_response_payload=True, retry_attempt=2)
+
+
+@pytest.mark.parametrize("fields", [{"accepts_response_payload": "yes"}, {"accepts_response_payload": 1},
+                                    {"retry_attempt": True}, {"retry_attempt": "2"}, {"type": 5}])
+def test_an_envelope_s_odd_flags_read_as_their_safe_value(fields: dict[str, Any]) -> None:
+    found = envelope("events_api", {}, **fields)
+    assert found.accepts_response_payload is False and found.retry_attempt == 0
+
+
+@pytest.mark.parametrize("envelope_id", [None, 5, "", "x" * (ENVELOPE_ID_MAX + 1), "id\nwith a newline", "é"])
+def test_an_envelope_id_that_cannot_be_acknowledged_is_refused(envelope_id: Any) -> None:
+    with pytest.raises(BadRequest, match="envelope_id"):
+        socket_envelope({"envelope_id": envelope_id, "type": "events_api", "payload": {}})
+
+
+def test_a_slash_command_over_the_socket_is_the_command_of_the_http_form() -> None:
+    fields = {k: v[-1] for k, v in parse_qs(sample("command.txt").decode()).items()}
+    assert from_socket(envelope("slash_commands", fields)) == parse_command(sample("command.txt"))
+
+
+@pytest.mark.parametrize("name", ["event_app_mention.json", "event_message_im.json", "event_bot_message.json",
+                                  "url_verification.json"])
+def test_an_event_over_the_socket_is_the_event_of_the_http_body(name: str) -> None:
+    assert from_socket(envelope("events_api", sample_json(name))) == parse_event(sample(name))
+
+
+@pytest.mark.parametrize("name", ["block_actions_approve.json", "block_actions_deny_with_reason.json",
+                                  "view_submission_reason.json"])
+def test_an_interaction_over_the_socket_is_the_interaction_of_the_http_form(name: str) -> None:
+    assert from_socket(envelope("interactive", sample_json(name))) == parse_interaction(interaction(name))
+
+
+def test_an_envelope_type_relay_does_not_read_is_ignored() -> None:
+    assert isinstance(from_socket(envelope("app_rate_limited", {"minute_rate_limited": 1})), Ignored)
+
+
+@pytest.mark.parametrize("payload", [None, [], "text", 5])
+def test_an_envelope_without_a_payload_object_is_a_bad_request(payload: Any) -> None:
+    with pytest.raises(BadRequest, match="payload object"):
+        from_socket(envelope("events_api", payload))
+
+
+@pytest.mark.parametrize("field, value", [("team_id", 5), ("trigger_id", ["x"]), ("text", {"a": 1}),
+                                          ("user_name", 7), ("response_url", "not a url")])
+def test_a_socket_slash_command_with_a_field_that_is_not_text_is_a_bad_request(field: str, value: Any) -> None:
+    fields = {k: v[-1] for k, v in parse_qs(sample("command.txt").decode()).items()}
+    with pytest.raises(BadRequest):
+        from_socket(envelope("slash_commands", {**fields, field: value}))
