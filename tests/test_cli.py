@@ -479,7 +479,7 @@ def test_status_reads_redis_and_shows_dead_letters_by_reason_and_failures(dead_l
                                                                            prefix: str) -> None:
     code, out, _ = run_main(capsys, "status")
     assert code == 0
-    assert out.startswith(f"relay status: Redis 127.0.0.1:") and f"prefix {prefix}" in out.splitlines()[0]
+    assert out.startswith("relay status: Redis 127.0.0.1:") and f"prefix {prefix}" in out.splitlines()[0]
     rows = table_rows(out)
     assert (rows["ready"], rows["in flight"], rows["dead letters"], rows["oldest waiting"]) == ("0", "0", "2", "none")
     assert rows["http_400"] == "2"

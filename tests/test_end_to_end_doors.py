@@ -17,7 +17,7 @@ from relay.queue import Queue
 from relay.door_rules import DiscordRule, GitLabRule, HmacScheme, LinearRule, MappedRule
 from relay.routing import Destination, Route, WatchRule
 from relay.settings import Settings
-from relay.sources import discord as discord_source, linear as linear_source, mapped as mapped_source
+from relay.sources import linear as linear_source, mapped as mapped_source
 from relay.standin import Device, LettaStandIn
 from relay.standin.device import ANSWER
 from relay.template import parse
