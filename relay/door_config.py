@@ -14,6 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any, Mapping
 
 from relay.door_rules import GITLAB_ACCESS_LEVELS, DiscordRule, GitLabRule, HmacScheme, LinearRule, MappedRule
+from relay import config_parts as parts
 from relay.errors import ConfigError
 from relay.sources.generic import decode_secret
 from relay.template import parse as parse_template
@@ -32,18 +33,17 @@ ROUTE_PARTS = ("linear", "gitlab", "discord", "mapped")
 MAPPED_VERIFY = ("standard", "standard-ed25519", "hmac")
 HMAC_ALGORITHMS = ("sha256", "sha384", "sha512", "sha1")
 _SNOWFLAKE = r"[0-9]{1,20}"
-_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 def environment(env: Mapping[str, str]) -> dict[str, Any]:
     """The Settings values of these doors' environment variables."""
     values: dict[str, Any] = {}
     if "LINEAR_WEBHOOK_SECRET" in env:
-        values["linear_webhook_secret"] = secret("LINEAR_WEBHOOK_SECRET", env["LINEAR_WEBHOOK_SECRET"])
+        values["linear_webhook_secret"] = parts.secret("LINEAR_WEBHOOK_SECRET", env["LINEAR_WEBHOOK_SECRET"])
     if "LINEAR_API_KEY" in env:
         values["linear_api_key"] = _token("LINEAR_API_KEY", env["LINEAR_API_KEY"])
     if "GITLAB_WEBHOOK_TOKEN" in env:
-        values["gitlab_webhook_token"] = secret("GITLAB_WEBHOOK_TOKEN", env["GITLAB_WEBHOOK_TOKEN"])
+        values["gitlab_webhook_token"] = parts.secret("GITLAB_WEBHOOK_TOKEN", env["GITLAB_WEBHOOK_TOKEN"])
     if "GITLAB_TOKEN" in env:
         values["gitlab_token"] = _token("GITLAB_TOKEN", env["GITLAB_TOKEN"])
     if "DISCORD_PUBLIC_KEY" in env:
@@ -55,13 +55,6 @@ def environment(env: Mapping[str, str]) -> dict[str, Any]:
         if name in env:
             values[attr] = http_url(name, env[name])
     return values
-
-
-def secret(name: str, value: str) -> bytes:
-    """A shared secret; a blank one would let anyone in (fail open), so it is an error."""
-    if not value.strip():
-        raise ConfigError(f"{name} is blank")
-    return value.strip().encode()
 
 
 def _token(name: str, value: str) -> str:
@@ -94,78 +87,42 @@ def route_parts(spec: Mapping[str, Any], where: str, environ: Mapping[str, str])
             for part in ROUTE_PARTS if part in spec}
 
 
-def _table(spec: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where} must be a table")
-    extra = sorted(set(spec) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
-    return spec
-
-
-def _strings(value: Any, where: str, pattern: str, example: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value):
-        raise ConfigError(f"{where} must be a list of {example}")
-    return tuple(value)
-
-
-def _trigger(spec: Mapping[str, Any], where: str) -> str:
-    trigger = spec.get("trigger", "@agent")
-    if not isinstance(trigger, str) or not re.fullmatch(r"\S{2,64}", trigger):
-        raise ConfigError(f"{where}: trigger must be one word such as \"@agent\"")
-    return trigger
-
-
-def route_secret(name: Any, where: str, environ: Mapping[str, str], key: str = "secret_env") -> bytes | None:
-    """A route's own secret, from the environment variable the routes file names (the routes
-    file is configuration, often a ConfigMap; the secret stays with the other secrets)."""
-    if name is None:
-        return None
-    if not isinstance(name, str) or not _ENV_NAME.fullmatch(name) or name.startswith("RELAY_"):
-        raise ConfigError(f"{where}: {key} must name an environment variable such as \"LINEAR_SECRET_ACME\" "
-                          "(capitals, digits, _; not RELAY_…)")
-    value = environ.get(name, "")
-    if not value.strip():
-        raise ConfigError(f"{where}: {key} names {name}, which is not set")
-    return secret(name, value)
-
-
 def _linear_rule(spec: Any, where: str, environ: Mapping[str, str]) -> LinearRule:
-    spec = _table(spec, where, {"organizations", "teams", "trigger", "comments", "secret_env"})
-    organizations = _strings(spec.get("organizations", []), f"{where} organizations", r"[A-Za-z0-9-]{1,64}",
+    spec = parts.table(spec, where, {"organizations", "teams", "trigger", "comments", "secret_env"})
+    organizations = parts.strings(spec.get("organizations", []), f"{where} organizations", r"[A-Za-z0-9-]{1,64}",
                              "Linear organization ids")
-    teams = _strings(spec.get("teams", []), f"{where} teams", r"[A-Za-z0-9_-]{1,64}", "team keys such as \"ENG\"")
+    teams = parts.strings(spec.get("teams", []), f"{where} teams", r"[A-Za-z0-9_-]{1,64}", "team keys such as \"ENG\"")
     if not organizations and not teams:
         raise ConfigError(f"{where}: list organizations (ids) and/or teams (keys such as \"ENG\")")
     comments = spec.get("comments", True)
     if not isinstance(comments, bool):
         raise ConfigError(f"{where}: comments must be true or false")
-    return LinearRule(organizations=organizations, teams=teams, trigger=_trigger(spec, where), comments=comments,
-                      secret=route_secret(spec.get("secret_env"), where, environ))
+    return LinearRule(organizations=organizations, teams=teams, trigger=parts.trigger(spec, where), comments=comments,
+                      secret=parts.route_secret(spec.get("secret_env"), where, environ))
 
 
 def _gitlab_rule(spec: Any, where: str, environ: Mapping[str, str]) -> GitLabRule:
-    spec = _table(spec, where, {"projects", "trigger", "access_level", "approvers", "actions", "secret_env"})
-    projects = _strings(spec.get("projects", []), f"{where} projects",
+    spec = parts.table(spec, where, {"projects", "trigger", "access_level", "approvers", "actions", "secret_env"})
+    projects = parts.strings(spec.get("projects", []), f"{where} projects",
                         r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/([A-Za-z0-9_.-]+|\*)", "group/project or group/*")
     if not projects:
         raise ConfigError(f"{where}: projects must list at least one group/project or group/*")
     level = spec.get("access_level", "developer")
     if level != "any" and level not in GITLAB_ACCESS_LEVELS:
         raise ConfigError(f"{where}: access_level must be one of any, {', '.join(GITLAB_ACCESS_LEVELS)}")
-    actions = _strings(spec.get("actions", ["create"]), f"{where} actions", r"[a-z]+", "create, update")
+    actions = parts.strings(spec.get("actions", ["create"]), f"{where} actions", r"[a-z]+", "create, update")
     if not actions or set(actions) - {"create", "update"}:
         raise ConfigError(f"{where}: actions must be some of create, update")
-    approvers = _strings(spec.get("approvers", []), f"{where} approvers", r"[A-Za-z0-9_.-]{1,255}", "GitLab usernames")
-    return GitLabRule(projects=projects, trigger=_trigger(spec, where),
+    approvers = parts.strings(spec.get("approvers", []), f"{where} approvers", r"[A-Za-z0-9_.-]{1,255}", "GitLab usernames")
+    return GitLabRule(projects=projects, trigger=parts.trigger(spec, where),
                       access_level=0 if level == "any" else GITLAB_ACCESS_LEVELS[level], approvers=approvers,
-                      actions=actions, secret=route_secret(spec.get("secret_env"), where, environ))
+                      actions=actions, secret=parts.route_secret(spec.get("secret_env"), where, environ))
 
 
 def _discord_rule(spec: Any, where: str, environ: Mapping[str, str]) -> DiscordRule:
     allowed = {"guilds", "channels", "approvers", "approver_roles"}
-    spec = _table(spec, where, allowed)
-    lists = {key: _strings(spec.get(key, []), f"{where} {key}", _SNOWFLAKE, "Discord ids (digits)") for key in allowed}
+    spec = parts.table(spec, where, allowed)
+    lists = {key: parts.strings(spec.get(key, []), f"{where} {key}", _SNOWFLAKE, "Discord ids (digits)") for key in allowed}
     if not lists["guilds"]:
         raise ConfigError(f"{where}: guilds must list at least one Discord server id")
     return DiscordRule(guilds=lists["guilds"], channels=lists["channels"], approvers=lists["approvers"],
@@ -173,7 +130,7 @@ def _discord_rule(spec: Any, where: str, environ: Mapping[str, str]) -> DiscordR
 
 
 def _mapped_rule(spec: Any, where: str, environ: Mapping[str, str]) -> MappedRule:
-    spec = _table(spec, where, {"verify", "secret_env", "public_key_env", "header", "algorithm", "prefix", "encoding",
+    spec = parts.table(spec, where, {"verify", "secret_env", "public_key_env", "header", "algorithm", "prefix", "encoding",
                                 "separator", "identity", "text"})
     verify = spec.get("verify")
     if verify not in MAPPED_VERIFY:
@@ -182,11 +139,11 @@ def _mapped_rule(spec: Any, where: str, environ: Mapping[str, str]) -> MappedRul
     identity = _identity(spec.get("identity"), verify, where)
     if verify == "standard-ed25519":
         _only(spec, where, {"public_key_env"}, verify)
-        raw = route_secret(spec.get("public_key_env"), where, environ, "public_key_env")
+        raw = parts.route_secret(spec.get("public_key_env"), where, environ, key="public_key_env")
         if raw is None:
             raise ConfigError(f"{where}: verify = \"standard-ed25519\" needs public_key_env (a whpk_… key)")
         return MappedRule(verify, template, identity, key=_ed25519_public(raw, where))
-    raw = route_secret(spec.get("secret_env"), where, environ)
+    raw = parts.route_secret(spec.get("secret_env"), where, environ)
     if raw is None:
         raise ConfigError(f"{where}: verify = \"{verify}\" needs secret_env")
     if verify == "standard":

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from relay import door_config
+from relay import config_parts as parts
 from relay.errors import ConfigError
 from relay.routing import (APPROVAL_PATHS, DEFAULT_ASSOCIATIONS, DEFAULT_ROUTE, SELECTORS, Destination, GitHubRule,
                            Route, SlackRule, WatchRule)
@@ -286,7 +287,7 @@ def load(environ: Mapping[str, str], read_text: Callable[[str], str] | None = No
 def _slack_settings(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "SLACK_SIGNING_SECRET" in env:
-        values["slack_signing_secret"] = _secret("SLACK_SIGNING_SECRET", env["SLACK_SIGNING_SECRET"])
+        values["slack_signing_secret"] = parts.secret("SLACK_SIGNING_SECRET", env["SLACK_SIGNING_SECRET"])
     if "SLACK_BOT_TOKEN" in env:
         token = env["SLACK_BOT_TOKEN"].strip()
         if not token.startswith("xoxb-"):
@@ -310,17 +311,10 @@ def _app_token(value: str) -> str:
     return token
 
 
-def _secret(name: str, value: str) -> bytes:
-    """A signing secret; a blank one would let anyone sign (fail open), so it is an error."""
-    if not value.strip():
-        raise ConfigError(f"{name} is blank")
-    return value.strip().encode()
-
-
 def _github_settings(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "GITHUB_WEBHOOK_SECRET" in env:
-        values["github_webhook_secret"] = _secret("GITHUB_WEBHOOK_SECRET", env["GITHUB_WEBHOOK_SECRET"])
+        values["github_webhook_secret"] = parts.secret("GITHUB_WEBHOOK_SECRET", env["GITHUB_WEBHOOK_SECRET"])
     if "GITHUB_TOKEN" in env:
         values["github_token"] = env["GITHUB_TOKEN"].strip()
     if "GITHUB_API_URL" in env:
@@ -421,19 +415,9 @@ def destination_from(spec: Mapping[str, Any], where: str) -> Destination:
     return _destination(spec, where, keys={k: k for k in DESTINATION_KEYS})
 
 
-def _table(spec: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    """A route's sub-table, with only the `allowed` keys (ConfigError otherwise)."""
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where} must be a table")
-    extra = sorted(set(spec) - allowed)
-    if extra:
-        raise ConfigError(f"{where}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(allowed))})")
-    return spec
-
-
 def _slack_rule(spec: Any, where: str) -> SlackRule:
     allowed = {"teams", "channels", "approvers", "approver_groups"}
-    spec = _table(spec, where, allowed)
+    spec = parts.table(spec, where, allowed)
     lists = {key: _id_list(spec.get(key, []), f"{where} {key}") for key in allowed}
     if not lists["teams"]:
         raise ConfigError(f"{where}: teams must list at least one workspace id (T…)")
@@ -442,48 +426,32 @@ def _slack_rule(spec: Any, where: str) -> SlackRule:
 
 
 def _github_rule(spec: Any, where: str, environ: Mapping[str, str]) -> GitHubRule:
-    spec = _table(spec, where, {"repositories", "trigger", "associations", "approvers", "actions", "secret_env"})
-    repositories = _strings(spec.get("repositories", []), f"{where} repositories",
+    spec = parts.table(spec, where, {"repositories", "trigger", "associations", "approvers", "actions", "secret_env"})
+    repositories = parts.strings(spec.get("repositories", []), f"{where} repositories",
                             r"[A-Za-z0-9_.-]+/([A-Za-z0-9_.-]+|\*)", "owner/name or owner/*")
     if not repositories:
         raise ConfigError(f"{where}: repositories must list at least one owner/name or owner/*")
-    trigger = spec.get("trigger", "@agent")
-    if not isinstance(trigger, str) or not re.fullmatch(r"\S{2,64}", trigger):
-        raise ConfigError(f"{where}: trigger must be one word such as \"@agent\"")
-    associations = tuple(a.upper() for a in _strings(spec.get("associations", list(DEFAULT_ASSOCIATIONS)),
+    trigger = parts.trigger(spec, where)
+    associations = tuple(a.upper() for a in parts.strings(spec.get("associations", list(DEFAULT_ASSOCIATIONS)),
                                                       f"{where} associations", r"[A-Za-z_]+", "OWNER, MEMBER, …"))
     unknown = sorted(set(associations) - GITHUB_ASSOCIATIONS)
     if unknown:
         raise ConfigError(f"{where}: unknown association {unknown[0]!r} "
                           f"(known: {', '.join(sorted(GITHUB_ASSOCIATIONS))})")
-    actions = _strings(spec.get("actions", ["created"]), f"{where} actions", r"[a-z]+", "created, edited, deleted")
+    actions = parts.strings(spec.get("actions", ["created"]), f"{where} actions", r"[a-z]+", "created, edited, deleted")
     if set(actions) - GITHUB_ACTIONS or not actions:
         raise ConfigError(f"{where}: actions must be some of created, edited, deleted")
-    approvers = _strings(spec.get("approvers", []), f"{where} approvers", r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})",
+    approvers = parts.strings(spec.get("approvers", []), f"{where} approvers", r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})",
                          "GitHub logins")
     return GitHubRule(repositories=repositories, trigger=trigger, associations=associations,
-                      approvers=approvers, actions=actions, secret=_route_secret(spec.get("secret_env"), where, environ))
-
-
-def _route_secret(name: Any, where: str, environ: Mapping[str, str]) -> bytes | None:
-    """A route's own webhook secret, from the environment variable the routes file names (the
-    routes file is configuration, often a ConfigMap; the secret stays with the other secrets)."""
-    if name is None:
-        return None
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", name) or name.startswith("RELAY_"):
-        raise ConfigError(f"{where}: secret_env must name an environment variable such as "
-                          "\"GITHUB_WEBHOOK_SECRET_ACME\" (capitals, digits, _; not RELAY_…)")
-    value = environ.get(name, "")
-    if not value.strip():
-        raise ConfigError(f"{where}: secret_env names {name}, which is not set")
-    return _secret(name, value)
+                      approvers=approvers, actions=actions, secret=parts.route_secret(spec.get("secret_env"), where, environ, example="GITHUB_WEBHOOK_SECRET_ACME"))
 
 
 def _watch_rule(spec: Any, where: str) -> WatchRule:
     if isinstance(spec, dict) and "approvals" in spec:
         raise ConfigError(f"{where}: approvals moved to the route itself ([routes.NAME] approvals = \"rest\"); "
                           "decisions now go over the status socket by default, without relay watch")
-    spec = _table(spec, where, {"enabled", "slack_channel"})
+    spec = parts.table(spec, where, {"enabled", "slack_channel"})
     enabled = spec.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{where}: enabled must be true or false")
@@ -491,12 +459,6 @@ def _watch_rule(spec: Any, where: str) -> WatchRule:
     if channel is not None and not (isinstance(channel, str) and re.fullmatch(r"[CGD][A-Z0-9]{2,31}", channel)):
         raise ConfigError(f"{where}: slack_channel must be a Slack channel id such as \"C0123ABC\"")
     return WatchRule(enabled=enabled, slack_channel=channel)
-
-
-def _strings(value: Any, where: str, pattern: str, example: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value):
-        raise ConfigError(f"{where} must be a list of {example}")
-    return tuple(value)
 
 
 def _id_list(value: Any, where: str) -> tuple[str, ...]:
