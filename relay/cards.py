@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from dataclasses import replace
-from typing import Callable
+from typing import Awaitable, Callable, TypeVar
 
 from relay.errors import QueueUnavailable, UpstreamError
 from relay.logs import fields
@@ -42,6 +42,23 @@ CLAIM_TTL = 30.0
 #: How long to wait for a card another relay is posting before giving up (its claim lapses first).
 WAIT_FOR_OTHERS = 2 * CLAIM_TTL
 WAIT_STEP = 0.05
+T = TypeVar("T")
+
+
+async def post_once(queue: Queue, claim_kind: str, card_id: str, load: Callable[[str], Awaitable[T | None]],
+                    post: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+    """The stored card `card_id`, else the one `post` makes under a claim no other relay holds
+    (waiting for another relay's post while its claim lasts). Returns (card, newly posted)."""
+    deadline = time.monotonic() + WAIT_FOR_OTHERS
+    while True:
+        existing = await load(card_id)
+        if existing is not None:
+            return existing, False
+        if await queue.create_record(claim_kind, card_id, "posting", CLAIM_TTL) is None:
+            return await post(), True
+        if time.monotonic() > deadline:
+            raise QueueUnavailable(f"card {card_id} is still being posted by another relay")
+        await asyncio.sleep(WAIT_STEP)
 
 
 class Cards:
@@ -55,16 +72,7 @@ class Cards:
         Raises UpstreamError when Slack refuses the post, QueueUnavailable when Redis is away
         or another relay's post of this card neither finished nor lapsed in time.
         """
-        deadline = time.monotonic() + WAIT_FOR_OTHERS
-        while True:
-            existing = await self.load(card.card_id)
-            if existing is not None:
-                return existing, False
-            if await self.queue.create_record(CLAIM, card.card_id, "posting", CLAIM_TTL) is None:
-                return await self._post_claimed(card), True
-            if time.monotonic() > deadline:
-                raise QueueUnavailable(f"card {card.card_id} is still being posted by another relay")
-            await asyncio.sleep(WAIT_STEP)
+        return await post_once(self.queue, CLAIM, card.card_id, self.load, lambda: self._post_claimed(card))
 
     async def _post_claimed(self, card: Card) -> Card:
         try:

@@ -1,7 +1,7 @@
 """Approval cards in Discord: the model of cards.py (Slack), with buttons in a channel.
 
 One card per tool call and agent, however many watchers ask (a claim in Redis, then the stored
-card; a crash between the two frees the claim after `CLAIM_TTL`). Who may decide: the route's
+card; a crash between the two frees the claim after `cards.CLAIM_TTL`). Who may decide: the route's
 Discord `approvers` (user ids) and members of its `approver_roles`, in one of its servers;
 nothing about the tool call is shown to anyone else. The first decision wins, whatever its
 source: it is queued under the tool call's one decision id (`messages.decision_id`), so a Slack
@@ -11,15 +11,15 @@ Records (through `Queue`, 7 days): `rec:discord-card:{card}`, `rec:discord-card-
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
+from relay.cards import post_once
 from relay.discord_api import DiscordApi
-from relay.errors import QueueUnavailable, UpstreamError
+from relay.errors import UpstreamError
 from relay.intake import Intake, Queued
 from relay.logs import fields
 from relay.messages import ApprovalRequest, Inbound, approval_decision, approval_message, client_message_id, \
@@ -34,8 +34,6 @@ log = logging.getLogger("relay.discord_cards")
 KIND = "discord-card"
 CLAIM = "discord-card-claim"
 CARD_TTL = 7 * 24 * 3600.0
-CLAIM_TTL = 30.0
-WAIT_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -109,16 +107,7 @@ class DiscordCards:
         card = DiscordCard(card_id_for(route.destination, request.tool_call_id), request.tool_call_id,
                            request.tool_name, request.input, route.name, route.destination, channel,
                            request_id=request.request_id)
-        deadline = time.monotonic() + 2 * CLAIM_TTL
-        while True:
-            existing = await self.load(card.card_id)
-            if existing is not None:
-                return existing, False
-            if await self.queue.create_record(CLAIM, card.card_id, "posting", CLAIM_TTL) is None:
-                return await self._post_claimed(card), True
-            if time.monotonic() > deadline:
-                raise QueueUnavailable(f"card {card.card_id} is still being posted by another relay")
-            await asyncio.sleep(WAIT_STEP)
+        return await post_once(self.queue, CLAIM, card.card_id, self.load, lambda: self._post_claimed(card))
 
     async def _post_claimed(self, card: DiscordCard) -> DiscordCard:
         try:
