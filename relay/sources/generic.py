@@ -82,10 +82,13 @@ def verify(
 def signature_headers(headers: Mapping[str, str], now: float, tolerance: int = TOLERANCE_SECONDS) -> None:
     """The three headers present, bounded, well-formed and fresh (not yet checked against a body).
     Raises BadSignature: the web refuses with it before reading a body."""
-    _headers({k.lower(): v for k, v in headers.items()}, now, tolerance)
+    standard_headers({k.lower(): v for k, v in headers.items()}, now, tolerance)
 
 
-def _headers(lowered: Mapping[str, str], now: float, tolerance: int) -> tuple[str, str, str]:
+def standard_headers(lowered: Mapping[str, str], now: float,
+                     tolerance: int = TOLERANCE_SECONDS) -> tuple[str, str, str]:
+    """Standard Webhooks' webhook-id, webhook-timestamp and webhook-signature (lower-cased header
+    names), each present and bounded, the timestamp fresh. Raises BadSignature."""
     msg_id = lowered.get("webhook-id", "")
     timestamp = lowered.get("webhook-timestamp", "")
     signatures = lowered.get("webhook-signature", "")
@@ -106,7 +109,7 @@ def _headers(lowered: Mapping[str, str], now: float, tolerance: int) -> tuple[st
 
 
 def _verify(lowered: Mapping[str, str], body: bytes, secret: bytes, now: float, tolerance: int) -> str:
-    msg_id, timestamp, signatures = _headers(lowered, now, tolerance)
+    msg_id, timestamp, signatures = standard_headers(lowered, now, tolerance)
     expected = _digest(secret, msg_id, timestamp, body)
     matched = False
     for candidate in signatures.split(" "):

@@ -45,7 +45,7 @@ def signature_headers(rule: MappedRule, headers: Mapping[str, str], now: float) 
     Raises BadSignature: the web refuses with it before reading a body."""
     lowered = {k.lower(): v for k, v in headers.items()}
     if rule.verify in ("standard", "standard-ed25519"):
-        _standard_headers(lowered, now)
+        generic.standard_headers(lowered, now)
         return
     assert rule.hmac is not None
     value = lowered.get(rule.hmac.header, "")
@@ -75,25 +75,8 @@ def sign_hmac(scheme: HmacScheme, secret: bytes, body: bytes) -> str:
     return scheme.prefix + encoded
 
 
-def _standard_headers(lowered: Mapping[str, str], now: float) -> tuple[str, str, str]:
-    msg_id, timestamp = lowered.get("webhook-id", ""), lowered.get("webhook-timestamp", "")
-    signatures = lowered.get("webhook-signature", "")
-    for name, value in (("webhook-id", msg_id), ("webhook-timestamp", timestamp), ("webhook-signature", signatures)):
-        if not value:
-            raise BadSignature(f"missing {name} header")
-    if len(msg_id) > generic.MAX_ID_LENGTH or not msg_id.isprintable():
-        raise BadSignature("webhook-id is not a printable id of at most 256 characters")
-    if len(timestamp) > 12 or not (timestamp.isascii() and timestamp.isdigit()):
-        raise BadSignature("webhook-timestamp is not an integer of at most 12 digits")
-    if abs(now - int(timestamp)) > generic.TOLERANCE_SECONDS:
-        raise BadSignature(f"webhook-timestamp is outside the ±{generic.TOLERANCE_SECONDS} s window")
-    if len(signatures) > MAX_SIGNATURE_HEADER:
-        raise BadSignature(f"webhook-signature is longer than {MAX_SIGNATURE_HEADER} characters")
-    return msg_id, timestamp, signatures
-
-
 def _verify_v1a(lowered: Mapping[str, str], body: bytes, public_key: bytes, now: float) -> str:
-    msg_id, timestamp, signatures = _standard_headers(lowered, now)
+    msg_id, timestamp, signatures = generic.standard_headers(lowered, now)
     signed = f"{msg_id}.{timestamp}.".encode() + body
     matched = False
     for candidate in signatures.split(" "):
