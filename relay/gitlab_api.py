@@ -62,6 +62,11 @@ class GitLabApi:
         value = data.get("id") if isinstance(data, dict) else None
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
+    async def edit_note(self, project_id: int, noteable: str, iid: int, note_id: int, body: str) -> None:
+        """Replace the body of one of relay's notes."""
+        await self._send("PUT", f"{_thread(project_id, noteable, iid)}/notes/{int(note_id)}", "edit_note",
+                         {"body": body})
+
     async def _send(self, verb: str, path: str, method: str, payload: dict[str, Any]) -> object:
         try:
             response = await self._http.request(verb, path, json=payload)

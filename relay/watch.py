@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from relay.errors import QueueUnavailable, ResolveFailed, UpstreamError
-from relay.github_prompts import GitHubPrompts
+from relay.comment_prompts import CommentPrompts, prompts_for
 from relay.logs import fields
 from relay.metrics import Metrics
 from relay.policy import Backoff
@@ -50,7 +50,7 @@ class Letta(Protocol):
 
 class Watcher:
     def __init__(self, settings: Settings, queue: Queue, letta: Letta, cards: CardDesk | None,
-                 origins: Recaller, replier: Answerer, *, prompts: GitHubPrompts | None = None,
+                 origins: Recaller, replier: Answerer, *, prompts: CommentPrompts | None = None,
                  progress: ProgressBoard | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  backoff: Backoff = Backoff(0.5, 30.0), recall_wait: float = 2.0,
@@ -234,7 +234,7 @@ def watcher_for(settings: Settings, redis: Any, queue: Queue, letta: Letta, slac
     others = platforms.repliers(settings, queue) if platforms is not None else {}
     return Watcher(settings, queue, letta, cards_for(settings, queue, slack),
                    Origins(redis, settings.key_prefix, settings.origin_ttl), Replier(slack, github, others=others),
-                   prompts=GitHubPrompts(queue, github) if github is not None else None,
+                   prompts=prompts_for(queue, github, platforms.gitlab if platforms is not None else None),
                    progress=ProgressBoard(queue, slack, github, metrics, linear=others.get("linear")),  # type: ignore[arg-type]
                    metrics=metrics,
                    discord_cards=platforms.discord_cards(settings, queue) if platforms is not None else None)

@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from relay.approval_delivery import REQUEST_KIND
 from relay.errors import QueueUnavailable, UpstreamError
-from relay.github_prompts import GitHubPrompts
+from relay.comment_prompts import CommentPrompts
 from relay.logs import fields
 from relay.messages import ApprovalRequest, tool_call_key
 from relay.metrics import Metrics
@@ -97,7 +97,7 @@ class EventActions:
     """One watched route's actions; `act` takes the session's events in order."""
 
     def __init__(self, route: Route, queue: Queue, origins: Recaller, replier: Answerer, *,
-                 cards: CardDesk | None = None, prompts: GitHubPrompts | None = None,
+                 cards: CardDesk | None = None, prompts: CommentPrompts | None = None,
                  progress: ProgressBoard | None = None, metrics: Metrics | None = None,
                  recall_wait: float = 2.0, pending: Callable[[], dict[str, ApprovalRequest]] = dict,
                  connection: Callable[[], str | None] = lambda: None,
@@ -148,8 +148,9 @@ class EventActions:
         channel = self.route.watch.slack_channel if self.route.watch else None
         thread = origin.slack_thread() if origin is not None else None
         asked = False
-        if origin is not None and origin.reply.get("via") == "github" and self.prompts is not None:
-            asked = await self._ask("github", request, lambda: self.prompts.ask(self.route, request, origin))  # type: ignore[union-attr]
+        if origin is not None and self.prompts is not None and self.prompts.asks(origin):
+            prompts, via = self.prompts, str(origin.reply["via"])
+            asked = await self._ask(via, request, lambda: prompts.ask(self.route, request, origin))
             thread = None  # and a card in the route's channel, when it has one
         if origin is not None and origin.reply.get("via") == "discord" and self.discord_cards is not None:
             desk, in_channel = self.discord_cards, str(origin.reply.get("channel") or "")
@@ -192,7 +193,7 @@ class EventActions:
             self.metrics.card("slack", "closed")
         if self.prompts is not None and await self.prompts.close(self.route, self.destination, event.tool_call_id,
                                                                  event.reason):
-            self.metrics.card("github", "closed")
+            self.metrics.card("comment", "closed")
         if self.discord_cards is not None and await self.discord_cards.close(self.destination, event.tool_call_id,
                                                                              event.reason):
             self.metrics.card("discord", "closed")

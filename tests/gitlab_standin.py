@@ -4,6 +4,7 @@
     POST /api/v4/projects/{id}/{issues|merge_requests}/{iid}/notes/{note}/award_emoji
     POST /api/v4/projects/{id}/{issues|merge_requests}/{iid}/notes         a new note
     POST /api/v4/projects/{id}/{issues|merge_requests}/{iid}/discussions/{discussion}/notes   a reply
+    PUT  /api/v4/projects/{id}/{issues|merge_requests}/{iid}/notes/{note}  an edit of relay's own note
 
 Strict as GitLab: a wrong or missing PRIVATE-TOKEN is 401; an emoji awarded twice by the same
 user is 404 ("Award Emoji Name has already been taken" is GitLab's 404 there); a note without a
@@ -40,6 +41,8 @@ class GitLabNote:
     iid: int
     body: str
     discussion: str | None = None
+    id: int = 0
+    edits: list[str] = field(default_factory=list)  # earlier bodies, oldest first
 
 
 @dataclass
@@ -61,6 +64,7 @@ class GitLabStandIn(Watched):
             Route(thread + "/notes/{note:int}/award_emoji", self._award, methods=["POST"]),
             Route(thread + "/notes", self._note, methods=["POST"]),
             Route(thread + "/discussions/{discussion}/notes", self._note, methods=["POST"]),
+            Route(thread + "/notes/{note:int}", self._edit, methods=["PUT"]),
         ])
 
     def names(self) -> list[str]:
@@ -110,6 +114,20 @@ class GitLabStandIn(Watched):
         if not isinstance(text, str) or not text:
             return JSONResponse({"message": "400 Bad request - body is missing"}, status_code=400)
         with self._changed:
-            self.notes.append(GitLabNote(p["project"], p["noteable"], p["iid"], text, p.get("discussion")))
+            note_id = next(self._ids)
+            self.notes.append(GitLabNote(p["project"], p["noteable"], p["iid"], text, p.get("discussion"), note_id))
             self._changed.notify_all()
-        return JSONResponse({"id": next(self._ids), "body": text}, status_code=201)
+        return JSONResponse({"id": note_id, "body": text}, status_code=201)
+
+    async def _edit(self, request: Request) -> Response:
+        if (refused := self._refused(request)) is not None:
+            return refused
+        p, body = request.path_params, await request.json()
+        with self._changed:
+            found = next((n for n in self.notes if n.id == p["note"] and n.iid == p["iid"]), None)
+            if found is None:
+                return JSONResponse({"message": "404 Note Not Found"}, status_code=404)
+            found.edits.append(found.body)
+            found.body = str(body.get("body", ""))
+            self._changed.notify_all()
+        return JSONResponse({"id": found.id, "body": found.body})

@@ -186,3 +186,39 @@ async def test_a_mapped_pagerduty_incident_reaches_the_agent_once(
         await until(lambda t: standin.wait_for(lambda s: len(s.delivered()) == 1, t))
         await asyncio.sleep(0.3)  # room for a second delivery, were there one
     assert user_texts(standin) == ["PagerDuty incident.triggered: A little bump in the road"]
+
+
+async def test_a_gitlab_started_turn_asks_for_its_approval_in_the_discussion_and_an_approver_answers_there(
+        letta: tuple[LettaStandIn, str], doors_settings: Settings, real_redis_url: str, real_redis: Any,
+        prefix: str, platforms: tuple[LinearStandIn, GitLabStandIn, DiscordStandIn]) -> None:
+    standin, letta_url = letta
+    gitlab, device = platforms[1], standin.simulated()
+    relay = Relay(doors_settings, real_redis_url, real_redis, prefix, letta_url, None, None)
+
+    def note(text: str, note_id: int) -> bytes:
+        data = gitlab_sample("note.issue.json")
+        data["object_attributes"].update(note=text, id=note_id, url=f"{data['object_attributes']['url']}-{note_id}")
+        return json.dumps(data).encode()
+
+    def prompt(s: GitLabStandIn) -> Any:
+        return next((n for n in s.notes if "The agent asks to run `Bash`" in n.body), None)
+
+    async with relay.running():
+        await sockets_open(standin)
+        answer = await post(relay, "/gitlab/webhook", note("@agent tidy the repo !tool", 2001),
+                            {"x-gitlab-token": GITLAB_TOKEN.decode()})
+        assert answer.status_code == 202
+        await until(lambda t: gitlab.wait_for(lambda s: prompt(s) is not None, t))
+        [request_id] = device.pending(("agent-gl", "default"))
+        tool_call_id = request_id.removeprefix("perm-")
+        asked = prompt(gitlab)
+        assert asked.discussion == "7a4df0c1b3b42b41f0d7c09e3c7d0e0c10ac3c77"  # in the note's own discussion
+        assert f"/approve {tool_call_id}" in asked.body and "@root" in asked.body
+        answer = await post(relay, "/gitlab/webhook", note(f"/approve {tool_call_id}", 2002),
+                            {"x-gitlab-token": GITLAB_TOKEN.decode()})  # root: the route's approver
+        assert answer.status_code == 202
+        await until(lambda t: gitlab.wait_for(lambda s: any("The tool ran; done." in n.body for n in s.notes), t))
+        await until(lambda t: gitlab.wait_for(lambda s: "Closed" in prompt(s).body, t))
+    [decision] = device.decisions
+    assert (decision.request_id, decision.behavior) == (request_id, "allow")
+    assert prompt(gitlab).edits and all(n.body.endswith("<!-- relay -->") for n in gitlab.notes)
