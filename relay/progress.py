@@ -62,6 +62,19 @@ STREAM_UNAVAILABLE = frozenset({"unknown_method", "not_allowed_token_type", "mis
                                 "feature_not_enabled", "method_deprecated", "invalid_arguments"})
 
 
+def task_title(activity: str) -> str:
+    return activity[:1].upper() + activity[1:]
+
+
+def task_of(activity: str | None, n: int) -> dict[str, str] | None:
+    """A task card of the stream's timeline for what the agent does now (its id numbered in turn)."""
+    return {"id": f"relay-task-{n}", "title": task_title(activity)} if activity else None
+
+
+def task_chunk(task: dict[str, str], status: str) -> dict[str, str]:
+    return {"type": "task_update", "id": task["id"], "title": task["title"], "status": status}
+
+
 class Records(Protocol):
     async def record(self, kind: str, record_id: str) -> str | None: ...
 
@@ -153,10 +166,12 @@ class ProgressBoard:
         assert thread is not None
         if self.streaming:
             said = joined(list(texts))
+            task = task_of(activity, 1)
             try:
                 ts = await self.slack.start_stream(thread[0], thread[1], origin.reply.get("team"),
-                                                   origin.reply.get("user"), said)
-                return {"via": "slack-stream", "channel": thread[0], "ts": ts, "sent": said}
+                                                   origin.reply.get("user"), said,
+                                                   [task_chunk(task, "in_progress")] if task else None)
+                return {"via": "slack-stream", "channel": thread[0], "ts": ts, "sent": said, "task": task}
             except UpstreamError as exc:
                 if exc.code not in STREAM_UNAVAILABLE:
                     raise
@@ -180,9 +195,15 @@ class ProgressBoard:
                     activity: str | None) -> None:
         if place.get("via") == "slack-stream" and self.slack is not None:
             said, sent = joined(list(texts)), str(place.get("sent", ""))
-            if len(said) > len(sent) and said.startswith(sent):  # a stream only grows
-                await self.slack.append_stream(place["channel"], place["ts"], said[len(sent):])
-                await self.records.put_record(PLACE_KIND, key, json.dumps({**place, "sent": said},
+            more = said[len(sent):] if len(said) > len(sent) and said.startswith(sent) else ""  # it only grows
+            done, task = place.get("task"), place.get("task")
+            if activity and (done is None or done.get("title") != task_title(activity)):
+                task = task_of(activity, int(done["id"].rsplit("-", 1)[1]) + 1 if done else 1)
+            chunks = ([task_chunk(done, "complete")] if done and task is not done else []) + \
+                ([task_chunk(task, "in_progress")] if task and task is not done else [])
+            if more or chunks:
+                await self.slack.append_stream(place["channel"], place["ts"], more, chunks or None)
+                await self.records.put_record(PLACE_KIND, key, json.dumps({**place, "sent": said, "task": task},
                                                                           separators=(",", ":")), TTL)
         elif place.get("via") == "github" and self.github is not None:
             await self.github.edit_comment(place["repository"], place["api"], place["comment_id"],

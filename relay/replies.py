@@ -34,6 +34,7 @@ from relay.github_api import GitHubApi
 from relay.logs import fields
 from relay.messages import Envelope
 from relay.origins import Origin
+from relay.progress import task_chunk
 from relay.slack_api import SlackApi
 from relay.routing import Destination
 from relay.sources.slack import escape
@@ -142,15 +143,16 @@ class Replier:
     async def _finish_stream(self, place: dict[str, Any], text: str) -> bool:
         """End a streamed answer with the rest of `text`. False if the stream does not begin it."""
         assert self.slack is not None
-        sent = str(place.get("sent", ""))
+        sent, task = str(place.get("sent", "")), place.get("task")
+        done = [task_chunk(task, "complete")] if isinstance(task, dict) else None
         if not text.startswith(sent):
-            await self.slack.stop_stream(place["channel"], place["ts"])
+            await self.slack.stop_stream(place["channel"], place["ts"], chunks=done)
             return False
         rest = text[len(sent):]
         while len(rest) > STREAM_PIECE:
             await self.slack.append_stream(place["channel"], place["ts"], rest[:STREAM_PIECE])
             rest = rest[STREAM_PIECE:]
-        await self.slack.stop_stream(place["channel"], place["ts"], rest)
+        await self.slack.stop_stream(place["channel"], place["ts"], rest, done)
         return True
 
     async def _answer_github(self, reply: dict[str, Any], text: str, place: dict[str, Any] | None = None) -> int:

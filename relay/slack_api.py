@@ -67,20 +67,34 @@ class SlackApi:
         return str(data.get("ts", ""))
 
     async def start_stream(self, channel: str, thread_ts: str, team: str | None, user: str | None,
-                           markdown: str) -> str:
+                           markdown: str, chunks: list[dict[str, Any]] | None = None) -> str:
         """chat.startStream in a thread (for the person the answer is for); the stream's ts."""
         payload: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
         if team and user:
             payload.update(recipient_team_id=team, recipient_user_id=user)
         if markdown:
             payload["markdown_text"] = markdown
+        if chunks:
+            payload.update(chunks=chunks, task_display_mode="timeline")
         return str((await self.call("chat.startStream", payload)).get("ts", ""))
 
-    async def append_stream(self, channel: str, ts: str, markdown: str) -> None:
-        await self.call("chat.appendStream", {"channel": channel, "ts": ts, "markdown_text": markdown})
+    async def append_stream(self, channel: str, ts: str, markdown: str = "",
+                            chunks: list[dict[str, Any]] | None = None) -> None:
+        """More markdown, or task updates (`task_update` chunks), for a running stream."""
+        payload: dict[str, Any] = {"channel": channel, "ts": ts}
+        if chunks:
+            payload["chunks"] = chunks + ([{"type": "markdown_text", "text": markdown}] if markdown else [])
+        else:
+            payload["markdown_text"] = markdown
+        await self.call("chat.appendStream", payload)
 
-    async def stop_stream(self, channel: str, ts: str, markdown: str = "") -> None:
-        payload = {"channel": channel, "ts": ts, **({"markdown_text": markdown} if markdown else {})}
+    async def stop_stream(self, channel: str, ts: str, markdown: str = "",
+                          chunks: list[dict[str, Any]] | None = None) -> None:
+        payload: dict[str, Any] = {"channel": channel, "ts": ts}
+        if chunks:
+            payload["chunks"] = chunks + ([{"type": "markdown_text", "text": markdown}] if markdown else [])
+        elif markdown:
+            payload["markdown_text"] = markdown
         await self.call("chat.stopStream", payload)
 
     async def update_message(self, channel: str, ts: str, message: dict[str, Any]) -> None:

@@ -48,6 +48,7 @@ class Message:
     body: dict[str, Any]
     edits: int = 0
     streaming: bool = False  # a chat.startStream message not yet stopped
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # a stream's task_update chunks, in order
 
     @property
     def text(self) -> str:
@@ -180,19 +181,31 @@ class SlackStandIn(Watched):
                 if not body.get("thread_ts"):
                     return JSONResponse({"ok": False, "error": "invalid_arguments"})
                 ts = f"1700000000.{next(self._ts):06d}"
-                self.messages.append(Message(str(body.get("channel")), ts, body["thread_ts"],
-                                             {"text": body.get("markdown_text", "")}, streaming=True))
+                found = Message(str(body.get("channel")), ts, body["thread_ts"], {"text": ""}, streaming=True)
+                self.messages.append(found)
+                self._take_chunks(found, body)
                 self._changed.notify_all()
                 return JSONResponse({"ok": True, "channel": body.get("channel"), "ts": ts})
             found = next((m for m in self.messages if m.channel == body.get("channel") and m.ts == body.get("ts")
                           and m.streaming), None)
             if found is None:
                 return JSONResponse({"ok": False, "error": "message_not_in_streaming_state"})
-            found.body["text"] = found.text + str(body.get("markdown_text", ""))
+            self._take_chunks(found, body)
             found.edits += 1
             found.streaming = method != "chat.stopStream"
             self._changed.notify_all()
             return JSONResponse({"ok": True, "channel": found.channel, "ts": found.ts})
+
+    @staticmethod
+    def _take_chunks(message: Message, body: dict[str, Any]) -> None:
+        """A stream call's markdown (the argument, or markdown_text chunks) and task updates."""
+        text = str(body.get("markdown_text", ""))
+        for chunk in body.get("chunks") or []:
+            if chunk.get("type") == "markdown_text":
+                text += str(chunk.get("text", ""))
+            elif chunk.get("type") == "task_update":
+                message.tasks.append({k: chunk.get(k) for k in ("id", "title", "status")})
+        message.body["text"] = message.text + text
 
     async def _file(self, request: Request) -> Response:
         name = request.path_params["name"]

@@ -451,12 +451,19 @@ async def test_where_slack_streams_the_answer_streams_into_the_thread_as_the_age
         await until(lambda t: slack_stand_in.wait_for(lambda s: "the cache" in s.thread("C0TEAM", "1700.7")[0].text
                                                       if s.thread("C0TEAM", "1700.7") else False, t))
         await asyncio.sleep(1.6)
+        device.delta(SCOPE, {"message_type": "client_tool_start", "tool_name": "Bash", "tool_call_id": "toolu_s",
+                             "run_id": "run-s"})
+        await until(lambda t: slack_stand_in.wait_for(
+            lambda s: any(task["title"] == "Running Bash" for task in s.thread("C0TEAM", "1700.7")[0].tasks), t))
+        await asyncio.sleep(1.6)
         device.chunks(SCOPE, "run-s", "msg-s", "expired; then the <db> failed over.")
-        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.appendStream")) >= 1, t))
+        await until(lambda t: slack_stand_in.wait_for(lambda s: len(s.of("chat.appendStream")) >= 2, t))
         device.turn_finished(SCOPE, "run-s")
         await until(lambda t: slack_stand_in.wait_for(lambda s: not s.thread("C0TEAM", "1700.7")[0].streaming, t))
     [message] = slack_stand_in.thread("C0TEAM", "1700.7")
     assert message.text == "First, *the cache* expired; then the <db> failed over."  # markdown, as written
+    assert message.tasks[0] == {"id": "relay-task-1", "title": "Thinking", "status": "in_progress"}
+    assert message.tasks[-1]["status"] == "complete"  # what the agent was doing, done when the turn ends
     [start] = slack_stand_in.of("chat.startStream")
     assert (start.body["recipient_team_id"], start.body["recipient_user_id"]) == ("T0001", "U0ALICE")
     assert slack_stand_in.of("chat.postMessage") == [] and slack_stand_in.of("chat.update") == []
