@@ -11,10 +11,14 @@ Layout (all key names are built here, in `Keys`):
     {prefix}:{pNN}:failures:{hour}  hash: destination → failed attempts that hour (expires)
     {prefix}:{pNN}:seen:{id}        dedup marker, expires after the dedup window
     {prefix}:{pNN}:pause            no delivery before this time (ms): Letta's 429 Retry-After
+    {prefix}:{pNN}:id:{id}          which partition accepted this id (NN: the id's own partition)
     {prefix}:rec:{kind}:{id}        small records with a TTL (approval cards), one key each
 
 A conversation lives in one of `PARTITIONS` partitions; the `{pNN}` hash tag keeps a
-partition in one Redis Cluster slot, and each Lua script touches one partition only.
+partition in one Redis Cluster slot, and each Lua script touches one partition only. On a
+cluster, script calls go to the master of their partition (`relay.redis_nodes.Nodes`); with
+`min_replicas`, the writes that must survive a failover are followed by WAIT on the same
+connection.
 Per-conversation order comes from the mailbox: the stream carries at most one token per
 conversation, so its messages are delivered one at a time, head first.
 """
@@ -22,6 +26,7 @@ conversation, so its messages are delivered one at a time, head first.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import zlib
@@ -30,11 +35,14 @@ from importlib import resources
 from itertools import islice
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import AskError, ConnectionError, MovedError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from relay.errors import QueueUnavailable
 from relay.messages import Envelope, decode, encode
+from relay.redis_nodes import AnyRedis, Nodes, Topology, connect
+
+__all__ = ["connect"]  # re-exported: callers open one server with relay.queue.connect
 
 log = logging.getLogger("relay.queue")
 
@@ -44,6 +52,9 @@ GROUP = "workers"
 FAILURE_WINDOW_HOURS = 24
 _HEADS_PER_CALL = 500  # mailboxes per oldest.lua call
 _DEAD_SCAN = 1000  # dead letters per XRANGE when stats.lua recounts them
+#: A binding older than this whose message never reached its partition was left by an attempt
+#: that died between the two steps (every call is bounded by the socket timeout, far less).
+STALE_BINDING_MS = 120_000
 T = TypeVar("T")
 I = TypeVar("I")
 
@@ -131,6 +142,9 @@ class Keys:
     def seen(self, partition: int, message_id: str) -> str:
         return f"{self._tag(partition)}:seen:{message_id}"
 
+    def identity(self, message_id: str) -> str:
+        return f"{self._tag(self.partition_of(message_id))}:id:{message_id}"
+
     def record(self, kind: str, key: str) -> str:
         return f"{self.prefix}:rec:{kind}:{key}"
 
@@ -209,18 +223,19 @@ class QueueStats:
             raise ValueError(f"not queue stats: {exc!r}") from None
 
 
-def connect(url: str, *, socket_timeout: float = 10.0) -> aioredis.Redis:
-    """A client for REDIS_URL. The timeout bounds every call (blocking reads use 1 s)."""
-    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=socket_timeout,
-                                   socket_connect_timeout=3.0, health_check_interval=30)
+@dataclass(frozen=True)
+class Script:
+    source: str
+    sha: str
 
 
-def _load_scripts() -> dict[str, str]:
+def _load_scripts() -> dict[str, Script]:
     folder = resources.files("relay") / "lua"
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")
     names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave", "pause", "reclaim",
-             "stats", "oldest")
-    return {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
+             "stats", "oldest", "bind", "rebind", "seen")
+    sources = {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
+    return {name: Script(src, hashlib.sha1(src.encode()).hexdigest()) for name, src in sources.items()}
 
 
 _SCRIPTS = _load_scripts()
@@ -229,19 +244,24 @@ _SCRIPTS = _load_scripts()
 class Queue:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AnyRedis,
         *,
         prefix: str = "relay",
         consumer: str = "",
         dedup_window: float = 96 * 3600.0,
         clock: Callable[[], float] = time.time,
+        min_replicas: int = 0,
+        replica_timeout: float = 1.0,
     ) -> None:
         self.redis = redis
+        self.nodes = Nodes(redis)
         self.keys = Keys(prefix)
         self.consumer = consumer
         self.dedup_ms = int(dedup_window * 1000)
         self.clock = clock
-        self._scripts = {name: redis.register_script(src) for name, src in _SCRIPTS.items()}
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = max(1, int(replica_timeout * 1000))
+        self._scripts = _SCRIPTS
         self._writes: _GroupCommit[list[Envelope], list[bool]] = _GroupCommit(self._write)
         self._calls: _GroupCommit[tuple[str, list[str], list[Any]], Any] = _GroupCommit(self._evalsha_many)
 
@@ -258,10 +278,18 @@ class Queue:
     async def durability_warnings(self) -> list[str]:
         """What in the server's configuration could lose queued work (empty when none; also when
         CONFIG is not allowed, as on some managed services, which then answer for it)."""
+        warnings = []
+        for name in self.nodes.masters():
+            where = f"{name}: " if name else ""
+            warnings += [where + w for w in await self._node_warnings(self.nodes.client(name))]
+        return warnings
+
+    @staticmethod
+    async def _node_warnings(client: Any) -> list[str]:
         try:
-            config = await self.redis.config_get("maxmemory*")
-            config.update(await self.redis.config_get("appendonly"))
-            config.update(await self.redis.config_get("save"))
+            config = await client.config_get("maxmemory*")
+            config.update(await client.config_get("appendonly"))
+            config.update(await client.config_get("save"))
         except RedisError:
             return []
         warnings = []
@@ -305,11 +333,17 @@ class Queue:
         return await self._writes.submit(envelopes)
 
     async def _write(self, batches: list[list[Envelope]]) -> list[list[bool] | Exception]:
-        """One round trip: per partition, one enqueue call with its messages in arrival order."""
+        """Bind each id to its partition (one delivery identity is accepted once, whatever route
+        it resolves to), then, per partition, one enqueue call with its messages in arrival
+        order. Each step is one pipelined round trip (per master, on a cluster)."""
         envelopes = [e for batch in batches for e in batch]
+        partitions = [self.keys.partition_of(e.destination.conversation_key) for e in envelopes]
+        elsewhere = await self._bind(envelopes, partitions)
+        flags = [False] * len(envelopes)
+        fresh = [i for i in range(len(envelopes)) if i not in elsewhere]
         by_partition: dict[int, list[int]] = {}
-        for index, envelope in enumerate(envelopes):
-            by_partition.setdefault(self.keys.partition_of(envelope.destination.conversation_key), []).append(index)
+        for i in fresh:
+            by_partition.setdefault(partitions[i], []).append(i)
         calls = []
         for p, indexes in by_partition.items():
             keys, args = [self.keys.body(p), self.keys.ready(p)], [self.dedup_ms]
@@ -319,41 +353,118 @@ class Queue:
                 keys += [self.keys.seen(p, e.client_message_id), self.keys.mailbox(p, conversation)]
                 args += [e.client_message_id, encode(e), conversation]
             calls.append((keys, args))
-        results = await self._evalsha_batch("enqueue", calls)
-        flags = [False] * len(envelopes)
-        for (p, indexes), result in zip(by_partition.items(), results):
+        results = await self._evalsha_batch("enqueue", calls, durable=True) if calls else []
+        for indexes, result in zip(by_partition.values(), results):
             for i, flag in zip(indexes, result):
                 flags[i] = flag == 1
         answers = iter(flags)
         return [list(islice(answers, len(batch))) for batch in batches]
 
-    async def _evalsha_batch(self, name: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _bind(self, envelopes: list[Envelope], partitions: list[int]) -> set[int]:
+        """Bind ids to their partitions; return the indexes already accepted in another partition.
+        Raises QueueUnavailable when one is being accepted elsewhere right now (the sender retries)."""
+        now_ms = int(self.clock() * 1000)
+        groups: dict[int, list[int]] = {}
+        for i, envelope in enumerate(envelopes):
+            groups.setdefault(self.keys.partition_of(envelope.client_message_id), []).append(i)
+        calls = [([self.keys.identity(envelopes[i].client_message_id) for i in indexes],
+                  [now_ms, self.dedup_ms, *(partitions[i] for i in indexes)]) for indexes in groups.values()]
+        bound: dict[int, str] = {}
+        for indexes, reply in zip(groups.values(), await self._evalsha_batch("bind", calls, durable=True)):
+            bound.update((i, found) for i, found in zip(indexes, reply) if found)
+        return await self._settle_bindings(envelopes, partitions, bound, now_ms) if bound else set()
+
+    async def _settle_bindings(self, envelopes: list[Envelope], partitions: list[int], bound: dict[int, str],
+                               now_ms: int) -> set[int]:
+        """Ids bound to another partition (a re-send that now resolves to another route): a
+        duplicate if that partition has the message; else the first attempt died between
+        binding and queueing, and a binding that old moves here."""
+        others = {i: int(found.split(":")[0]) for i, found in bound.items()}
+        by_other: dict[int, list[int]] = {}
+        for i, q in others.items():
+            by_other.setdefault(q, []).append(i)
+        calls = [([self.keys.seen(q, envelopes[i].client_message_id) for i in indexes], [])
+                 for q, indexes in by_other.items()]
+        duplicates: set[int] = set()
+        for indexes, reply in zip(by_other.values(), await self._evalsha_batch("seen", calls, durable=True)):
+            duplicates.update(i for i, seen in zip(indexes, reply) if seen == 1)
+        for i in sorted(set(bound) - duplicates):
+            message_id = envelopes[i].client_message_id
+            if now_ms - int(bound[i].split(":")[1]) < STALE_BINDING_MS:
+                raise QueueUnavailable(f"message {message_id} is being accepted for another route; retry later")
+            moved = await self._run("rebind", [self.keys.identity(message_id)],
+                                    [bound[i], f"{partitions[i]}:{now_ms}", self.dedup_ms])
+            if moved != 1:
+                raise QueueUnavailable(f"message {message_id} was bound meanwhile; retry")
+        if duplicates:
+            log.info("already accepted for another route", extra={"count": len(duplicates)})
+        return duplicates
+
+    async def _evalsha_batch(self, name: str, calls: list[tuple[list[str], list[Any]]], *,
+                             durable: bool = False) -> list[Any]:
         """Run one script several times in one round trip; raise if any call failed."""
-        results = await self._evalsha_many([(name, keys, args) for keys, args in calls])
+        results = await self._evalsha_many([(name, keys, args) for keys, args in calls], durable=durable)
         for result in results:
             if isinstance(result, Exception):
                 raise result
         return results
 
-    async def _evalsha_many(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        """Script calls in one pipelined round trip; each result, or a QueueUnavailable for a
-        call that failed. (redis-py's pipelines ask SCRIPT EXISTS first, an extra round trip;
-        this loads a script only when Redis answers NOSCRIPT, e.g. after a restart.)"""
-        results = await self._pipelined(calls)
-        unknown = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
-        if unknown:
-            for name in {calls[i][0] for i in unknown}:
-                await guard(self.redis.script_load(self._scripts[name].script))
-            for i, result in zip(unknown, await self._pipelined([calls[i] for i in unknown])):
-                results[i] = result
+    async def _evalsha_many(self, calls: list[tuple[str, list[str], list[Any]]], *,
+                            durable: bool = False) -> list[Any]:
+        """Script calls in one pipelined round trip per master; each result, or a
+        QueueUnavailable for a call that failed. A script Redis does not know (after a restart
+        or a failover) is loaded where it was missing and the call made again; a call that
+        reached the wrong master (the slot moved) is made again once the slot map is fresh.
+
+        durable: with min_replicas, each master's batch ends with WAIT, and its calls fail
+        unless that many replicas confirm them in time."""
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(3):
+            groups: dict[str, list[int]] = {}
+            for i in todo:
+                groups.setdefault(self.nodes.name_of(calls[i][1][0]), []).append(i)
+            replies = await asyncio.gather(*(self._node_batch(name, [calls[i] for i in indexes], durable)
+                                             for name, indexes in groups.items()))
+            for indexes, reply in zip(groups.values(), replies):
+                for i, result in zip(indexes, reply):
+                    results[i] = result
+            todo = [i for i in todo if isinstance(results[i], (MovedError, AskError, NoScriptError))]
+            if not todo:
+                break
+            if any(isinstance(results[i], (MovedError, AskError)) for i in todo):
+                await self.nodes.refresh()
         return [QueueUnavailable(f"redis: {type(r).__name__}: {r}") if isinstance(r, Exception) else r
                 for r in results]
 
-    async def _pipelined(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
-        for name, keys, args in calls:
-            pipe.execute_command("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
-        return list(await guard(pipe.execute(raise_on_error=False)))
+    async def _node_batch(self, name: str, calls: list[tuple[str, list[str], list[Any]]], durable: bool) -> list[Any]:
+        """One master's calls in one pipeline; WAIT last on the same connection when durable."""
+        client = self.nodes.client(name)
+        missing = {call[0] for call in calls}
+        pipe = client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.execute_command("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
+        waiting = durable and self.min_replicas > 0
+        if waiting:
+            pipe.execute_command("WAIT", self.min_replicas, self.replica_timeout_ms)
+        try:
+            replies = list(await pipe.execute(raise_on_error=False))
+        except (ConnectionError, RedisTimeout) as exc:
+            await self.nodes.refresh()  # a master may have failed over
+            return [QueueUnavailable(f"redis {name or 'server'}: {type(exc).__name__}: {exc}")] * len(calls)
+        except RedisError as exc:
+            return [QueueUnavailable(f"redis: {type(exc).__name__}: {exc}")] * len(calls)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            for script in missing:
+                await guard(client.script_load(self._scripts[script].source))
+        if waiting:
+            confirmed = replies.pop()
+            if isinstance(confirmed, Exception) or int(confirmed) < self.min_replicas:
+                failure = QueueUnavailable(
+                    f"redis {name or 'server'}: {confirmed} of the {self.min_replicas} replica(s) asked for "
+                    f"confirmed the write within {self.replica_timeout_ms} ms")
+                return [r if isinstance(r, NoScriptError) else failure for r in replies]
+        return replies
 
     # -- worker ----------------------------------------------------------------------------
 
@@ -437,6 +548,11 @@ class Queue:
         keys = [self.keys.ready(p), self.keys.mailbox(p, token.conversation), self.keys.body(p),
                 self.keys.dead(p), self.keys.dead_codes(p), self.keys.failures(p, self._hour())]
         args = [GROUP, self.consumer, token.entry_id, message_id, token.conversation, *dead]
+        if dead:  # a dead letter must not roll back in a failover: it would be delivered again
+            [result] = await self._evalsha_batch("finish", [(keys, args)], durable=True)
+            return result == 1
+        # An ack need not wait for replicas: lost in a failover, the message is delivered again
+        # with the same client_message_id, which Letta drops as a duplicate.
         return await self._run("finish", keys, args) == 1
 
     def _hour(self) -> int:
@@ -536,7 +652,8 @@ class Queue:
         p = entry.partition
         keys = [self.keys.dead(p), self.keys.body(p), self.keys.mailbox(p, conversation), self.keys.ready(p)]
         args = [entry.entry_id, envelope.client_message_id, encode(envelope), conversation]
-        return await self._run("replay", keys, args) == 1
+        [result] = await self._evalsha_batch("replay", [(keys, args)], durable=True)
+        return result == 1
 
     async def drop(self, entry: DeadEntry) -> bool:
         return await guard(self.redis.xdel(self.keys.dead(entry.partition), entry.entry_id)) == 1
@@ -591,5 +708,15 @@ class Queue:
                           dead_by_reason=by_reason, failures_by_destination=by_destination)
 
     async def server_info(self) -> dict[str, Any]:
-        """The server section of Redis INFO (redis_version, …), for `relay check`."""
-        return dict(await guard(self.redis.info("server")))
+        """The server section of Redis INFO (redis_version, …), for `relay check`; on a cluster,
+        of the master holding the first partition."""
+        client = self.nodes.client(self.nodes.name_of(self.keys.ready(0)))
+        return dict(await guard(client.info("server")))
+
+    async def topology(self) -> Topology:
+        """Masters, which partitions each holds, and their replicas (`relay check`, `relay status`)."""
+        return await self.nodes.topology([self.keys.ready(p) for p in range(PARTITIONS)])
+
+    async def aclose(self) -> None:
+        """Close the per-master clients (the main client belongs to whoever opened it)."""
+        await self.nodes.aclose()

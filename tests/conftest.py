@@ -23,6 +23,7 @@ from relay.settings import Settings
 from relay.standin import Device, LettaStandIn
 from relay.sources.generic import decode_secret
 from tests.github_standin import GitHubStandIn
+from tests.redis_cluster import Cluster
 from tests.slack_standin import SlackStandIn
 from tests.socket_mode_standin import SocketModeStandIn
 from tests.support import SPEC_SECRET, RedisServer, ServerThread, owned, redis_answers, unique_prefix
@@ -58,6 +59,16 @@ def real_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real Redis Cluster on loopback: three masters, one replica each (one per test process)."""
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ for i = 1, (#KEYS - 2) / 2 do
     append(KEYS[1], KEYS[2 + 2 * i], KEYS[2], ARGV[3 * i - 1], ARGV[3 * i], ARGV[3 * i + 1])
     out[i] = 1
   else
+    redis.call('SET', KEYS[1 + 2 * i], '1', 'XX', 'KEEPTTL')  -- so a WAIT after this covers the first write
     out[i] = 0
   end
 end
