@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 from relay.errors import ConfigError, QueueUnavailable, ResolveFailed
 from relay.letta import LettaClient
-from relay.queue import Queue, connect
+from relay.queue import Queue
+from relay.redis_nodes import Topology, open_redis
 from relay.routing import Route
 from relay.settings import Settings, load
 
@@ -254,6 +255,18 @@ def redis_problems(info: Mapping[str, Any], durability: Iterable[str]) -> list[P
     return problems
 
 
+def topology_problems(topology: Topology, min_replicas: int) -> list[Problem]:
+    """Masters with fewer replicas than RELAY_REDIS_MIN_REPLICAS asks for: every webhook for
+    their partitions would be answered 503."""
+    short = [m for m in topology.masters if m.replicas < min_replicas]
+    if not short:
+        return []
+    names = ", ".join(f"{m.name} ({m.replicas})" for m in short)
+    return [Problem("error", f"RELAY_REDIS_MIN_REPLICAS={min_replicas} but these masters have fewer replicas: "
+                             f"{names}; their webhooks would all be answered 503",
+                    "add replicas, or lower RELAY_REDIS_MIN_REPLICAS")]
+
+
 def unreachable_redis(location: str, error: str) -> Problem:
     return Problem("error", f"Redis at {location} does not answer ({error})",
                    "start Redis, or correct REDIS_URL (host, port, password; rediss:// for TLS)")
@@ -326,7 +339,7 @@ async def run(environ: Mapping[str, str]) -> Report:
         report.ok.append(watch_summary(settings))
     report.problems += watching
     if settings.redis_url:
-        await _check_redis(settings.redis_url, settings.key_prefix, report)
+        await _check_redis(settings, report)
     if not settings.letta_api_key:
         report.skipped.append("destinations: LETTA_API_KEY is not set (relay worker needs it)")
     elif settings.routes:
@@ -334,21 +347,31 @@ async def run(environ: Mapping[str, str]) -> Report:
     return report
 
 
-async def _check_redis(url: str, prefix: str, report: Report) -> None:
+async def _check_redis(settings: Settings, report: Report) -> None:
+    url = settings.redis_url or ""
     location = redis_location(url)
-    redis = connect(url, socket_timeout=5.0)
-    queue = Queue(redis, prefix=prefix)
+    try:
+        redis = await open_redis(url, cluster=settings.redis_cluster, socket_timeout=5.0)  # type: ignore[arg-type]
+    except QueueUnavailable as exc:
+        report.problems.append(unreachable_redis(location, str(exc).removeprefix("redis: ")))
+        return
+    queue = Queue(redis, prefix=settings.key_prefix)
     try:
         try:
             info = await queue.server_info()
+            topology = await queue.topology()
         except QueueUnavailable as exc:
             report.problems.append(unreachable_redis(location, str(exc).removeprefix("redis: ")))
             return
         found = redis_problems(info, await queue.durability_warnings())
     finally:
+        await queue.aclose()
         await redis.aclose()
+    found += topology_problems(topology, settings.redis_min_replicas)
     if not found:
         report.ok.append(f"Redis {info.get('redis_version')} at {location}: persistent, never evicts")
+    if topology.cluster:
+        report.ok.append("\n    ".join(topology.describe()))
     report.problems += found
 
 

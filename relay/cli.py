@@ -186,13 +186,18 @@ async def _warn_about_durability(queue: Any) -> None:
 @contextlib.asynccontextmanager
 async def _queue(url: str, settings: Settings, *, socket_timeout: float = 10.0,
                  **options: Any) -> AsyncIterator[Any]:
-    """A Queue under settings.key_prefix on its own Redis connection (`queue.redis`), closed after the block."""
-    from relay.queue import Queue, connect
+    """A Queue under settings.key_prefix on its own Redis connection (`queue.redis`; a cluster
+    client on a Redis Cluster), closed after the block."""
+    from relay.queue import Queue
+    from relay.redis_nodes import open_for
 
-    redis = connect(url, socket_timeout=socket_timeout)
+    redis = await open_for(url, settings.redis_cluster, socket_timeout=socket_timeout)
+    queue = Queue(redis, prefix=settings.key_prefix, min_replicas=settings.redis_min_replicas,
+                  replica_timeout=settings.redis_replica_timeout, **options)
     try:
-        yield Queue(redis, prefix=settings.key_prefix, **options)
+        yield queue
     finally:
+        await queue.aclose()
         await redis.aclose()
 
 

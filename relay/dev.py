@@ -30,7 +30,9 @@ from relay.github_api import GitHubApi
 from relay.letta import LettaClient
 from relay.metrics import Metrics
 from relay.origins import Origins
-from relay.queue import Queue, connect
+from relay.queue import Queue
+from relay.redis_nodes import open_for
+from redis.asyncio.cluster import RedisCluster
 from relay.check import door_sources
 from relay.platforms import Platforms
 from relay.replies import Replier
@@ -120,8 +122,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     settings = prepare(settings, host)
     notes = []
     if settings.redis_url:
-        redis = connect(settings.redis_url)
-        notes.append("queue: Redis at REDIS_URL")
+        redis = await open_for(settings.redis_url, settings.redis_cluster)
+        notes.append("queue: " + ("Redis Cluster" if isinstance(redis, RedisCluster) else "Redis") + " at REDIS_URL")
         notes += [f"WARNING {w}" for w in await Queue(redis).durability_warnings()]
     else:
         redis = fakeredis.FakeAsyncRedis(decode_responses=True)
@@ -154,9 +156,11 @@ async def run(settings: Settings, listener: socket.socket) -> None:
         notes.append("github: /github/webhook" + (f" (reactions via {settings.github_api_url})" if github else ""))
     if door_sources(settings):  # Linear, GitLab, Discord, mapped webhooks
         notes.append("doors: " + ", ".join(door_sources(settings)))
-    web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window)
+    web_queue = Queue(redis, prefix=settings.key_prefix, dedup_window=settings.dedup_window,
+                      min_replicas=settings.redis_min_replicas, replica_timeout=settings.redis_replica_timeout)
     worker_queue = Queue(redis, prefix=settings.key_prefix, consumer=consumer_name(),
-                         dedup_window=settings.dedup_window)
+                         dedup_window=settings.dedup_window, min_replicas=settings.redis_min_replicas,
+                         replica_timeout=settings.redis_replica_timeout)
     await web_queue.ensure_groups()
     platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
     app = create_app(settings, web_queue, slack_api=slack, github_api=github, metrics=metrics,
@@ -195,6 +199,8 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     await serving.close_all(letta, slack, github)
     await platforms.aclose()
+    await web_queue.aclose()
+    await worker_queue.aclose()
     await redis.aclose()
 
 

@@ -434,8 +434,15 @@ class Queue:
                 break
             if any(isinstance(results[i], (MovedError, AskError)) for i in todo):
                 await self.nodes.refresh()
-        return [QueueUnavailable(f"redis: {type(r).__name__}: {r}") if isinstance(r, Exception) else r
-                for r in results]
+        return [self._unavailable(r) if isinstance(r, Exception) else r for r in results]
+
+    def _unavailable(self, error: Exception) -> QueueUnavailable:
+        if isinstance(error, QueueUnavailable):
+            return error
+        if isinstance(error, MovedError) and not self.nodes.cluster:
+            return QueueUnavailable("redis answered MOVED: it is a Redis Cluster, and relay took it for one server "
+                                    "(it did not answer at start); set RELAY_REDIS_CLUSTER=on, or restart relay")
+        return QueueUnavailable(f"redis: {type(error).__name__}: {error}")
 
     async def _node_batch(self, name: str, calls: list[tuple[str, list[str], list[Any]]], durable: bool) -> list[Any]:
         """One master's calls in one pipeline; WAIT last on the same connection when durable."""

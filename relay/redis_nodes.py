@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 
 from relay.errors import QueueUnavailable
 
+log = logging.getLogger("relay.redis")
 ClusterMode = Literal["auto", "on", "off"]
 AnyRedis = aioredis.Redis | RedisCluster
 #: After a node failed, the slot map is read again at most this often.
@@ -58,10 +60,26 @@ async def open_redis(url: str, *, cluster: ClusterMode = "auto", socket_timeout:
     client = RedisCluster.from_url(url, **_options(socket_timeout))
     try:
         await client.initialize()
-    except RedisError as exc:
-        await client.aclose()
-        raise QueueUnavailable(f"redis cluster: {type(exc).__name__}: {exc}") from exc
+    except RedisError as exc:  # it learns the slot map on first use instead
+        log.warning("redis cluster not answering yet", extra={"error": f"{type(exc).__name__}: {exc}"})
     return client
+
+
+async def open_for(url: str, mode: str, *, socket_timeout: float = 10.0, attempts: int = 4) -> AnyRedis:
+    """open_redis for a process starting up: when "auto" cannot ask (Redis not answering yet),
+    it asks a few times, then assumes one server and says so (a cluster then answers MOVED,
+    which the queue reports with the way out: RELAY_REDIS_CLUSTER=on)."""
+    chosen: ClusterMode = "on" if mode == "on" else "off" if mode == "off" else "auto"
+    for attempt in range(attempts):
+        try:
+            return await open_redis(url, cluster=chosen, socket_timeout=socket_timeout)
+        except QueueUnavailable as exc:
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.5 * 2 ** attempt)
+                continue
+            log.warning("could not ask Redis whether it is a cluster; assuming one server "
+                        "(set RELAY_REDIS_CLUSTER=on or off to skip asking)", extra={"error": str(exc)})
+    return connect(url, socket_timeout=socket_timeout)
 
 
 @dataclass(frozen=True)
@@ -81,9 +99,9 @@ class Topology:
 
     def describe(self) -> list[str]:
         kind = "Redis Cluster" if self.cluster else "one Redis server"
-        lines = [f"{kind}: {len(self.masters)} master(s)"]
+        lines = [f"{kind}: {len(self.masters)} master(s), {len([p for m in self.masters for p in m.partitions])} partitions"]
         for node in self.masters:
-            where = ", ".join(f"p{p:02d}" for p in node.partitions) or "none"
+            where = " ".join(f"p{p:02d}" for p in node.partitions) or "none"
             replicas = ", ".join(node.replica_names) or "none"
             lines.append(f"  {node.name}: partitions {where}; {node.replicas} replica(s) ({replicas})")
         return lines

@@ -71,6 +71,9 @@ class Settings:
     discord_bot_token: str | None = field(default=None, repr=False)
     discord_api_url: str = door_config.DEFAULT_DISCORD_API_URL
     key_prefix: str = "relay"
+    redis_cluster: str = "auto"  # auto: ask the server (INFO cluster); on | off: do not ask
+    redis_min_replicas: int = 0  # webhooks answered 2xx only once on this many replicas (WAIT)
+    redis_replica_timeout: float = 1.0  # how long to wait for them before answering 503
     max_body_bytes: int = 1024 * 1024
     # The web's connections (relay/connections.py): worst-case memory is about
     # max_connections × (max_header_bytes + max_body_bytes) above the process's own.
@@ -168,6 +171,13 @@ def _parse_log_format(name: str, value: str) -> str:
     return log_format
 
 
+def _parse_cluster_mode(name: str, value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"{name}={value!r} must be auto, on or off")
+    return mode
+
+
 def _parse_switch(name: str, value: str) -> bool:
     word = value.strip().lower()
     if word in ("on", "true", "yes", "1"):
@@ -201,6 +211,9 @@ def _parse_prefix(name: str, value: str) -> str:
 #: the README's configuration reference lists them all.
 _TUNABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "RELAY_KEY_PREFIX": ("key_prefix", _parse_prefix),
+    "RELAY_REDIS_CLUSTER": ("redis_cluster", _parse_cluster_mode),
+    "RELAY_REDIS_MIN_REPLICAS": ("redis_min_replicas", _parse_amount),
+    "RELAY_REDIS_REPLICA_TIMEOUT": ("redis_replica_timeout", parse_duration),
     "RELAY_MAX_BODY_BYTES": ("max_body_bytes", parse_count),
     "RELAY_MAX_HEADER_BYTES": ("max_header_bytes", parse_count),
     "RELAY_MAX_HEADERS": ("max_headers", parse_count),
