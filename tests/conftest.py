@@ -8,6 +8,7 @@ unique key prefix and deletes only those keys.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -19,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from relay.queue import Queue
+from relay.redis_nodes import open_redis
 from relay.settings import Settings
 from relay.standin import Device, LettaStandIn
 from relay.sources.generic import decode_secret
@@ -88,10 +90,20 @@ def prefix() -> str:
 
 @pytest.fixture(params=["fakeredis", "redis"])
 async def redis_client(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Any]:
+    async with client_for(request, prefix) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def client_for(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Any]:
+    """A client of the kind the fixture's param names: "fakeredis", "redis" (a real server) or
+    "cluster" (a real Redis Cluster; modules opt in by overriding `redis_client`)."""
     if request.param == "fakeredis":
-        client = fakeredis.FakeAsyncRedis(decode_responses=True)
-    else:
+        client: Any = fakeredis.FakeAsyncRedis(decode_responses=True)
+    elif request.param == "redis":
         client = aioredis.Redis.from_url(request.getfixturevalue("real_redis_url"), decode_responses=True)
+    else:
+        client = await open_redis(request.getfixturevalue("redis_cluster").url)
     async with owned(client, prefix):
         yield client
 

@@ -4,34 +4,27 @@ masters, one replica each): every test here runs on all three (the `redis_client
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any, AsyncIterator
 
-import fakeredis
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 import pytest
 from redis.crc import key_slot
 
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
-from relay.queue import FAILURE_WINDOW_HOURS, GROUP, PARTITIONS, Keys, Queue, QueueStats, Token
-from relay.redis_nodes import open_redis
+from relay.errors import QueueUnavailable
+from relay.queue import FAILURE_WINDOW_HOURS, GROUP, PARTITIONS, STALE_BINDING_MS, Keys, Queue, QueueStats, Token
 from relay.routing import Destination, Route
-from tests.support import owned
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(params=["fakeredis", "redis", "cluster"])
 async def redis_client(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Any]:
-    if request.param == "fakeredis":
-        client: Any = fakeredis.FakeAsyncRedis(decode_responses=True)
-    elif request.param == "redis":
-        client = aioredis.Redis.from_url(request.getfixturevalue("real_redis_url"), decode_responses=True)
-    else:
-        client = await open_redis(request.getfixturevalue("redis_cluster").url)
-    async with owned(client, prefix):
+    async with client_for(request, prefix) as client:
         yield client
 
 
@@ -672,3 +665,52 @@ async def test_put_record_replaces_a_record_with_a_fresh_expiry(queue: Queue, re
     await queue.put_record("note", "k", "second", 3600.0)
     assert await queue.record("note", "k") == "second"
     assert 3_590_000 < await redis_client.pttl(queue.keys.record("note", "k")) <= 3_600_000
+
+
+# -- one delivery identity, accepted once whatever route it resolves to ---------------------------
+
+def far_route() -> Route:
+    """A route whose conversation lives in another partition than ROUTE's."""
+    for n in range(100):
+        route = Route(f"far{n}", Destination(agent_id="agent-far", conversation_id=f"conv-{n}", device_id="d"))
+        if partition(route) != partition():
+            return route
+    raise AssertionError("no other partition")
+
+
+def same_id(sent: Envelope, route: Route) -> Envelope:
+    """The same delivery (same client_message_id), resolved to another route."""
+    return dataclasses.replace(sent, route=route.name, destination=route.destination)
+
+
+async def test_one_delivery_id_resolved_to_another_route_is_queued_once(queue: Queue) -> None:
+    first, other = message(1), far_route()
+    assert await queue.enqueue(first) is True
+    assert await queue.enqueue(same_id(first, other)) is False
+    assert (await queue.depth()).ready == 1
+    assert await queue.read(partition(other), 10, 10) == []
+    _token, received = await take(queue)
+    assert received == first
+
+
+async def test_an_identity_bound_by_an_attempt_that_never_queued_moves_once_it_is_stale(
+        queue: Queue, redis_client: Any) -> None:
+    sent, other = message(2), far_route()
+    stale_ms = int(time.time() * 1000) - STALE_BINDING_MS - 1000
+    # A first attempt bound the id to ROUTE's partition, then died before queueing it.
+    await redis_client.set(queue.keys.identity(sent.client_message_id), f"{partition()}:{stale_ms}", px=60_000)
+    assert await queue.enqueue(same_id(sent, other)) is True
+    assert await queue.read(partition(), 10, 10) == []
+    tokens = await queue.read(partition(other), 10, 10)
+    assert [t.conversation for t in tokens] == [other.destination.conversation_key]
+    assert await queue.enqueue(sent) is False  # now bound to the other partition, where it is queued
+
+
+async def test_an_identity_being_accepted_for_another_route_right_now_is_answered_unavailable(
+        queue: Queue, redis_client: Any) -> None:
+    sent, other = message(3), far_route()
+    now_ms = int(time.time() * 1000)
+    await redis_client.set(queue.keys.identity(sent.client_message_id), f"{partition()}:{now_ms}", px=60_000)
+    with pytest.raises(QueueUnavailable, match="being accepted for another route"):
+        await queue.enqueue(same_id(sent, other))
+    assert (await queue.depth()).ready == 0

@@ -60,6 +60,18 @@ async def test_redelivery_is_answered_200_and_queues_nothing(http: httpx.AsyncCl
     assert await queue.redis.llen(mailbox) == 1
 
 
+async def test_a_resend_resolved_to_another_route_is_a_duplicate_and_queues_nothing(
+        http: httpx.AsyncClient, queue: Queue, settings: Settings) -> None:
+    # The routes file changed between a sender's retries: the same delivery now names route "ops".
+    partitions = {Keys.partition_of(r.destination.conversation_key) for r in settings.routes}
+    assert len(partitions) == 2  # the two routes' conversations live in different partitions
+    first = await post(http, {"text": "hi"}, webhook_id="msg_moved")
+    again = await post(http, {"text": "hi", "route": "ops"}, webhook_id="msg_moved")
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json() == {"client_message_id": first.json()["client_message_id"], "duplicate": True}
+    assert (await queue.depth()).ready == 1
+
+
 async def test_approval_is_queued_for_its_route(http: httpx.AsyncClient, queue: Queue) -> None:
     response = await post(http, {"approval": {"tool_call_id": "call_9", "approve": False, "reason": "no"},
                                  "route": "ops"})

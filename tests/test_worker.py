@@ -1,11 +1,12 @@
-"""The worker end to end against the loopback Letta stand-in, on fakeredis and real Redis."""
+"""The worker end to end against the loopback Letta stand-in, on fakeredis, a real Redis server
+and a real Redis Cluster (three masters, one replica each)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import pytest
 from relay.messages import Envelope, Inbound, approval_decision, approval_message, client_message_id
@@ -14,9 +15,16 @@ from relay.queue import Queue
 from relay.routing import Destination, Route
 from relay.settings import Settings
 from relay.standin import LettaStandIn
+from tests.conftest import client_for
 from tests.support import running_worker
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["fakeredis", "redis", "cluster"])
+async def redis_client(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Any]:
+    async with client_for(request, prefix) as client:
+        yield client
 
 HOME = Route("default", Destination(agent_id="agent-test", device_id="device-test"))
 
