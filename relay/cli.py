@@ -549,8 +549,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         async with contextlib.AsyncExitStack() as resources:
             if settings.redis_url:
                 source = f"Redis {redis_location(settings.redis_url)}, prefix {settings.key_prefix}"
-                fetch = (await resources.enter_async_context(_queue(settings.redis_url, settings))).stats
+                queue = await resources.enter_async_context(_queue(settings.redis_url, settings))
+                fetch, where = queue.stats, queue.topology
             else:
+                where = None
                 token = _admin_token(settings, "status", args.url)
                 source = f"relay at {args.url}"
                 http = await resources.enter_async_context(httpx.AsyncClient(base_url=args.url, timeout=10.0))
@@ -566,6 +568,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             while not stop.is_set():
                 try:
                     text = render(await fetch(), source=source, now=time.time())
+                    if where is not None:  # where the partitions live, and their replicas
+                        text += "\n\n" + "\n".join((await where()).describe())
                 except (QueueUnavailable, httpx.HTTPError) as exc:
                     trouble = f"could not read the queue from {source}: {exc}"
                     if not args.watch:

@@ -22,7 +22,9 @@ from relay.routing import Destination, Route
 from relay.settings import Settings
 from relay.web import create_app
 from tests.redis_cluster import Cluster
+from tests.test_check import env  # noqa: F401  (a fixture: a clean environment with a source)
 from tests.support import delete_prefix, free_port, signed
+from tests.test_cli import run_main
 from tests.test_web import SECRET
 
 pytestmark = pytest.mark.anyio
@@ -154,7 +156,7 @@ async def test_more_replicas_than_a_master_has_is_unavailable_and_the_retry_is_a
     usual = Queue(cluster_client, prefix=prefix, min_replicas=1, replica_timeout=5.0)
     try:
         await strict.ensure_groups()
-        with pytest.raises(QueueUnavailable, match="1 of the 2 replica"):
+        with pytest.raises(QueueUnavailable, match=r"[01] of the 2 replica"):
             await strict.enqueue(message(7))
         # The sender retries (a 503 asks it to): accepted, and queued once whatever the first
         # attempt left on the masters (binding or message).
@@ -184,3 +186,18 @@ def test_partition_keys_share_one_slot_per_partition() -> None:
         names = [keys.ready(p), keys.body(p), keys.delayed(p), keys.dead(p), keys.pause(p), keys.dead_codes(p),
                  keys.failures(p, 1), keys.mailbox(p, "c"), keys.seen(p, "m")]
         assert len({_slot(n) for n in names}) == 1
+
+
+def test_relay_status_and_check_report_the_cluster(redis_cluster: Cluster, prefix: str, env: Any,
+                                                   capsys: Any) -> None:
+    env.setenv("REDIS_URL", redis_cluster.url)
+    env.setenv("RELAY_KEY_PREFIX", prefix)
+    code, out, _ = run_main(capsys, "status")
+    assert code == 0, out
+    assert "Redis Cluster: 3 master(s), 16 partitions" in out
+    listed = [line for line in out.splitlines() if line.startswith("  127.0.0.1:")]
+    assert len(listed) == 3 and all("1 replica(s)" in line for line in listed)
+    env.setenv("RELAY_REDIS_MIN_REPLICAS", "2")
+    code, out, _ = run_main(capsys, "check")
+    assert "Redis Cluster: 3 master(s)" in out
+    assert "RELAY_REDIS_MIN_REPLICAS=2 but these masters have fewer replicas" in out
