@@ -19,10 +19,10 @@ from typing import Any
 
 import redis as sync_redis
 
-from bench import drain, end_to_end, infra
+from bench import cluster, drain, end_to_end, infra
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("ingest", "drain", "peer", "e2e", "scale")
+SECTIONS = ("ingest", "drain", "peer", "e2e", "scale", "cluster")
 
 
 @dataclass
@@ -177,6 +177,36 @@ def scale(run: Run) -> None:
                     note=f"drained at {got.rate:,.0f} msg/s"))
 
 
+def cluster_section(run: Run) -> None:
+    """One server against a three-master cluster, the same load; what a second worker adds."""
+    requests = infra.signed_requests(int(16000 * run.seconds))
+    count = run.scaled(20000)
+    ingest: dict[str, infra.WrkResult] = {}
+    drains: dict[tuple[str, int], float] = {}
+    with infra.nginx_letta() as letta:
+        with infra.redis_server() as url:
+            ingest["one"] = cluster.ingest_rate(url, requests, run.seconds)
+            for workers in (1, 2):
+                drains["one", workers] = cluster.drain_rate(url, letta, count, workers)
+        with cluster.redis_cluster() as nodes:
+            ingest["cluster"] = cluster.ingest_rate(nodes.url, requests, run.seconds)
+            for workers in (1, 2):
+                drains["cluster", workers] = cluster.drain_rate(nodes.url, letta, count, workers)
+        with cluster.redis_cluster(replicas=1) as nodes:
+            ingest["replicas"] = cluster.ingest_rate(nodes.url, requests, run.seconds, RELAY_REDIS_MIN_REPLICAS="1")
+    one, three, waited = ingest["one"], ingest["cluster"], ingest["replicas"]
+    run.add(Row("cluster", "ingest, one server", one.rate, "req/s", p50_ms=one.p50_ms, p99_ms=one.p99_ms))
+    run.add(Row("cluster", "ingest, cluster of 3 masters", three.rate, "req/s", "one server", three.rate / one.rate,
+                three.p50_ms, three.p99_ms, note=_errors(three)))
+    run.add(Row("cluster", "ingest, 3 masters + 3 replicas, MIN_REPLICAS=1", waited.rate, "req/s",
+                "cluster, no WAIT", waited.rate / three.rate, waited.p50_ms, waited.p99_ms, note=_errors(waited)))
+    for where, label in (("one", "one server"), ("cluster", "cluster of 3 masters")):
+        run.add(Row("cluster", f"drain, {label}, 1 worker", drains[where, 1], "msg/s",
+                    *(("one server, 1 worker", drains[where, 1] / drains["one", 1]) if where == "cluster" else ())))
+        run.add(Row("cluster", f"drain, {label}, 2 workers", drains[where, 2], "msg/s", f"{label}, 1 worker",
+                    drains[where, 2] / drains[where, 1]))
+
+
 # -- output ---------------------------------------------------------------------------------------------
 
 def render(rows: list[Row], header: bool = True) -> str:
@@ -209,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     run = Run(quick=args.quick)
-    sections = {"ingest": ingest, "drain": drain_section, "peer": peer, "e2e": e2e, "scale": scale}
+    sections = {"ingest": ingest, "drain": drain_section, "peer": peer, "e2e": e2e, "scale": scale,
+                "cluster": cluster_section}
     started = time.time()
     print(render([], header=True))
     for name in chosen:

@@ -20,6 +20,7 @@ import sys
 from dataclasses import replace
 
 import fakeredis
+from redis.asyncio.cluster import RedisCluster
 
 from relay.connections import ConnectionLimits
 from relay.errors import ConfigError
@@ -32,7 +33,6 @@ from relay.metrics import Metrics
 from relay.origins import Origins
 from relay.queue import Queue
 from relay.redis_nodes import open_for
-from redis.asyncio.cluster import RedisCluster
 from relay.check import door_sources
 from relay.platforms import Platforms
 from relay.replies import Replier
@@ -128,6 +128,9 @@ async def run(settings: Settings, listener: socket.socket) -> None:
     else:
         redis = fakeredis.FakeAsyncRedis(decode_responses=True)
         notes.append("queue: in-process fakeredis. NOTHING IS DURABLE: queued messages vanish on exit")
+        if settings.redis_min_replicas:
+            notes.append("RELAY_REDIS_MIN_REPLICAS ignored: the in-process queue has no replicas")
+            settings = replace(settings, redis_min_replicas=0)
     stand_in_server = None
     metrics = Metrics()  # one registry for the web and the worker: one process
     if settings.letta_api_key:
