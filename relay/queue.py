@@ -338,9 +338,12 @@ class Queue:
         order. Each step is one pipelined round trip (per master, on a cluster)."""
         envelopes = [e for batch in batches for e in batch]
         partitions = [self.keys.partition_of(e.destination.conversation_key) for e in envelopes]
-        elsewhere = await self._bind(envelopes, partitions)
+        elsewhere, refused = await self._bind(envelopes, partitions)
+        # A request is stored whole or not at all: one refused message refuses its request.
+        request_of = [n for n, batch in enumerate(batches) for _ in batch]
+        refused_requests = {request_of[i]: error for i, error in refused.items()}
         flags = [False] * len(envelopes)
-        fresh = [i for i in range(len(envelopes)) if i not in elsewhere]
+        fresh = [i for i in range(len(envelopes)) if i not in elsewhere and request_of[i] not in refused_requests]
         by_partition: dict[int, list[int]] = {}
         for i in fresh:
             by_partition.setdefault(partitions[i], []).append(i)
@@ -358,11 +361,17 @@ class Queue:
             for i, flag in zip(indexes, result):
                 flags[i] = flag == 1
         answers = iter(flags)
-        return [list(islice(answers, len(batch))) for batch in batches]
+        out: list[list[bool] | Exception] = []
+        for n, batch in enumerate(batches):
+            mine = list(islice(answers, len(batch)))
+            out.append(refused_requests.get(n) or mine)
+        return out
 
-    async def _bind(self, envelopes: list[Envelope], partitions: list[int]) -> set[int]:
-        """Bind ids to their partitions; return the indexes already accepted in another partition.
-        Raises QueueUnavailable when one is being accepted elsewhere right now (the sender retries)."""
+    async def _bind(self, envelopes: list[Envelope], partitions: list[int]
+                    ) -> tuple[set[int], dict[int, QueueUnavailable]]:
+        """Bind ids to their partitions. Returns the indexes already accepted in another
+        partition, and those that cannot be accepted now (being accepted for another route at
+        this moment: the sender retries)."""
         now_ms = int(self.clock() * 1000)
         groups: dict[int, list[int]] = {}
         for i, envelope in enumerate(envelopes):
@@ -372,10 +381,12 @@ class Queue:
         bound: dict[int, str] = {}
         for indexes, reply in zip(groups.values(), await self._evalsha_batch("bind", calls, durable=True)):
             bound.update((i, found) for i, found in zip(indexes, reply) if found)
-        return await self._settle_bindings(envelopes, partitions, bound, now_ms) if bound else set()
+        if not bound:
+            return set(), {}
+        return await self._settle_bindings(envelopes, partitions, bound, now_ms)
 
     async def _settle_bindings(self, envelopes: list[Envelope], partitions: list[int], bound: dict[int, str],
-                               now_ms: int) -> set[int]:
+                               now_ms: int) -> tuple[set[int], dict[int, QueueUnavailable]]:
         """Ids bound to another partition (a re-send that now resolves to another route): a
         duplicate if that partition has the message; else the first attempt died between
         binding and queueing, and a binding that old moves here."""
@@ -388,17 +399,19 @@ class Queue:
         duplicates: set[int] = set()
         for indexes, reply in zip(by_other.values(), await self._evalsha_batch("seen", calls, durable=True)):
             duplicates.update(i for i, seen in zip(indexes, reply) if seen == 1)
+        refused: dict[int, QueueUnavailable] = {}
         for i in sorted(set(bound) - duplicates):
             message_id = envelopes[i].client_message_id
             if now_ms - int(bound[i].split(":")[1]) < STALE_BINDING_MS:
-                raise QueueUnavailable(f"message {message_id} is being accepted for another route; retry later")
+                refused[i] = QueueUnavailable(f"message {message_id} is being accepted for another route; retry later")
+                continue
             moved = await self._run("rebind", [self.keys.identity(message_id)],
                                     [bound[i], f"{partitions[i]}:{now_ms}", self.dedup_ms])
             if moved != 1:
-                raise QueueUnavailable(f"message {message_id} was bound meanwhile; retry")
+                refused[i] = QueueUnavailable(f"message {message_id} was bound meanwhile; retry")
         if duplicates:
             log.info("already accepted for another route", extra={"count": len(duplicates)})
-        return duplicates
+        return duplicates, refused
 
     async def _evalsha_batch(self, name: str, calls: list[tuple[list[str], list[Any]]], *,
                              durable: bool = False) -> list[Any]:

@@ -714,3 +714,13 @@ async def test_an_identity_being_accepted_for_another_route_right_now_is_answere
     with pytest.raises(QueueUnavailable, match="being accepted for another route"):
         await queue.enqueue(same_id(sent, other))
     assert (await queue.depth()).ready == 0
+
+
+async def test_a_message_that_must_wait_refuses_only_its_own_request(queue: Queue, redis_client: Any) -> None:
+    blocked, other = message(4), far_route()
+    await redis_client.set(queue.keys.identity(blocked.client_message_id),
+                           f"{partition()}:{int(time.time() * 1000)}", px=60_000)
+    results = await asyncio.gather(queue.enqueue(same_id(blocked, other)), queue.enqueue(message(5)),
+                                   return_exceptions=True)
+    assert isinstance(results[0], QueueUnavailable) and results[1] is True
+    assert (await queue.depth()).ready == 1
