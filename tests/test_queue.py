@@ -413,7 +413,7 @@ class RoundTripCounter:
 
 
 async def counted_queue(redis_client: Any, prefix: str) -> tuple[RoundTripCounter, Queue]:
-    if isinstance(redis_client, RedisCluster):  # one pipeline per master there: test_cluster_queue.py counts them
+    if isinstance(redis_client, RedisCluster):  # one pipeline per master there: test_redis_nodes.py counts them
         pytest.skip("round trips are counted on one server")
     counter = RoundTripCounter(redis_client)
     queue = Queue(counter, prefix=prefix, consumer="c")  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 from relay.errors import QueueUnavailable
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
 from relay.queue import PARTITIONS, Keys, Queue
-from relay.redis_nodes import Nodes, open_for, open_redis
+from relay.redis_nodes import open_for, open_redis
 from relay.routing import Destination, Route
 from relay.settings import Settings
 from relay.web import create_app
