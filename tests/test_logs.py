@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from relay import cli
+from relay.cli import common as cli
 from relay.errors import ConfigError
 from relay.logs import JsonFormatter, KeyValueFormatter, configure, fields
 from relay.queue import Queue
@@ -124,7 +124,7 @@ def test_commands_log_json_unless_dev_or_the_setting_says_otherwise(
     clear_relay_env(monkeypatch)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    cli._settings(command_default)
+    cli.command_settings(command_default)
     assert type(logging.getLogger().handlers[0].formatter) is expected
 
 

@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay import cli
+from relay.cli import common as cli
 from relay.errors import BadRequest, BadSignature, ConfigError, Rejected, TooLarge, UnsupportedMedia
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
 from relay.metrics import Metrics, QueueGauges, reject_reason, status_class
@@ -348,7 +348,7 @@ def test_a_chosen_metrics_port_that_is_taken_is_a_config_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match="RELAY_METRICS_PORT"):
-            cli._metrics_listener(Settings(metrics_port=port, metrics_host="127.0.0.1"))
+            cli.metrics_listener(Settings(metrics_port=port, metrics_host="127.0.0.1"))
 
 
 def test_the_default_metrics_port_taken_means_no_metrics_and_a_warning(
@@ -358,9 +358,9 @@ def test_the_default_metrics_port_taken_means_no_metrics_and_a_warning(
         taken.listen()
         monkeypatch.setattr(cli, "DEFAULT_METRICS_PORT", taken.getsockname()[1])
         with caplog.at_level(logging.WARNING):
-            assert cli._metrics_listener(Settings(metrics_host="127.0.0.1")) is None
+            assert cli.metrics_listener(Settings(metrics_host="127.0.0.1")) is None
     assert "serves no metrics" in caplog.text
-    assert cli._metrics_listener(Settings(metrics_port=0)) is None
+    assert cli.metrics_listener(Settings(metrics_port=0)) is None
 
 
 def test_relay_worker_serves_metrics_on_its_own_port(real_redis_url: str, prefix: str,

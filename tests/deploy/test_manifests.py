@@ -284,7 +284,7 @@ def test_build_context_leaves_out_env_files_and_local_state(path: str) -> None:
     assert dockerignored(path)
 
 
-@pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "relay/cli.py", "relay/lua/enqueue.lua",
+@pytest.mark.parametrize("path", ["pyproject.toml", "README.md", "relay/cli/__init__.py", "relay/lua/enqueue.lua",
                                   "deploy/Dockerfile"])
 def test_build_context_keeps_what_the_image_is_built_from(path: str) -> None:
     assert not dockerignored(path)
