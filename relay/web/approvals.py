@@ -23,7 +23,8 @@ from relay.cards import Cards
 from relay.errors import BadRequest, ConfigError, QueueUnavailable, UpstreamError, quoted
 from relay.metrics import Metrics
 from relay.routing import Router
-from relay.settings import Settings, destination_from
+from relay.routes_file import destination_from
+from relay.settings import Settings
 from relay.sources.payloads import json_object
 from relay.sources.slack import Card, card_id_for
 from relay.web.common import guarded, read_body, require_bearer, unavailable

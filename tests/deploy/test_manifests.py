@@ -26,7 +26,8 @@ from redis.backoff import NoBackoff
 from relay import door_config
 from relay import settings as relay_settings
 from relay.queue import Queue
-from relay.settings import Settings, load, parse_duration, parse_routes
+from relay.routes_file import parse_routes, read_routes_file
+from relay.settings import Settings, load, parse_duration
 from relay.slack_api import SlackApi
 from relay.watch_events import REPLY_DRAIN
 from relay.web import create_app
@@ -346,7 +347,7 @@ def test_compose_watch_is_given_longer_to_stop_than_its_last_card_and_answers() 
 
 
 def test_compose_settings_load_with_the_mounted_routes_file() -> None:
-    expected = parse_routes(relay_settings.read_routes_file(str(ROUTES_EXAMPLE), lambda p: Path(p).read_text()))
+    expected = parse_routes(read_routes_file(str(ROUTES_EXAMPLE), lambda p: Path(p).read_text()))
     for name in RELAY_SERVICES:
         settings = compose_settings(name)
         assert {route.name: route for route in settings.routes} == expected
@@ -465,7 +466,7 @@ def test_k8s_worker_is_given_longer_to_stop_than_its_shutdown_grace() -> None:
 
 
 def test_k8s_settings_load_with_the_mounted_routes_file_which_matches_the_example() -> None:
-    expected = parse_routes(relay_settings.read_routes_file(str(ROUTES_EXAMPLE), lambda p: Path(p).read_text()))
+    expected = parse_routes(read_routes_file(str(ROUTES_EXAMPLE), lambda p: Path(p).read_text()))
     for deployment in RELAY_DEPLOYMENTS:
         assert {route.name: route for route in k8s_settings(deployment).routes} == expected
 
