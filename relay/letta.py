@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -38,6 +39,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 from websockets.asyncio.client import ClientConnection, connect
+from yarl import URL
 
 from relay import __version__
 from relay.errors import ResolveFailed
@@ -116,6 +118,7 @@ class LettaClient:
                                               sock_read=timeout)
         self._max_connections = max_connections
         self._trace_configs = trace_configs
+        self._proxy = _env_proxy(self._root)
         self._session: aiohttp.ClientSession | None = None
         self._retrying = dict(
             stop=stop_after_attempt(retry_attempts) | stop_after_delay(10),
@@ -149,8 +152,10 @@ class LettaClient:
         """The session, made on first use (aiohttp wants a running event loop)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=5.0)
+            # Not trust_env: aiohttp would read the proxy variables and ~/.netrc again on every call
+            # (in a thread, ~half the worker's time); the proxy is looked up once, in __init__.
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
-                                                  trust_env=True, trace_configs=self._trace_configs)
+                                                  trace_configs=self._trace_configs)
         return self._session
 
     async def deliver(self, envelope: Envelope) -> Outcome:
@@ -259,11 +264,20 @@ class LettaClient:
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _once(self, method: str, path: str, **kwargs: Any) -> Answer:
-        async with self._http().request(method, self._root + path, allow_redirects=False, **kwargs) as response:
+        async with self._http().request(method, self._root + path, allow_redirects=False, proxy=self._proxy[0],
+                                        proxy_auth=self._proxy[1], **kwargs) as response:
             return Answer(response.status, await response.read(), response.headers)
 
 
 _JSON = {"Content-Type": "application/json"}
+
+
+def _env_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTP(S)_PROXY / NO_PROXY name for Letta's URL, if any."""
+    try:
+        return get_env_proxy_for_url(URL(base_url))
+    except LookupError:
+        return None, None
 
 
 def _transport_outcome(exc: BaseException, while_: str = "") -> Outcome:

@@ -240,3 +240,26 @@ async def test_peer_that_keeps_closing_is_a_transport_failure_not_a_timeout() ->
     server.close()
     assert outcome.error == "transport"
     assert "ServerDisconnected" in (outcome.detail or "")
+
+
+async def test_calls_go_through_the_proxy_named_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.append(head.split(b"\r\n")[0])
+            writer.write(_OK)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    letta = LettaClient("http://letta.invalid", "k", retry_wait=wait_none())
+    outcome = await letta.send("conn-1", {"messages": []})
+    await letta.aclose()
+    server.close()
+    assert outcome.status == 200
+    assert seen == [b"POST http://letta.invalid/v1/environments/conn-1/messages HTTP/1.1"]
