@@ -7,9 +7,11 @@ Concurrent loops, one process:
 - `_renew_loop` keeps this worker's claims fresh so a slow live call is never taken over;
 - `_promote_loop` returns conversations whose retry time has come to the stream.
 
-`concurrency` bounds the Letta calls in flight exactly (a semaphore). Readers claim a fair
-share of the free room each (at least one token), so a worker holds at most
-`concurrency + PARTITIONS - 1` claims, and no partition waits on another's blocking read.
+`concurrency` bounds the Letta calls in flight exactly (a semaphore held for the call alone).
+A worker claims up to `concurrency + concurrency // 8` conversations, so the acks and reads
+between one conversation's calls leave no call slot idle. Readers claim a fair share of the
+free room each (at least one token), so a worker holds at most that `+ PARTITIONS - 1`
+claims, and no partition waits on another's blocking read.
 
 Stopping (SIGTERM): readers stop, in-flight deliveries get `shutdown_grace` seconds to finish,
 the rest are cancelled and handed back for another worker at once.
@@ -49,6 +51,9 @@ MAX_TAKEOVERS = 10
 #: before its token goes to the back of the stream, so a long backlog does not keep a slot
 #: from the conversations waiting behind it.
 CHAIN_LIMIT = 16
+#: A pause read before waiting this long for a call slot is read again: another worker may
+#: have heard a 429 since.
+PAUSE_FRESH = 0.05
 
 
 class Deliverer(Protocol):
@@ -92,6 +97,7 @@ class Worker:
         self.backoff = Backoff(settings.retry_base, settings.retry_cap)
         self.poll_interval = poll_interval
         self.calls = asyncio.Semaphore(settings.concurrency)
+        self.claims = settings.concurrency + settings.concurrency // 8
         self.in_flight: dict[Token, asyncio.Task[None]] = {}
         self._room = asyncio.Condition()
         self.paused_until = 0.0
@@ -168,13 +174,13 @@ class Worker:
 
     def _share(self, spread: int) -> int:
         """How many new claims to take in one read: a fair share of the free room, at least one."""
-        room = self.settings.concurrency - len(self.in_flight)
+        room = self.claims - len(self.in_flight)
         return max(1, min(READ_BATCH, room // spread)) if room > 0 else 0
 
     async def _wait_for_room(self) -> bool:
         async with self._room:
             await self._room.wait_for(
-                lambda: len(self.in_flight) < self.settings.concurrency or self._stopping.is_set())
+                lambda: len(self.in_flight) < self.claims or self._stopping.is_set())
         return not self._stopping.is_set()
 
     async def _read_loop(self, partition: int) -> None:
@@ -274,11 +280,7 @@ class Worker:
                 if self._stopping.is_set() and delivered:  # a next message claimed as the worker stops
                     await self._forgiving(self.queue.retry(token, None, self.clock()), "hand back")
                     break
-                waited = self.calls.locked()
-                async with self.calls:
-                    if waited:  # what was fetched may be stale now: another worker may have paused us all
-                        await self._refresh_pause(token.partition)
-                    current = await self._settle(current, chain=delivered < CHAIN_LIMIT - 1)
+                current = await self._settle(current, chain=delivered < CHAIN_LIMIT - 1)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -288,6 +290,18 @@ class Worker:
             self.in_flight.pop(token, None)
             async with self._room:
                 self._room.notify_all()
+
+    async def _call(self, partition: int, envelope: Envelope) -> tuple[Outcome, float] | None:
+        """The Letta call, in a call slot; None if a pause began while waiting for the slot."""
+        waiting = time.monotonic()
+        async with self.calls:
+            if time.monotonic() - waiting > PAUSE_FRESH:  # what was fetched may be stale now
+                await self._refresh_pause(partition)
+                if self.clock() < self.paused_until:
+                    return None
+            started = time.perf_counter()
+            outcome = await self.letta.deliver(envelope)
+            return outcome, time.perf_counter() - started
 
     async def _refresh_pause(self, partition: int) -> None:
         try:
@@ -325,9 +339,11 @@ class Worker:
             self.metrics.queue_wait.observe(max(0.0, self.clock() - envelope.queued_at))
         if envelope.context is not None and self.enricher is not None:
             envelope = await self.enricher.enrich(envelope)  # kept with the retry, if one follows
-        started = time.perf_counter()
-        outcome = await self.letta.deliver(envelope)
-        took = time.perf_counter() - started
+        called = await self._call(token.partition, envelope)
+        if called is None:  # paused by another worker while this one waited for a call slot
+            await self._queue_op(lambda: self.queue.retry(token, None, self.paused_until))
+            return None
+        outcome, took = called
         now = self.clock()
         attempt = envelope.attempts + 1
         decision = decide(outcome, attempt=attempt, age=now - envelope.queued_at,

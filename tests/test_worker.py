@@ -102,6 +102,21 @@ async def test_a_backlogged_conversation_yields_its_slot_after_a_chain(
     assert order.index("mother") < order.index(f"m{CHAIN_LIMIT}")
 
 
+async def test_concurrency_bounds_the_letta_calls_in_flight_exactly(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(200, delay=0.2, times=None)
+    for n in range(12):  # more conversations than call slots, each with two messages
+        for k in range(2):
+            await queue.enqueue(message(f"{n}-{k}", Route(f"r{n}", Destination(agent_id=f"agent-{n}",
+                                                                               device_id="device-test"))))
+    async with running_worker(redis_client, prefix, replace(settings, concurrency=4), url):
+        await until(lambda: len(standin.delivered()) == 24)
+    edges = sorted([(a.at, 1) for a in standin.attempts] + [(a.answered_at, -1) for a in standin.attempts])
+    in_flight = [sum(step for _, step in edges[:i + 1]) for i in range(len(edges))]
+    assert max(in_flight) == 4
+
+
 async def test_conversations_do_not_wait_for_each_other(queue: Queue, redis_client: Any, prefix: str,
                                                         settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
     standin, url = stand_in
