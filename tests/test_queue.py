@@ -128,6 +128,22 @@ async def test_a_claim_advanced_by_a_worker_that_then_dies_is_reclaimed_at_the_n
     assert await queue.depth() == type(await queue.depth())(ready=0, in_flight=0, delayed=0, dead=0)
 
 
+async def test_takeovers_count_per_message_across_an_advanced_claim(queue: Queue, redis_client: Any,
+                                                                     prefix: str) -> None:
+    await queue.enqueue(message(1))
+    await queue.enqueue(message(2))
+    await take(queue)
+    await asyncio.sleep(0.02)  # the first worker dies holding message 1
+    second = Queue(redis_client, prefix=prefix, consumer="consumer-b")
+    [token] = await second.reclaim(partition(), min_idle=0.01)
+    assert token.takeovers == 1
+    following = await second.advance(token, message(1).client_message_id)
+    assert isinstance(following, Head)
+    await asyncio.sleep(0.02)  # the second dies holding message 2: its first takeover, not its second
+    [token] = await Queue(redis_client, prefix=prefix, consumer="consumer-c").reclaim(partition(), min_idle=0.01)
+    assert token.takeovers == 1
+
+
 async def test_different_conversations_are_claimed_in_parallel(queue: Queue) -> None:
     routes = [Route(f"r{i}", Destination(agent_id=f"agent-{i}", device_id="d")) for i in range(40)]
     for i, route in enumerate(routes):
