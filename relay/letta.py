@@ -154,7 +154,10 @@ class LettaClient:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=5.0)
             # Not trust_env: aiohttp would read the proxy variables and ~/.netrc again on every call
             # (in a thread, ~half the worker's time); the proxy is looked up once, in __init__.
+            # No cookie jar: Letta's API authenticates by bearer token, and a jar is consulted on
+            # every call and updated from every answer.
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
                                                   trace_configs=self._trace_configs)
         return self._session
 
