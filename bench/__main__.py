@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only ingest,drain,peer,e2e,scale]
+"""python -m bench [--quick] [--only ingest,drain,latency,peer,e2e,scale]
 
 Runs every benchmark in one go on this machine, each against its baseline measured in the same
 run, prints a table and writes bench/results/<timestamp>.json. See bench/README.md.
@@ -22,7 +22,7 @@ import redis as sync_redis
 from bench import cluster, drain, end_to_end, infra
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("ingest", "drain", "peer", "e2e", "scale", "cluster")
+SECTIONS = ("ingest", "drain", "latency", "peer", "e2e", "scale", "cluster")
 
 
 @dataclass
@@ -98,7 +98,30 @@ def drain_section(run: Run) -> None:
                 ceilings["aiohttp-transport"] / ceilings["httpx"]))
     run.add(Row("drain", "aiohttp loop", ceilings["aiohttp"], "req/s", "plain httpx", ceilings["aiohttp"] / ceilings["httpx"]))
     run.add(Row("drain", "relay worker, 1,000 conversations", got.rate, "msg/s", "plain httpx",
-                got.rate / ceilings["httpx"], note=f"{got.rate / ceilings['aiohttp-transport']:.2f}x its own engine's loop"))
+                got.rate / ceilings["httpx"]))
+    run.add(Row("drain", "relay worker vs its engine (aiohttp)", got.rate, "msg/s", "aiohttp loop",
+                got.rate / ceilings["aiohttp"], note="the same bodies, same concurrency, no queue"))
+
+
+LETTA_LATENCY = 0.1  # seconds Letta takes to answer each call in the latency section
+LATENCY_CONCURRENCY = (32, 64, 128, 256, 512)
+
+
+def latency(run: Run) -> None:
+    """Delivery when Letta takes 100 ms per call: the in-flight limit is concurrency ÷ 0.1 s."""
+    with infra.slow_letta(LETTA_LATENCY) as letta:
+        top = LATENCY_CONCURRENCY[-1]
+        loop = drain.client_ceiling(letta, run.scaled(int(top / LETTA_LATENCY * 4)), top, "aiohttp")
+        run.add(Row("latency", f"aiohttp loop, {top} at once, no queue", loop, "msg/s",
+                    f"in-flight limit {top / LETTA_LATENCY:,.0f}/s", loop * LETTA_LATENCY / top,
+                    note="the receiver and client side are not the bottleneck"))
+        for concurrency in LATENCY_CONCURRENCY:
+            limit = concurrency / LETTA_LATENCY
+            count = max(5000, int(limit * run.seconds * (0.5 if run.quick else 1.0)))
+            with infra.redis_server() as redis_url:
+                got = drain.relay_drain(redis_url, letta, count, 1000, concurrency)
+            run.add(Row("latency", f"relay worker, {concurrency} at once, 1,000 conv.", got.rate, "msg/s",
+                        f"in-flight limit {limit:,.0f}/s", got.rate / limit, note=f"{count:,} messages"))
 
 
 def peer(run: Run) -> None:
@@ -239,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     run = Run(quick=args.quick)
-    sections = {"ingest": ingest, "drain": drain_section, "peer": peer, "e2e": e2e, "scale": scale,
+    sections = {"ingest": ingest, "drain": drain_section, "latency": latency, "peer": peer, "e2e": e2e, "scale": scale,
                 "cluster": cluster_section}
     started = time.time()
     print(render([], header=True))

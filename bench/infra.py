@@ -119,6 +119,15 @@ def nginx_letta() -> Iterator[str]:
         yield url
 
 
+@contextlib.contextmanager
+def slow_letta(delay: float) -> Iterator[str]:
+    """A Letta stand-in answering every POST after `delay` seconds (bench/slow_letta.py)."""
+    port = free_port()
+    with process(["-m", "bench.slow_letta", str(port), str(delay)], relay_env(),
+                 f"http://127.0.0.1:{port}/ready"):
+        yield f"http://127.0.0.1:{port}"
+
+
 @dataclass
 class Process:
     popen: subprocess.Popen[bytes]

@@ -6,9 +6,9 @@
   a stale pooled connection, a pool wait. A read timeout is not retried here; it becomes a
   "timeout" outcome and waits its turn in the delayed set, so a worker never sleeps long on
   one message.
-- The HTTP engine is httpx's API over aiohttp's connection pool (the httpx-aiohttp transport):
-  httpx's own pool slows down as concurrency grows (encode/httpx#3215); bench/README.md has
-  the figures. Tests may pass any httpx transport.
+- The HTTP engine is aiohttp's `ClientSession`, used directly: httpx's own pool slows down as
+  concurrency grows (encode/httpx#3215), and httpx's API over aiohttp's pool still cost ~4× a
+  bare aiohttp call per message; bench/README.md has the figures.
 - `status_socket` opens one agent conversation's status WebSocket (bearer auth; the key never
   goes into the URL, and websockets' own DEBUG logging, which shows headers, stays quiet).
 - `connection_for` resolves a destination named by device id or connection name to the live
@@ -19,15 +19,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Mapping
 from urllib.parse import quote
 
 import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import orjson
+from aiohttp.helpers import get_env_proxy_for_url
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -37,6 +39,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 from websockets.asyncio.client import ClientConnection, connect
+from yarl import URL
 
 from relay import __version__
 from relay.errors import ResolveFailed
@@ -58,28 +61,37 @@ PAGE_SIZE = 100
 MAX_PAGES = 50
 
 
-def _failure_kind(exc: httpx.TransportError) -> str:
-    """timeout | connect | transport. The aiohttp transport maps every connection error to
-    ConnectTimeout, so its cause decides: refused or unresolvable is "connect", a peer that
-    closed or reset the connection is "transport", only a real timeout is "timeout"."""
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectorError):
+#: What a failed call raises: aiohttp's own errors, and a timeout outside them.
+CallFailed = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """timeout | connect | transport: refused or unresolvable is "connect", a peer that closed or
+    reset the connection is "transport", only a real timeout is "timeout"."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return "connect"
-    if isinstance(cause, (aiohttp.ServerTimeoutError, aiohttp.SocketTimeoutError)):
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
         return "timeout"
-    if isinstance(cause, aiohttp.ClientError):
-        return "transport"
-    if isinstance(exc, httpx.TimeoutException):
-        return "timeout"
-    return "connect" if isinstance(exc, httpx.ConnectError) else "transport"
+    return "transport"
 
 
 def _worth_resending(exc: BaseException) -> bool:
-    """Transport failures where resending at once is cheap and safe (the id is unchanged);
-    not a timeout while waiting for the answer (the receiver may still be working on it)."""
-    if not isinstance(exc, httpx.TransportError) or isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout)):
-        return False
-    return not isinstance(exc.__cause__, (aiohttp.ServerTimeoutError, aiohttp.SocketTimeoutError))
+    """Failures to send where resending at once is cheap and safe (the id is unchanged); not a
+    timeout (the receiver may still be working on it)."""
+    return isinstance(exc, aiohttp.ClientError) and _failure_kind(exc) != "timeout"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer, read whole."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
 
 class LettaClient:
@@ -91,21 +103,23 @@ class LettaClient:
         timeout: float = 30.0,
         max_connections: int = 32,
         resolve_ttl: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
         retry_wait: wait_base | None = None,
         retry_attempts: int = 3,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        trace_configs: list[aiohttp.TraceConfig] | None = None,
     ) -> None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.base_url, self._api_key = base_url, api_key
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"relay/{__version__}"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=limits,
-            transport=transport if transport is not None else AiohttpTransport(limits=limits, trust_env=True),
-        )
+        self._root = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": f"relay/{__version__}"}
+        # As httpx's Timeout(timeout, connect=min(timeout, 5)) was: a pool wait and the whole
+        # connect within `timeout`, the socket connect within 5 s, each read within `timeout`.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=min(timeout, 5.0),
+                                              sock_read=timeout)
+        self._max_connections = max_connections
+        self._trace_configs = trace_configs
+        self._proxy = _env_proxy(self._root)
+        self._session: aiohttp.ClientSession | None = None
         self._retrying = dict(
             stop=stop_after_attempt(retry_attempts) | stop_after_delay(10),
             wait=retry_wait if retry_wait is not None else wait_exponential_jitter(multiplier=0.1, max=1.0),
@@ -130,7 +144,22 @@ class LettaClient:
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The session, made on first use (aiohttp wants a running event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=5.0)
+            # Not trust_env: aiohttp would read the proxy variables and ~/.netrc again on every call
+            # (in a thread, ~half the worker's time); the proxy is looked up once, in __init__.
+            # No cookie jar: Letta's API authenticates by bearer token, and a jar is consulted on
+            # every call and updated from every answer.
+            self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
+                                                  cookie_jar=aiohttp.DummyCookieJar(),
+                                                  trace_configs=self._trace_configs)
+        return self._session
 
     async def deliver(self, envelope: Envelope) -> Outcome:
         """Resolve the destination's connection and send the envelope's message."""
@@ -147,13 +176,13 @@ class LettaClient:
     async def send(self, connection_id: str, body: dict[str, Any]) -> Outcome:
         path = f"/v1/environments/{quote(connection_id, safe='')}/messages"
         try:
-            response = await self._request("POST", path, json=body)
-        except httpx.TransportError as exc:
+            answer = await self._request("POST", path, data=orjson.dumps(body), headers=_JSON)
+        except CallFailed as exc:
             return _transport_outcome(exc)
         return Outcome(
-            status=response.status_code,
-            body=response.text[:RESPONSE_BODY_LIMIT],
-            retry_after=response.headers.get("retry-after"),
+            status=answer.status,
+            body=answer.text[:RESPONSE_BODY_LIMIT],
+            retry_after=answer.headers.get("Retry-After"),
         )
 
     @contextlib.asynccontextmanager
@@ -203,31 +232,58 @@ class LettaClient:
         return found
 
     async def _get_json(self, path: str, params: dict[str, Any], missing_ok: bool = False) -> Any:
+        query = {k: "" if v is None else str(v) for k, v in params.items()}
         try:
-            response = await self._request("GET", path, params=params)
-        except httpx.TransportError as exc:
+            answer = await self._request("GET", path, params=query)
+        except CallFailed as exc:
             raise ResolveFailed(_transport_outcome(exc, while_="resolving the connection")) from exc
-        if missing_ok and response.status_code == 404:
+        if missing_ok and answer.status == 404:
             return None
-        if not 200 <= response.status_code < 300:
+        if not 200 <= answer.status < 300:
             # A 404 of the list itself must not read as "connection gone, resolve again".
-            status = 502 if response.status_code == 404 else response.status_code
-            raise ResolveFailed(Outcome(status=status, body=f"resolving the connection: {response.text[:500]}",
-                                         retry_after=response.headers.get("retry-after")))
+            status = 502 if answer.status == 404 else answer.status
+            raise ResolveFailed(Outcome(status=status, body=f"resolving the connection: {answer.text[:500]}",
+                                         retry_after=answer.headers.get("Retry-After")))
         try:
-            return response.json()
+            return orjson.loads(answer.body)
         except (ValueError, RecursionError):
             raise ResolveFailed(Outcome(error="resolve", detail="environment list is not JSON")) from None
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Answer:
+        try:
+            return await self._once(method, path, **kwargs)
+        except CallFailed as exc:
+            if not _worth_resending(exc):
+                raise
+            failed = exc
+        # Rare: resend under tenacity's policy. Its first attempt is the call that just failed,
+        # so the waits and the attempt count are as if tenacity had made it (it costs ~20 µs
+        # per call, too much to pay on every delivery).
         async for attempt in AsyncRetrying(**self._retrying):
             with attempt:
-                return await self._http.request(method, path, **kwargs)
+                if attempt.retry_state.attempt_number == 1:
+                    raise failed
+                return await self._once(method, path, **kwargs)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
+    async def _once(self, method: str, path: str, **kwargs: Any) -> Answer:
+        async with self._http().request(method, self._root + path, allow_redirects=False, proxy=self._proxy[0],
+                                        proxy_auth=self._proxy[1], **kwargs) as response:
+            return Answer(response.status, await response.read(), response.headers)
 
-def _transport_outcome(exc: httpx.TransportError, while_: str = "") -> Outcome:
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _env_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTP(S)_PROXY / NO_PROXY name for Letta's URL, if any."""
+    try:
+        return get_env_proxy_for_url(URL(base_url))
+    except LookupError:
+        return None, None
+
+
+def _transport_outcome(exc: BaseException, while_: str = "") -> Outcome:
     kind = _failure_kind(exc)
-    cause = exc.__cause__ if isinstance(exc.__cause__, aiohttp.ClientError) else exc
-    detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return Outcome(error=kind, detail=f"{while_}: {detail}" if while_ else detail)

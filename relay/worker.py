@@ -7,9 +7,11 @@ Concurrent loops, one process:
 - `_renew_loop` keeps this worker's claims fresh so a slow live call is never taken over;
 - `_promote_loop` returns conversations whose retry time has come to the stream.
 
-`concurrency` bounds the Letta calls in flight exactly (a semaphore). Readers claim a fair
-share of the free room each (at least one token), so a worker holds at most
-`concurrency + PARTITIONS - 1` claims, and no partition waits on another's blocking read.
+`concurrency` bounds the Letta calls in flight exactly (a semaphore held for the call alone).
+A worker claims up to `concurrency + concurrency // 8` conversations, so the acks and reads
+between one conversation's calls leave no call slot idle. Readers claim a fair share of the
+free room each (at least one token), so a worker holds at most that `+ PARTITIONS - 1`
+claims, and no partition waits on another's blocking read.
 
 Stopping (SIGTERM): readers stop, in-flight deliveries get `shutdown_grace` seconds to finish,
 the rest are cancelled and handed back for another worker at once.
@@ -24,7 +26,7 @@ import random
 import socket
 import time
 import uuid
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, TypeVar
 
 from relay.errors import QueueUnavailable
 from relay.logs import fields
@@ -38,12 +40,20 @@ from relay.settings import Settings
 from relay.serving import wait
 
 log = logging.getLogger("relay.worker")
+T = TypeVar("T")
 
 READ_BLOCK_MS = 1000
 READ_BATCH = 32
 #: A message whose claim was taken from a silent worker this often is what stops them (a
 #: crash, an out-of-memory kill): it is dead-lettered instead of taking down the next one.
 MAX_TAKEOVERS = 10
+#: A conversation's messages delivered in a row under one claim (each ack fetching the next)
+#: before its token goes to the back of the stream, so a long backlog does not keep a slot
+#: from the conversations waiting behind it.
+CHAIN_LIMIT = 16
+#: A pause read before waiting this long for a call slot is read again: another worker may
+#: have heard a 429 since.
+PAUSE_FRESH = 0.05
 
 
 class Deliverer(Protocol):
@@ -87,6 +97,7 @@ class Worker:
         self.backoff = Backoff(settings.retry_base, settings.retry_cap)
         self.poll_interval = poll_interval
         self.calls = asyncio.Semaphore(settings.concurrency)
+        self.claims = settings.concurrency + settings.concurrency // 8
         self.in_flight: dict[Token, asyncio.Task[None]] = {}
         self._room = asyncio.Condition()
         self.paused_until = 0.0
@@ -163,13 +174,13 @@ class Worker:
 
     def _share(self, spread: int) -> int:
         """How many new claims to take in one read: a fair share of the free room, at least one."""
-        room = self.settings.concurrency - len(self.in_flight)
+        room = self.claims - len(self.in_flight)
         return max(1, min(READ_BATCH, room // spread)) if room > 0 else 0
 
     async def _wait_for_room(self) -> bool:
         async with self._room:
             await self._room.wait_for(
-                lambda: len(self.in_flight) < self.settings.concurrency or self._stopping.is_set())
+                lambda: len(self.in_flight) < self.claims or self._stopping.is_set())
         return not self._stopping.is_set()
 
     async def _read_loop(self, partition: int) -> None:
@@ -262,11 +273,14 @@ class Worker:
     async def _handle(self, head: Head) -> None:
         token = head.token
         try:
-            waited = self.calls.locked()
-            async with self.calls:
-                if waited:  # what was fetched may be stale now: another worker may have paused us all
-                    await self._refresh_pause(token.partition)
-                await self._settle(head)
+            current: Head | None = head
+            for delivered in range(CHAIN_LIMIT):
+                if current is None:
+                    break
+                if self._stopping.is_set() and delivered:  # a next message claimed as the worker stops
+                    await self._forgiving(self.queue.retry(token, None, self.clock()), "hand back")
+                    break
+                current = await self._settle(current, chain=delivered < CHAIN_LIMIT - 1)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -277,14 +291,29 @@ class Worker:
             async with self._room:
                 self._room.notify_all()
 
+    async def _call(self, partition: int, envelope: Envelope) -> tuple[Outcome, float] | None:
+        """The Letta call, in a call slot; None if a pause began while waiting for the slot."""
+        waiting = time.monotonic()
+        async with self.calls:
+            if time.monotonic() - waiting > PAUSE_FRESH:  # what was fetched may be stale now
+                await self._refresh_pause(partition)
+                if self.clock() < self.paused_until:
+                    return None
+            started = time.perf_counter()
+            outcome = await self.letta.deliver(envelope)
+            return outcome, time.perf_counter() - started
+
     async def _refresh_pause(self, partition: int) -> None:
         try:
             self.paused_until = max(self.paused_until, await self.queue.pause_of(partition))
         except QueueUnavailable:
             pass  # the delivery's own queue writes will wait for Redis anyway
 
-    async def _settle(self, head: Head) -> None:
+    async def _settle(self, head: Head, chain: bool = False) -> Head | None:
+        """Deliver one head message and settle it. With `chain`, a delivered message's ack takes
+        the conversation's next message under the same claim, returned to deliver next."""
         token, envelope = head.token, head.envelope
+        following: Head | None = None
         if envelope is None:
             # Nothing deliverable: release a stray token, or drop a head whose stored message is
             # gone (a copy re-accepted after its dedup window) so the conversation moves on.
@@ -292,7 +321,7 @@ class Worker:
                 log.error("stored message missing or unreadable; dropped",
                           extra=fields(client_message_id=head.message_id, conversation=token.conversation))
             await self._queue_op(lambda: self.queue.done(token, head.message_id))
-            return
+            return None
         if token.takeovers >= MAX_TAKEOVERS:
             reason = (f"workers stopped {token.takeovers} times while handling this message "
                       "(crashed or killed); parked so it stops taking others down")
@@ -301,18 +330,20 @@ class Worker:
             self.metrics.dead_lettered("takeovers")
             if ok:
                 await self.replier.failed(envelope, reason)
-            return
+            return None
         paused_until = max(self.paused_until, head.paused_until)
         if self.clock() < paused_until:  # Letta's Retry-After, seen by this or another worker
             await self._queue_op(lambda: self.queue.retry(token, None, paused_until))
-            return
+            return None
         if envelope.attempts == 0:
             self.metrics.queue_wait.observe(max(0.0, self.clock() - envelope.queued_at))
         if envelope.context is not None and self.enricher is not None:
             envelope = await self.enricher.enrich(envelope)  # kept with the retry, if one follows
-        started = time.perf_counter()
-        outcome = await self.letta.deliver(envelope)
-        took = time.perf_counter() - started
+        called = await self._call(token.partition, envelope)
+        if called is None:  # paused by another worker while this one waited for a call slot
+            await self._queue_op(lambda: self.queue.retry(token, None, self.paused_until))
+            return None
+        outcome, took = called
         now = self.clock()
         attempt = envelope.attempts + 1
         decision = decide(outcome, attempt=attempt, age=now - envelope.queued_at,
@@ -322,7 +353,7 @@ class Worker:
         if isinstance(decision, Delivered):
             self.metrics.attempt("delivered", outcome.status, took, outcome.answered)
             self.metrics.end_to_end.observe(max(0.0, now - envelope.received_at))
-            ok = await self._queue_op(lambda: self.queue.done(token, envelope.client_message_id))
+            ok, following = await self._done(token, envelope.client_message_id, chain)
             log.info("delivered", extra=fields(**context, status=outcome.status))
             if ok:
                 await self._remember(envelope)
@@ -356,6 +387,16 @@ class Worker:
                 await self.replier.failed(failed, decision.reason)
         if ok is False:
             log.warning("claim was taken over; the other worker finishes it", extra=fields(**context))
+        return following
+
+    async def _done(self, token: Token, message_id: str, chain: bool) -> tuple[bool | None, Head | None]:
+        """Ack a delivered head; with `chain`, also take the conversation's next message."""
+        if not chain:
+            return await self._queue_op(lambda: self.queue.done(token, message_id)), None
+        result = await self._queue_op(lambda: self.queue.advance(token, message_id))
+        if isinstance(result, Head):
+            return True, result
+        return result, None
 
     async def _remember(self, envelope: Envelope) -> None:
         """Note where a delivered user message came from, for its answer. Best-effort."""
@@ -369,7 +410,7 @@ class Worker:
             log.warning("could not remember the message's origin; its answer will not be posted",
                         extra=fields(**envelope.log_fields(), error=str(exc)))
 
-    async def _queue_op(self, op: Callable[[], Awaitable[bool]]) -> bool | None:
+    async def _queue_op(self, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run a queue write, retrying while Redis is away; give up only when stopping."""
         delay = 0.1
         while True:

@@ -169,13 +169,13 @@ def clear_relay_env(monkeypatch: Any) -> None:
 @contextlib.asynccontextmanager
 async def running_worker(redis_client: Any, prefix: str, settings: Settings, letta_url: str, *,
                          consumer: str = "worker-1", replier: Replier | None = None,
-                         metrics: Metrics | None = None) -> AsyncIterator[Worker]:
+                         metrics: Metrics | None = None, api_key: str = "test-key") -> AsyncIterator[Worker]:
     """A worker delivering to `letta_url` for the duration of the block, as `relay worker` does
     (approvals over the status socket); stopped like SIGTERM."""
     from relay.approval_delivery import Deliverer
 
     queue = Queue(redis_client, prefix=prefix, consumer=consumer)
-    letta = LettaClient(letta_url, "test-key", timeout=settings.letta_timeout, retry_wait=wait_none(),
+    letta = LettaClient(letta_url, api_key, timeout=settings.letta_timeout, retry_wait=wait_none(),
                         metrics=metrics)
     worker = Worker(queue, Deliverer(letta, settings, records=queue, answer_timeout=settings.letta_timeout),
                     settings, poll_interval=0.01, replier=replier, metrics=metrics)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
-import httpx
+import aiohttp
 import pytest
 from tenacity import wait_none
 
@@ -133,12 +135,13 @@ async def test_read_timeout_is_reported_without_resending(stand_in) -> None:  # 
 async def test_refused_connection_is_resent_in_call_then_reported() -> None:
     attempts = []
 
-    async def count(request: httpx.Request) -> None:
-        attempts.append(request)
+    async def count(session: object, context: object, params: aiohttp.TraceRequestStartParams) -> None:
+        attempts.append(params.url)
 
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(count)
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    letta = LettaClient(url, "k", retry_wait=wait_none(), retry_attempts=3)
-    letta._http.event_hooks["request"].append(count)
+    letta = LettaClient(url, "k", retry_wait=wait_none(), retry_attempts=3, trace_configs=[trace])
     outcome = await letta.send("conn", {"messages": []})
     await letta.aclose()
     assert outcome.error == "connect"
@@ -146,19 +149,26 @@ async def test_refused_connection_is_resent_in_call_then_reported() -> None:
 
 
 async def test_dropped_keepalive_connection_is_resent_with_the_same_body() -> None:
+    """A pooled connection the peer drops on its second request (an idle keep-alive closed
+    under us): that call is resent on a fresh connection with the same body and answered."""
     bodies: list[bytes] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        bodies.append(request.content)
-        if len(bodies) == 1:
-            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
-        return httpx.Response(200, json={"message": "ok", "success": True})
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):  # the client closed its pool
+            bodies.append(await _read_request(reader))
+            writer.write(_OK)
+            await writer.drain()
+            bodies.append(await _read_request(reader))  # the second on this connection: no answer
+        writer.close()
 
-    letta = LettaClient("http://letta.invalid", "k", transport=httpx.MockTransport(handler), retry_wait=wait_none())
-    outcome = await letta.send("conn", {"messages": [{"client_message_id": "same"}]})
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    letta = LettaClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "k", retry_wait=wait_none())
+    first = await letta.send("conn", {"messages": [{"client_message_id": "one"}]})
+    second = await letta.send("conn", {"messages": [{"client_message_id": "two"}]})
     await letta.aclose()
-    assert outcome.status == 200
-    assert len(bodies) == 2 and bodies[0] == bodies[1]
+    server.close()
+    assert (first.status, second.status) == (200, 200)
+    assert len(bodies) == 3 and bodies[1] == bodies[2] and b'"two"' in bodies[2]
 
 
 async def test_failed_environment_listing_is_a_retryable_outcome_not_a_404(stand_in) -> None:  # type: ignore[no-untyped-def]
@@ -186,21 +196,25 @@ async def test_a_resolution_letta_cannot_answer_raises_resolve_failed_with_its_o
     assert (away.value.outcome.status, away.value.outcome.error) == (None, "connect")
 
 
-async def test_peer_closing_without_an_answer_is_resent_on_the_real_transport() -> None:
-    """The default engine (aiohttp under httpx): a connection closed before any answer is a
-    transport failure, resent in-call with the same body, never called a timeout."""
-    import asyncio
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return await reader.readexactly(length)
 
+
+_ANSWER = b'{"message":"ok","success":true}'
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(_ANSWER), _ANSWER)
+
+
+async def test_peer_closing_without_an_answer_is_resent_on_the_real_transport() -> None:
+    """A connection closed before any answer is a transport failure, resent in-call with the
+    same body, never called a timeout."""
     bodies: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-        bodies.append(await reader.readexactly(length))
+        bodies.append(await _read_request(reader))
         if len(bodies) > 1:
-            answer = b'{"message":"ok","success":true}'
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                         % (len(answer), answer))
+            writer.write(_OK)
             await writer.drain()
         writer.close()
 
@@ -215,8 +229,6 @@ async def test_peer_closing_without_an_answer_is_resent_on_the_real_transport() 
 
 
 async def test_peer_that_keeps_closing_is_a_transport_failure_not_a_timeout() -> None:
-    import asyncio
-
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
@@ -228,3 +240,26 @@ async def test_peer_that_keeps_closing_is_a_transport_failure_not_a_timeout() ->
     server.close()
     assert outcome.error == "transport"
     assert "ServerDisconnected" in (outcome.detail or "")
+
+
+async def test_calls_go_through_the_proxy_named_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.append(head.split(b"\r\n")[0])
+            writer.write(_OK)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    letta = LettaClient("http://letta.invalid", "k", retry_wait=wait_none())
+    outcome = await letta.send("conn-1", {"messages": []})
+    await letta.aclose()
+    server.close()
+    assert outcome.status == 200
+    assert seen == [b"POST http://letta.invalid/v1/environments/conn-1/messages HTTP/1.1"]

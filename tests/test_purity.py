@@ -132,7 +132,7 @@ def test_the_checker_sees_the_io_of_impure_relay_modules() -> None:
     # If these stopped being found, the checks above would pass vacuously.
     assert "redis" in external_imports(ROOT, "relay.queue")
     assert "starlette" in external_imports(ROOT, "relay.web")
-    assert "httpx" in external_imports(ROOT, "relay.letta")
+    assert "aiohttp" in external_imports(ROOT, "relay.letta")
     assert "slack_sdk" in external_imports(ROOT, "relay.socket_mode")
 
 

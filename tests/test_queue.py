@@ -15,7 +15,8 @@ from redis.crc import key_slot
 
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
 from relay.errors import QueueUnavailable
-from relay.queue import FAILURE_WINDOW_HOURS, GROUP, PARTITIONS, STALE_BINDING_MS, Keys, Queue, QueueStats, Token
+from relay.queue import (FAILURE_WINDOW_HOURS, GROUP, PARTITIONS, STALE_BINDING_MS, Head, Keys, Queue, QueueStats,
+                         Token)
 from relay.routing import Destination, Route
 from tests.conftest import client_for
 
@@ -95,6 +96,73 @@ async def test_one_conversation_is_delivered_in_order_one_at_a_time(queue: Queue
         assert await queue.done(token, envelope.client_message_id)
     assert seen == ["text 0", "text 1", "text 2"]
     assert await queue.depth() == type(await queue.depth())(ready=0, in_flight=0, delayed=0, dead=0)
+
+
+async def test_advance_acks_the_head_and_hands_over_the_next_message_under_the_same_claim(queue: Queue) -> None:
+    for n in range(3):
+        await queue.enqueue(message(n))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    seen = [envelope.message["content"]]
+    while True:
+        following = await queue.advance(token, envelope.client_message_id)
+        if following is True:
+            break
+        assert isinstance(following, Head) and following.envelope is not None
+        assert (following.token.entry_id, following.token.takeovers) == (token.entry_id, 0)
+        # The conversation is still claimed: no second token for it is readable.
+        assert await queue.read(partition(), 10, 10) == []
+        token, envelope = following.token, following.envelope
+        seen.append(envelope.message["content"])
+    assert seen == ["text 0", "text 1", "text 2"]
+    assert await queue.depth() == type(await queue.depth())(ready=0, in_flight=0, delayed=0, dead=0)
+
+
+async def test_advance_carries_the_partition_s_pause(queue: Queue) -> None:
+    for n in range(2):
+        await queue.enqueue(message(n))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    until = round(time.time() + 30, 3)
+    await queue.pause_all(until)
+    following = await queue.advance(token, envelope.client_message_id)
+    assert isinstance(following, Head) and following.paused_until == until
+
+
+async def test_a_claim_advanced_by_a_worker_that_then_dies_is_reclaimed_at_the_next_message(
+        queue: Queue, redis_client: Any, prefix: str) -> None:
+    await queue.enqueue(message(1))
+    await queue.enqueue(message(2))
+    token, envelope = await take(queue)
+    assert envelope is not None
+    following = await queue.advance(token, envelope.client_message_id)
+    assert isinstance(following, Head)
+    await asyncio.sleep(0.05)  # the worker dies here, holding message 2
+    other = Queue(redis_client, prefix=prefix, consumer="consumer-b")
+    [reclaimed] = await other.reclaim(partition(), min_idle=0.01)
+    assert (reclaimed.entry_id, reclaimed.takeovers) == (token.entry_id, 1)  # message 2's first takeover
+    [head] = await other.fetch([reclaimed])
+    assert head.envelope is not None and head.envelope.client_message_id == message(2).client_message_id
+    # The dead worker's late ack changes nothing; the new owner finishes the conversation.
+    assert await queue.advance(following.token, message(2).client_message_id) is False
+    assert await other.advance(reclaimed, message(2).client_message_id) is True
+    assert await queue.depth() == type(await queue.depth())(ready=0, in_flight=0, delayed=0, dead=0)
+
+
+async def test_takeovers_count_per_message_across_an_advanced_claim(queue: Queue, redis_client: Any,
+                                                                     prefix: str) -> None:
+    await queue.enqueue(message(1))
+    await queue.enqueue(message(2))
+    await take(queue)
+    await asyncio.sleep(0.02)  # the first worker dies holding message 1
+    second = Queue(redis_client, prefix=prefix, consumer="consumer-b")
+    [token] = await second.reclaim(partition(), min_idle=0.01)
+    assert token.takeovers == 1
+    following = await second.advance(token, message(1).client_message_id)
+    assert isinstance(following, Head)
+    await asyncio.sleep(0.02)  # the second dies holding message 2: its first takeover, not its second
+    [token] = await Queue(redis_client, prefix=prefix, consumer="consumer-c").reclaim(partition(), min_idle=0.01)
+    assert token.takeovers == 1
 
 
 async def test_different_conversations_are_claimed_in_parallel(queue: Queue) -> None:
@@ -301,6 +369,10 @@ async def test_every_script_touches_one_cluster_slot(redis_client: Any, prefix: 
         token, envelope = await take(queue, route)
         assert envelope is not None
         await queue.dead_letter(token, envelope, "x", "http_400")
+        token, envelope = await take(queue, route)
+        assert envelope is not None
+        await queue.advance(token, envelope.client_message_id)
+        await queue.enqueue(message(f"{route.name}-last", route))
         token, envelope = await take(queue, route)
         assert envelope is not None
         await queue.done(token, envelope.client_message_id)

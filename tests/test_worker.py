@@ -11,9 +11,10 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 from relay.messages import Envelope, Inbound, approval_decision, approval_message, client_message_id
 from relay.messages import envelope_for, user_message
-from relay.queue import Queue
+from relay.queue import Keys, Queue
 from relay.routing import Destination, Route
 from relay.settings import Settings
+from relay.worker import CHAIN_LIMIT
 from relay.standin import LettaStandIn
 from tests.conftest import client_for
 from tests.support import running_worker
@@ -77,6 +78,51 @@ async def test_server_errors_are_retried_with_the_same_id_in_order(queue: Queue,
     assert contents(standin) == ["m1", "m2", "m3", "m4", "m5"]
     tries = [a for a in standin.attempts if second.client_message_id in a.message_ids]
     assert [a.status for a in tries] == [500, 500, 200]
+
+
+async def test_a_long_conversation_is_delivered_in_order_across_chained_claims(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    count = 2 * CHAIN_LIMIT + 3
+    for n in range(count):
+        await queue.enqueue(message(n))
+    async with running_worker(redis_client, prefix, settings, url):
+        await until(lambda: len(standin.delivered()) == count)
+    assert contents(standin) == [f"m{n}" for n in range(count)]
+    depth = await queue.depth()
+    assert (depth.ready, depth.in_flight, depth.delayed, depth.dead) == (0, 0, 0, 0)
+
+
+async def test_a_backlogged_conversation_yields_its_slot_after_a_chain(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    for n in range(CHAIN_LIMIT + 4):
+        await queue.enqueue(message(n))
+    # In the same partition, so one reader sees both tokens, the backlogged one first.
+    home = Keys.partition_of(HOME.destination.conversation_key)
+    other = next(route for route in (Route("other", Destination(agent_id=f"agent-{i}", device_id="device-test"))
+                                     for i in range(1000))
+                 if Keys.partition_of(route.destination.conversation_key) == home)
+    await queue.enqueue(message("other", other))
+    async with running_worker(redis_client, prefix, replace(settings, concurrency=1), url):
+        await until(lambda: len(standin.delivered()) == CHAIN_LIMIT + 5)
+    order = contents(standin)
+    assert order.index("mother") < order.index(f"m{CHAIN_LIMIT}")
+
+
+async def test_concurrency_bounds_the_letta_calls_in_flight_exactly(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(200, delay=0.2, times=None)
+    for n in range(12):  # more conversations than call slots, each with two messages
+        for k in range(2):
+            await queue.enqueue(message(f"{n}-{k}", Route(f"r{n}", Destination(agent_id=f"agent-{n}",
+                                                                               device_id="device-test"))))
+    async with running_worker(redis_client, prefix, replace(settings, concurrency=4), url):
+        await until(lambda: len(standin.delivered()) == 24)
+    edges = sorted([(a.at, 1) for a in standin.attempts] + [(a.answered_at, -1) for a in standin.attempts])
+    in_flight = [sum(step for _, step in edges[:i + 1]) for i in range(len(edges))]
+    assert max(in_flight) == 4
 
 
 async def test_conversations_do_not_wait_for_each_other(queue: Queue, redis_client: Any, prefix: str,

@@ -78,7 +78,7 @@ class Script:
 def _load_scripts() -> dict[str, Script]:
     folder = resources.files("relay") / "lua"
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")
-    names = ("enqueue", "fetch", "finish", "retry", "promote", "renew", "replay", "leave", "pause", "reclaim",
+    names = ("enqueue", "fetch", "finish", "advance", "retry", "promote", "renew", "replay", "leave", "pause", "reclaim",
              "stats", "oldest", "bind", "rebind", "seen")
     sources = {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
     return {name: Script(src, hashlib.sha1(src.encode()).hexdigest()) for name, src in sources.items()}

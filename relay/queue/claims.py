@@ -99,6 +99,23 @@ class Claims(ScriptCalls):
         """The head message was delivered. False if another worker took the token over."""
         return await self._finish(token, message_id, [])
 
+    async def advance(self, token: Token, message_id: str) -> Head | bool:
+        """The head message was delivered; keep the claim for the conversation's next message.
+
+        Returns that next message's Head (same stream entry, takeovers 0), True when the
+        conversation is empty (the token is retired, as done() does), or False if another
+        worker took the token over. One script call, so a busy conversation costs no read or
+        fetch per message."""
+        p = token.partition
+        keys = [self.keys.ready(p), self.keys.mailbox(p, token.conversation), self.keys.body(p), self.keys.pause(p)]
+        reply = await self._run("advance", keys, [GROUP, self.consumer, token.entry_id, message_id])
+        if len(reply) == 1:
+            return reply[0] == 1
+        _, following, raw, pause = reply
+        token = Token(p, token.entry_id, token.conversation)
+        return Head(token, following, self._decode(token, raw) if raw else None,
+                    int(pause) / 1000 if pause else 0.0)
+
     async def dead_letter(self, token: Token, envelope: Envelope, reason: str, code: str) -> bool:
         at_ms = int(self.clock() * 1000)
         return await self._finish(token, envelope.client_message_id,

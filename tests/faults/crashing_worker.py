@@ -44,15 +44,20 @@ def arm(point: str) -> None:
             die()
 
         LettaClient.send = sending  # type: ignore[method-assign]
-    elif point == "before_ack":  # Letta answered 2xx; the queue never hears of it
-        done = Queue.done
+    elif point == "before_ack":  # Letta answered 2xx; the queue never hears of it (either ack)
+        done, advance = Queue.done, Queue.advance
 
         async def acking(self: Queue, token: Any, message_id: str) -> bool:
             if message_id:
                 die()
             return await done(self, token, message_id)
 
+        async def advancing(self: Queue, token: Any, message_id: str) -> Any:
+            die()
+            return await advance(self, token, message_id)
+
         Queue.done = acking  # type: ignore[method-assign]
+        Queue.advance = advancing  # type: ignore[method-assign]
     elif point == "during_retry":  # a failure was judged retryable; the retry is never scheduled
         retry = Queue.retry
 

@@ -193,12 +193,15 @@ async def run_everything(letta: Any, letta_url: str, slack_stand_in: Any, github
         await http.get("/admin/dead-letters", headers={"authorization": "Bearer guess"})
     worker_settings = replace(s, retry_base=0.01, retry_cap=0.05)
     letta_key = SECRETS["letta api key"]
-    async with running_worker(redis, prefix, worker_settings, letta_url, replier=Replier(slack_api, github_api)) as w:
-        w.letta.letta._http.headers["authorization"] = f"Bearer {letta_key}"  # the real key, as in production
-        w.letta.letta._api_key = letta_key  # and on the status socket the approval goes over
+    async with running_worker(redis, prefix, worker_settings, letta_url, replier=Replier(slack_api, github_api),
+                              api_key=letta_key):  # the real key, as in production
         decisions = letta.simulated().decisions
         deadline = time.monotonic() + 15
-        while (len(letta.delivered()) < 3 or not decisions) and time.monotonic() < deadline:
+
+        def refused() -> bool:  # the poison message's 400, whichever message took the one 500
+            return any(a.status == 400 for a in letta.attempts)
+
+        while (len(letta.delivered()) < 3 or not decisions or not refused()) and time.monotonic() < deadline:
             import asyncio
             await asyncio.sleep(0.05)
     assert len(letta.delivered()) >= 3 and len(decisions) == 1
