@@ -357,6 +357,7 @@ class SlotRecorder:
 async def test_every_script_touches_one_cluster_slot(redis_client: Any, prefix: str) -> None:
     recorder = SlotRecorder(redis_client)
     queue = Queue(recorder, prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    queue.nodes.cluster = True  # write as on a cluster (one server binds and queues in one call)
     await queue.ensure_groups()
     for route in (ROUTE, OTHER):
         for n in range(2):
@@ -537,6 +538,7 @@ async def test_a_failed_group_commit_fails_each_caller_and_the_next_one_goes_thr
     from relay.errors import QueueUnavailable
 
     queue = Queue(FailsOnce(redis_client), prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    queue.nodes.cluster = isinstance(redis_client, RedisCluster)  # the wrapper hides what it wraps
     await queue.ensure_groups()
     routes = conversation_routes(5)
     results = await asyncio.gather(*(queue.enqueue(message(n, route)) for n, route in enumerate(routes)),
@@ -667,6 +669,7 @@ async def test_stats_work_before_any_worker_created_the_groups(redis_client: Any
 async def test_stats_scripts_touch_one_cluster_slot_each(redis_client: Any, prefix: str) -> None:
     recorder = SlotRecorder(redis_client)
     queue = Queue(recorder, prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    queue.nodes.cluster = True  # write as on a cluster (one server binds and queues in one call)
     await queue.ensure_groups()
     for route in (A, B, C):
         await queue.enqueue(message(route.name, route))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
-from redis.exceptions import AskError, ConnectionError, MovedError, NoScriptError, RedisError
+from redis.exceptions import (AskError, ClusterCrossSlotError, ConnectionError, MovedError, NoScriptError,
+                              RedisError)
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from relay.errors import QueueUnavailable
@@ -78,8 +79,8 @@ class Script:
 def _load_scripts() -> dict[str, Script]:
     folder = resources.files("relay") / "lua"
     lib = (folder / "_lib.lua").read_text(encoding="utf-8")
-    names = ("enqueue", "fetch", "finish", "advance", "retry", "promote", "renew", "replay", "leave", "pause", "reclaim",
-             "stats", "oldest", "bind", "rebind", "seen")
+    names = ("enqueue", "enqueue_bound", "fetch", "finish", "advance", "retry", "promote", "renew", "replay", "leave",
+             "pause", "reclaim", "stats", "oldest", "bind", "rebind", "seen")
     sources = {name: lib + (folder / f"{name}.lua").read_text(encoding="utf-8") for name in names}
     return {name: Script(src, hashlib.sha1(src.encode()).hexdigest()) for name, src in sources.items()}
 
@@ -129,8 +130,12 @@ class ScriptCalls:
             groups: dict[str, list[int]] = {}
             for i in todo:
                 groups.setdefault(self.nodes.name_of(calls[i][1][0]), []).append(i)
-            replies = await asyncio.gather(*(self._node_batch(name, [calls[i] for i in indexes], durable)
-                                             for name, indexes in groups.items()))
+            if len(groups) == 1:  # one server, or one master: no task to spawn
+                [(name, indexes)] = groups.items()
+                replies = [await self._node_batch(name, [calls[i] for i in indexes], durable)]
+            else:
+                replies = await asyncio.gather(*(self._node_batch(name, [calls[i] for i in indexes], durable)
+                                                 for name, indexes in groups.items()))
             for indexes, reply in zip(groups.values(), replies):
                 for i, result in zip(indexes, reply):
                     results[i] = result
@@ -144,9 +149,10 @@ class ScriptCalls:
     def _unavailable(self, error: Exception) -> QueueUnavailable:
         if isinstance(error, QueueUnavailable):
             return error
-        if isinstance(error, MovedError) and not self.nodes.cluster:
-            return QueueUnavailable("redis answered MOVED: it is a Redis Cluster, and relay took it for one server "
-                                    "(it did not answer at start); set RELAY_REDIS_CLUSTER=on, or restart relay")
+        if not self.nodes.cluster and isinstance(error, (MovedError, ClusterCrossSlotError)):
+            return QueueUnavailable("redis answered as a Redis Cluster, and relay took it for one server "
+                                    "(RELAY_REDIS_CLUSTER=off, or Redis did not answer at start); "
+                                    "set RELAY_REDIS_CLUSTER=on, or restart relay")
         return QueueUnavailable(f"redis: {type(error).__name__}: {error}")
 
     async def _node_batch(self, name: str, calls: list[tuple[str, list[str], list[Any]]], durable: bool) -> list[Any]:

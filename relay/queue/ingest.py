@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from itertools import islice
+from typing import Any, Iterable
 
 from relay.errors import QueueUnavailable
 from relay.messages import Envelope, encode
@@ -37,38 +38,56 @@ class Ingest(ScriptCalls):
 
     async def _write(self, batches: list[list[Envelope]]) -> list[list[bool] | Exception]:
         """Bind each id to its partition (one delivery identity is accepted once, whatever route
-        it resolves to), then, per partition, one enqueue call with its messages in arrival
-        order. Each step is one pipelined round trip (per master, on a cluster)."""
+        it resolves to) and queue it: per partition, one call with its messages in arrival
+        order. One server: both in that one call, one round trip. A cluster: the ids' bindings
+        live on other masters, so binding is a round trip of its own first."""
         envelopes = [e for batch in batches for e in batch]
         partitions = [self.keys.partition_of(e.destination.conversation_key) for e in envelopes]
-        elsewhere, refused = await self._bind(envelopes, partitions)
-        # A request is stored whole or not at all: one refused message refuses its request.
         request_of = [n for n, batch in enumerate(batches) for _ in batch]
+        refused: dict[int, QueueUnavailable] = {}
+        todo = range(len(envelopes))
+        if self.nodes.cluster:
+            elsewhere, refused = await self._bind(envelopes, partitions)
+            late = {request_of[i] for i in refused}  # a request is stored whole or not at all
+            todo = [i for i in todo if i not in elsewhere and request_of[i] not in late]
+        codes = await self._enqueue(envelopes, partitions, todo, bound=not self.nodes.cluster)
+        for i, code in codes.items():
+            if code == 2:
+                refused[i] = QueueUnavailable(f"message {envelopes[i].client_message_id} is being accepted "
+                                              "for another route; retry later")
         refused_requests = {request_of[i]: error for i, error in refused.items()}
-        flags = [False] * len(envelopes)
-        fresh = [i for i in range(len(envelopes)) if i not in elsewhere and request_of[i] not in refused_requests]
-        by_partition: dict[int, list[int]] = {}
-        for i in fresh:
-            by_partition.setdefault(partitions[i], []).append(i)
-        calls = []
-        for p, indexes in by_partition.items():
-            keys, args = [self.keys.body(p), self.keys.ready(p)], [self.dedup_ms]
-            for i in indexes:
-                e = envelopes[i]
-                conversation = e.destination.conversation_key
-                keys += [self.keys.seen(p, e.client_message_id), self.keys.mailbox(p, conversation)]
-                args += [e.client_message_id, encode(e), conversation]
-            calls.append((keys, args))
-        results = await self._evalsha_batch("enqueue", calls, durable=True) if calls else []
-        for indexes, result in zip(by_partition.values(), results):
-            for i, flag in zip(indexes, result):
-                flags[i] = flag == 1
-        answers = iter(flags)
+        answers = iter([codes.get(i) == 1 for i in range(len(envelopes))])
         out: list[list[bool] | Exception] = []
         for n, batch in enumerate(batches):
             mine = list(islice(answers, len(batch)))
             out.append(refused_requests.get(n) or mine)
         return out
+
+    async def _enqueue(self, envelopes: list[Envelope], partitions: list[int], todo: Iterable[int],
+                       bound: bool) -> dict[int, int]:
+        """Per partition, one enqueue call: code 1 queued, 0 duplicate, 2 being accepted for
+        another route right now. `bound`: the call binds the ids too (enqueue_bound.lua)."""
+        by_partition: dict[int, list[int]] = {}
+        for i in todo:
+            by_partition.setdefault(partitions[i], []).append(i)
+        calls = []
+        for p, indexes in by_partition.items():
+            keys = [self.keys.body(p), self.keys.ready(p)]
+            args: list[Any] = [self.dedup_ms]
+            if bound:
+                args += [int(self.clock() * 1000), STALE_BINDING_MS, p, self.keys.tag_start]
+            for i in indexes:
+                e = envelopes[i]
+                conversation = e.destination.conversation_key
+                keys += [self.keys.seen(p, e.client_message_id), self.keys.mailbox(p, conversation)]
+                if bound:
+                    keys.append(self.keys.identity(e.client_message_id))
+                args += [e.client_message_id, encode(e), conversation]
+            calls.append((keys, args))
+        script = "enqueue_bound" if bound else "enqueue"
+        results = await self._evalsha_batch(script, calls, durable=True) if calls else []
+        return {i: int(code) for indexes, result in zip(by_partition.values(), results)
+                for i, code in zip(indexes, result)}
 
     async def _bind(self, envelopes: list[Envelope], partitions: list[int]
                     ) -> tuple[set[int], dict[int, QueueUnavailable]]:

@@ -16,8 +16,13 @@ class Keys:
     def partition_of(conversation: str) -> int:
         return zlib.crc32(conversation.encode()) % PARTITIONS
 
+    @property
+    def tag_start(self) -> str:
+        """What every partition's tag starts with: the tag is this, two digits and "}"."""
+        return f"{self.prefix}:{{p"
+
     def _tag(self, partition: int) -> str:
-        return f"{self.prefix}:{{p{partition:02d}}}"
+        return f"{self.tag_start}{partition:02d}}}"
 
     def ready(self, partition: int) -> str:
         return f"{self._tag(partition)}:ready"
