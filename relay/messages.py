@@ -186,10 +186,19 @@ def encode(envelope: Envelope) -> str:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
+def _loads(text: str | bytes) -> Any:
+    """orjson on the worker's hot path (each delivered message's next one is decoded); json for
+    what orjson refuses and `encode` may have written (integers past 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def decode(text: str | bytes) -> Envelope:
     """Inverse of `encode`; raises ValueError on anything relay did not write."""
     try:
-        data = json.loads(text)
+        data = _loads(text)
         if data["v"] != ENVELOPE_VERSION:
             raise ValueError(f"unknown envelope version {data['v']!r}")
         if not isinstance(data["dest"], dict):

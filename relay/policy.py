@@ -17,9 +17,10 @@ Pure: an `Outcome` (plain values from the HTTP call), the attempt count and a cl
 from __future__ import annotations
 
 import email.utils
-import json
 import random
 from dataclasses import dataclass
+
+import orjson
 
 #: A Retry-After longer than this is treated as this (a misbehaving server cannot park work).
 MAX_RETRY_AFTER = 3600.0
@@ -174,8 +175,8 @@ def _retryable(outcome: Outcome) -> bool:
 def _refusal(body: str) -> str | None:
     """The message of a 2xx body that says `"success": false`, else None."""
     try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
+        data = orjson.loads(body)  # every delivery's answer: ~5x faster than json
+    except ValueError:
         return None
     if isinstance(data, dict) and data.get("success") is False:
         return str(data.get("message") or "no message given")[:REASON_BODY_LIMIT]
