@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
-from typing import Any
+from typing import Any, AsyncIterator
 
 from relay import serving
 from relay.cli.common import (WATCH_METRICS_PORT, command_settings, listen, metrics_listener, open_queue,
                               require_redis, serving_metrics, warn_about_durability)
 from relay.errors import ConfigError
+from relay.settings import Settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -72,13 +74,9 @@ async def _serve_beside(door: Any, config: Any, sock: socket.socket) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from relay.github_api import GitHubApi
-    from relay.letta import LettaClient
     from relay.metrics import Metrics
     from relay.origins import Origins
-    from relay.platforms import Platforms
     from relay.replies import Replier
-    from relay.slack_api import SlackApi
     from relay.approval_delivery import Deliverer
     from relay.cards import cards_for
     from relay.enrich import Enricher
@@ -96,32 +94,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
             await warn_about_durability(queue)
             metrics = Metrics()
             metrics.watch(queue)
-            letta = LettaClient.from_settings(settings, metrics=metrics)
-            slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-            platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
             stop = serving.stop_on_signals()
-            try:
-                async with serving_metrics(metrics, metrics_sock):
-                    origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
-                    replier = Replier(slack, github, cards=cards_for(settings, queue, slack),
-                                      others=platforms.repliers(settings, queue))
-                    await Worker(queue, Deliverer(letta, settings, records=queue), settings, replier=replier,
-                                 origins=origins, metrics=metrics,
-                                 enricher=Enricher(settings, queue, slack, github)).run(stop)
-            finally:
-                await serving.close_all(letta, slack, github)
-                await platforms.aclose()
+            async with outside_clients(settings, metrics) as (letta, slack, github, platforms), \
+                    serving_metrics(metrics, metrics_sock):
+                origins = Origins(queue.redis, settings.key_prefix, settings.origin_ttl)
+                replier = Replier(slack, github, cards=cards_for(settings, queue, slack),
+                                  others=platforms.repliers(settings, queue))
+                await Worker(queue, Deliverer(letta, settings, records=queue), settings, replier=replier,
+                             origins=origins, metrics=metrics,
+                             enricher=Enricher(settings, queue, slack, github)).run(stop)
 
     serving.run(run())
     return 0
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
+@contextlib.asynccontextmanager
+async def outside_clients(settings: Settings, metrics: Any) -> AsyncIterator[tuple[Any, Any, Any, Any]]:
+    """Letta, Slack, GitHub and the other platforms' clients of a process, closed after the block."""
     from relay.github_api import GitHubApi
     from relay.letta import LettaClient
-    from relay.metrics import Metrics
     from relay.platforms import Platforms
     from relay.slack_api import SlackApi
+
+    letta = LettaClient.from_settings(settings, metrics=metrics)
+    slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
+    platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
+    try:
+        yield letta, slack, github, platforms
+    finally:
+        await serving.close_all(letta, slack, github)
+        await platforms.aclose()
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from relay.metrics import Metrics
     from relay.watch import watcher_for
 
     settings = command_settings()
@@ -137,17 +143,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with open_queue(url, settings) as queue:
             metrics = Metrics()
-            letta = LettaClient.from_settings(settings, metrics=metrics)
-            slack, github = SlackApi.from_settings(settings), GitHubApi.from_settings(settings)
-            platforms = Platforms.from_settings(settings)  # Linear, GitLab, Discord
             stop = serving.stop_on_signals()
-            try:
-                async with serving_metrics(metrics, metrics_sock):
-                    await watcher_for(settings, queue.redis, queue, letta, slack, github, metrics=metrics,
-                                      platforms=platforms).run(stop)
-            finally:
-                await serving.close_all(letta, slack, github)
-                await platforms.aclose()
+            async with outside_clients(settings, metrics) as (letta, slack, github, platforms), \
+                    serving_metrics(metrics, metrics_sock):
+                await watcher_for(settings, queue.redis, queue, letta, slack, github, metrics=metrics,
+                                  platforms=platforms).run(stop)
 
     serving.run(run())
     return 0
