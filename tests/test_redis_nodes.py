@@ -201,3 +201,25 @@ def test_relay_status_and_check_report_the_cluster(redis_cluster: Cluster, prefi
     code, out, _ = run_main(capsys, "check")
     assert "Redis Cluster: 3 master(s)" in out
     assert "RELAY_REDIS_MIN_REPLICAS=2 but these masters have fewer replicas" in out
+
+
+async def test_dead_letters_and_replays_wait_for_replicas_and_acks_do_not(cluster_client: RedisCluster,
+                                                                          prefix: str) -> None:
+    usual = Queue(cluster_client, prefix=prefix, consumer="c", min_replicas=1, replica_timeout=5.0)
+    strict = Queue(cluster_client, prefix=prefix, consumer="c", min_replicas=2, replica_timeout=0.1)
+    partition = Keys.partition_of(message(20).destination.conversation_key)
+    try:
+        await usual.ensure_groups()
+        assert await usual.enqueue(message(20))
+        [head] = await usual.fetch(await usual.read(partition, 10, 10))
+        assert head.envelope is not None
+        with pytest.raises(QueueUnavailable, match="replica"):
+            await strict.dead_letter(head.token, head.envelope, "refused", "http_400")
+        [dead] = await usual.dead_letters()  # written on the master: only its confirmation failed
+        with pytest.raises(QueueUnavailable, match="replica"):
+            await strict.replay(dead)
+        [head] = await usual.fetch(await usual.read(partition, 10, 10))
+        assert await strict.done(head.token, head.message_id) is True  # no WAIT for an ack
+    finally:
+        await usual.aclose()
+        await strict.aclose()
