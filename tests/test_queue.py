@@ -15,6 +15,7 @@ from redis.crc import key_slot
 
 from relay.messages import Envelope, Inbound, client_message_id, envelope_for, user_message
 from relay.errors import QueueUnavailable
+from relay.queue.calls import SCRIPTS
 from relay.queue import (FAILURE_WINDOW_HOURS, GROUP, PARTITIONS, STALE_BINDING_MS, Head, Keys, Queue, QueueStats,
                          Token)
 from relay.routing import Destination, Route
@@ -799,3 +800,23 @@ async def test_a_message_that_must_wait_refuses_only_its_own_request(queue: Queu
                                    return_exceptions=True)
     assert isinstance(results[0], QueueUnavailable) and results[1] is True
     assert (await queue.depth()).ready == 1
+
+
+async def test_concurrent_acks_of_one_partition_share_one_script_call(redis_client: Any, prefix: str) -> None:
+    if isinstance(redis_client, RedisCluster):
+        pytest.skip("recorded on one server; the cluster runs every other test of advance")
+    recorder = SlotRecorder(redis_client)
+    queue = Queue(recorder, prefix=prefix, consumer="c")  # type: ignore[arg-type]
+    await queue.ensure_groups()
+    routes = [r for r in conversation_routes(200) if partition(r) == 0][:3]
+    for n, route in enumerate(routes):
+        await queue.enqueue(message(f"a{n}", route))
+        await queue.enqueue(message(f"b{n}", route))
+    heads = await queue.fetch(await queue.read(0, 10, 10))
+    assert len(heads) == 3
+    await redis_client.script_load(SCRIPTS["advance"].source)  # no NOSCRIPT round: count the calls alone
+    recorder.calls.clear()
+    results = await asyncio.gather(*(queue.advance(h.token, h.message_id) for h in heads))
+    assert len(recorder.calls) == 1  # one call for the three acks
+    assert sorted(r.envelope.message["content"] for r in results if isinstance(r, Head) and r.envelope) == [
+        "text b0", "text b1", "text b2"]

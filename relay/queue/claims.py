@@ -10,7 +10,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from relay.errors import QueueUnavailable
 from relay.messages import Envelope, decode, encode
-from relay.queue.calls import ScriptCalls
+from relay.queue.calls import GroupCommit, ScriptCalls
 from relay.queue.keys import GROUP, PARTITIONS
 from relay.queue.model import FAILURE_WINDOW_HOURS, Head, Token
 
@@ -18,6 +18,8 @@ log = logging.getLogger("relay.queue")
 
 
 class Claims(ScriptCalls):
+    _advances: GroupCommit[tuple[Token, str], Head | bool]
+
     async def ensure_groups(self) -> None:
         """Create each partition's stream and consumer group (from the start: id 0)."""
         for partition in range(PARTITIONS):
@@ -104,17 +106,38 @@ class Claims(ScriptCalls):
 
         Returns that next message's Head (same stream entry, takeovers 0), True when the
         conversation is empty (the token is retired, as done() does), or False if another
-        worker took the token over. One script call, so a busy conversation costs no read or
-        fetch per message."""
-        p = token.partition
-        keys = [self.keys.ready(p), self.keys.mailbox(p, token.conversation), self.keys.body(p), self.keys.pause(p)]
-        reply = await self._run("advance", keys, [GROUP, self.consumer, token.entry_id, message_id])
-        if len(reply) == 1:
-            return reply[0] == 1
-        _, following, raw, pause = reply
-        token = Token(p, token.entry_id, token.conversation)
-        return Head(token, following, self._decode(token, raw) if raw else None,
-                    int(pause) / 1000 if pause else 0.0)
+        worker took the token over. Acks made while a round trip is out go together, one script
+        call per partition, so a busy conversation costs no read or fetch per message and a
+        busy worker few script calls per ack."""
+        return await self._advances.submit((token, message_id))
+
+    async def _advance_all(self, items: list[tuple[Token, str]]) -> list[Head | bool | Exception]:
+        groups: dict[int, list[int]] = {}
+        for n, (token, _) in enumerate(items):
+            groups.setdefault(token.partition, []).append(n)
+        calls = []
+        for p, indexes in groups.items():
+            keys = [self.keys.ready(p), self.keys.body(p), self.keys.pause(p),
+                    *(self.keys.mailbox(p, items[n][0].conversation) for n in indexes)]
+            args = [GROUP, self.consumer, *(part for n in indexes for part in (items[n][0].entry_id, items[n][1]))]
+            calls.append(("advance", keys, args))
+        out: list[Head | bool | Exception] = [False] * len(items)
+        for indexes, reply in zip(groups.values(), await self._evalsha_many(calls)):
+            if isinstance(reply, Exception):
+                for n in indexes:
+                    out[n] = reply
+                continue
+            pause, flat = reply[0], reply[1:]
+            paused_until = int(pause) / 1000 if pause else 0.0
+            for i, n in enumerate(indexes):
+                state, following, raw = flat[3 * i:3 * i + 3]
+                if int(state) != 2:
+                    out[n] = int(state) == 1
+                    continue
+                token = items[n][0]
+                token = Token(token.partition, token.entry_id, token.conversation)
+                out[n] = Head(token, following, self._decode(token, raw) if raw else None, paused_until)
+        return out
 
     async def dead_letter(self, token: Token, envelope: Envelope, reason: str, code: str) -> bool:
         at_ms = int(self.clock() * 1000)

@@ -11,6 +11,7 @@ from relay.queue.claims import Claims
 from relay.queue.ingest import Ingest
 from relay.queue.inspection import Inspection
 from relay.queue.keys import Keys
+from relay.queue.model import Head, Token
 from relay.queue.records import Records
 from relay.redis_nodes import AnyRedis, Nodes
 
@@ -37,6 +38,7 @@ class Queue(Ingest, Claims, Records, Inspection):
         self.replica_timeout_ms = max(1, int(replica_timeout * 1000))
         self._writes: GroupCommit[list[Envelope], list[bool]] = GroupCommit(self._write)
         self._calls: GroupCommit[tuple[str, list[str], list[Any]], Any] = GroupCommit(self._evalsha_many)
+        self._advances: GroupCommit[tuple[Token, str], Head | bool] = GroupCommit(self._advance_all)
 
     async def ping(self) -> None:
         await guard(self.redis.ping())
