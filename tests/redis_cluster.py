@@ -109,6 +109,15 @@ class Cluster:
         _wait(lambda: all(n.client().cluster("info").get("cluster_state") == "ok" for n in live),
               "cluster state not ok", timeout)
 
+    def wait_promoted(self, victim: Node, slot: int, timeout: float = 60.0) -> Node:
+        """After `victim` died: wait until another node serves its `slot` (its replica took over)
+        and the live nodes say the cluster is ok; return the new master. The live nodes report
+        "ok" until they notice the death (the node timeout), so "ok" alone proves nothing."""
+        live = [n for n in self.nodes if n is not victim and n.process and n.process.poll() is None]
+        _wait(lambda: self.node_for_slot(slot, live[0]).port != victim.port, "no replica took over", timeout)
+        self.wait_ok(timeout)
+        return self.node_for_slot(slot, live[0])
+
     def master_nodes(self) -> list[Node]:
         """Live masters, as the live nodes see them now."""
         out = []
@@ -124,8 +133,9 @@ class Cluster:
     def replica_count(self, node: Node) -> int:
         return int(node.client().info("replication").get("connected_slaves", 0))
 
-    def node_for_slot(self, slot: int) -> Node:
-        for entry in self.nodes[0].client().execute_command("CLUSTER", "SLOTS"):
+    def node_for_slot(self, slot: int, asking: Node | None = None) -> Node:
+        """The master of `slot`, as `asking` (by default the first node) sees it."""
+        for entry in (asking or self.nodes[0]).client().execute_command("CLUSTER", "SLOTS"):
             low, high, master = entry[0], entry[1], entry[2]
             if low <= slot <= high:
                 return next(n for n in self.nodes if n.port == int(master[1]))

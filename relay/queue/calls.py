@@ -181,5 +181,7 @@ class ScriptCalls:
                 failure = QueueUnavailable(
                     f"redis {name or 'server'}: {confirmed} of the {self.min_replicas} replica(s) asked for "
                     f"confirmed the write within {self.replica_timeout_ms} ms")
-                return [r if isinstance(r, NoScriptError) else failure for r in replies]
+                # A call that never ran (the slot moved, the script was unknown) keeps its own
+                # error, so it is made again where it belongs; only a write that ran waits.
+                return [r if isinstance(r, (NoScriptError, MovedError, AskError)) else failure for r in replies]
         return replies

@@ -106,6 +106,12 @@ def busiest_master(cluster: Cluster) -> Node:
     return next(node for node in cluster.nodes if node.port == port)
 
 
+def victim_partition(cluster: Cluster, victim: Node) -> int:
+    """One partition the victim holds (read before it dies)."""
+    keys = Keys(PREFIX)
+    return next(p for p in range(PARTITIONS) if cluster.node_for_slot(key_slot(keys.ready(p).encode())).port == victim.port)
+
+
 def dead_letters(url: str) -> list[DeadEntry]:
     async def read() -> list[DeadEntry]:
         client = await open_redis(url)
@@ -147,13 +153,17 @@ def test_a_master_killed_under_traffic_fails_over_and_the_ledger_holds(cluster: 
             with Senders(web, ledger) as senders:
                 _wait(lambda: len(standin.delivered_ids()) >= 200, "traffic flowing", tmp_path)
                 victim = busiest_master(cluster)
+                slot = key_slot(Keys(PREFIX).ready(victim_partition(cluster, victim)).encode())
                 before = len(ledger.accepted)
                 victim.kill()
                 ledger.fault(f"SIGKILL master {victim.name}")
-                cluster.wait_ok(timeout=60)  # its replica was promoted
+                promoted = cluster.wait_promoted(victim, slot)  # its replica took over
+                ledger.fault(f"replica {promoted.name} promoted")
                 victim.start(cluster.node_timeout_ms)  # back from its AOF, as a replica now
                 ledger.fault(f"restart {victim.name}")
                 _wait(lambda: len(ledger.accepted) >= before + 400, "traffic accepted after the failover", tmp_path)
+                _wait(lambda: victim.client().info("replication").get("role") == "slave",
+                      "the old master back as a replica", tmp_path)
                 assert all(p.poll() is None for p in processes), "a relay process died"
             refused = senders.refused
             _wait(lambda: set(ledger.accepted) <= set(standin.delivered_ids()),
