@@ -108,18 +108,26 @@ def standard_headers(lowered: Mapping[str, str], now: float,
     return msg_id, timestamp, signatures
 
 
+def signatures_of(signatures: str, version: str) -> list[bytes]:
+    """The decoded signatures of one scheme ("v1", "v1a") in a `webhook-signature` header's
+    space-separated list; candidates that are not base64 are skipped."""
+    found = []
+    for candidate in signatures.split(" "):
+        scheme, _, encoded = candidate.partition(",")
+        if scheme != version:
+            continue
+        try:
+            found.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return found
+
+
 def _verify(lowered: Mapping[str, str], body: bytes, secret: bytes, now: float, tolerance: int) -> str:
     msg_id, timestamp, signatures = standard_headers(lowered, now, tolerance)
     expected = _digest(secret, msg_id, timestamp, body)
     matched = False
-    for candidate in signatures.split(" "):
-        version, _, encoded = candidate.partition(",")
-        if version != "v1":
-            continue
-        try:
-            given = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            continue
+    for given in signatures_of(signatures, "v1"):
         # Compare every candidate (no early exit) so timing does not reveal which matched.
         matched |= hmac.compare_digest(expected, given)
     if not matched:

@@ -87,6 +87,14 @@ def count_queued(metrics: Metrics, source: str, results: Sequence[Queued]) -> No
     metrics.request(source, outcome)
 
 
+def ignore(metrics: Metrics, source: str, reason: str, delivery_id: str | None = None) -> Response:
+    """A signed request relay acknowledges and acts on no further: logged, counted, answered 200."""
+    logging.getLogger(f"relay.web.{source}").info("ignored", extra=fields(source=source, delivery_id=delivery_id,
+                                                                          reason=reason))
+    metrics.request(source, "ignored")
+    return JSONResponse({"ignored": reason})
+
+
 def refuse(source: str, delivery_id: str | None, exc: Rejected) -> Response:
     log.warning("rejected", extra=fields(source=source, delivery_id=delivery_id,
                                          status=exc.status, reason=exc.reason))

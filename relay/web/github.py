@@ -34,7 +34,7 @@ from relay.routing import GitHubRule, Route as Destinations, Router
 from relay.settings import Settings
 from relay.sources import github as source
 from relay.sources.github import Comment, Delivery, Ignored, Ping
-from relay.web.common import count_queued, guarded, read_body, unavailable
+from relay.web.common import count_queued, guarded, ignore, read_body, unavailable
 
 log = logging.getLogger("relay.web.github")
 
@@ -69,9 +69,7 @@ def routes(settings: Settings, intake: Intake, router: Router, github: GitHubApi
     shared = settings.github_webhook_secret
 
     def ignored(delivery: Delivery, reason: str) -> Response:
-        log.info("ignored", extra=fields(source="github", delivery_id=delivery.delivery_id, reason=reason))
-        metrics.request(source.SOURCE, "ignored")
-        return JSONResponse({"ignored": reason})
+        return ignore(metrics, source.SOURCE, reason, delivery.delivery_id)
 
     async def webhook(request: Request) -> Response:
         source.signature_of(request.headers)  # before the body is read

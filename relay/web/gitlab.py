@@ -36,7 +36,7 @@ from relay.settings import Settings
 from relay.sources import gitlab as source
 from relay.sources.gitlab import Ignored, Note
 from relay.sources.payloads import json_object
-from relay.web.common import count_queued, guarded, read_body, unavailable
+from relay.web.common import count_queued, guarded, ignore, read_body, unavailable
 
 log = logging.getLogger("relay.web.gitlab")
 
@@ -68,9 +68,7 @@ def routes(settings: Settings, intake: Intake, router: Router, gitlab: GitLabApi
     shared = settings.gitlab_webhook_token
 
     def ignored(reason: str, delivery: str | None = None) -> Response:
-        log.info("ignored", extra=fields(source=source.SOURCE, delivery_id=delivery, reason=reason))
-        metrics.request(source.SOURCE, "ignored")
-        return JSONResponse({"ignored": reason})
+        return ignore(metrics, source.SOURCE, reason, delivery)
 
     def verified(request: Request, body: bytes) -> tuple[dict[str, Any], Destinations | None]:
         """The payload, its token checked against the route it claims (read only to choose it)."""

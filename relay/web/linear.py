@@ -32,7 +32,7 @@ from relay.settings import Settings
 from relay.sources import linear as source
 from relay.sources.linear import CommentEvent, Ignored, SessionEvent
 from relay.sources.payloads import json_object
-from relay.web.common import count_queued, guarded, read_body, unavailable
+from relay.web.common import count_queued, guarded, ignore, read_body, unavailable
 
 log = logging.getLogger("relay.web.linear")
 
@@ -59,9 +59,7 @@ def routes(settings: Settings, intake: Intake, router: Router, linear: LinearApi
     shared = settings.linear_webhook_secret
 
     def ignored(reason: str, delivery: str | None = None) -> Response:
-        log.info("ignored", extra=fields(source=source.SOURCE, delivery_id=delivery, reason=reason))
-        metrics.request(source.SOURCE, "ignored")
-        return JSONResponse({"ignored": reason})
+        return ignore(metrics, source.SOURCE, reason, delivery)
 
     def verified(request: Request, body: bytes) -> dict[str, Any]:
         """The payload, verified with the secret of the route it claims (read only to choose it)."""
