@@ -89,12 +89,13 @@ def _slot(key: str) -> int:
     return key_slot(key.encode())
 
 
-async def test_auto_with_redis_not_answering_assumes_one_server() -> None:
+async def test_auto_with_redis_not_answering_assumes_one_server(caplog: pytest.LogCaptureFixture) -> None:
     client = await open_for(f"redis://127.0.0.1:{free_port()}/0", "auto", attempts=1)
     try:
         assert type(client) is aioredis.Redis
     finally:
         await client.aclose()
+    assert "assuming one server" in caplog.text and "RELAY_REDIS_CLUSTER" in caplog.text  # and says so
 
 
 async def test_topology_names_every_master_its_partitions_and_its_replica(
