@@ -8,10 +8,14 @@ Concurrent loops, one process:
 - `_promote_loop` returns conversations whose retry time has come to the stream.
 
 `concurrency` bounds the Letta calls in flight exactly (a semaphore held for the call alone).
-A worker claims up to `concurrency + concurrency // 8` conversations, so the acks and reads
+A worker claims up to `concurrency + concurrency // 2` conversations, so the acks and reads
 between one conversation's calls leave no call slot idle. Readers claim a fair share of the
-free room each (at least one token), so a worker holds at most that `+ PARTITIONS - 1`
-claims, and no partition waits on another's blocking read.
+free room each (at least one token); tokens being fetched count as claimed, so only reads that
+are blocked at the same moment can overshoot, by at most one share each.
+
+A delivery that waited for a call slot must not go out during a pause (Letta's 429) that
+another worker published meanwhile: `_pause_loop` reads the shared pause every
+`PAUSE_FRESH / 4` while deliveries wait, so taking a slot costs no Redis round trip.
 
 Stopping (SIGTERM): readers stop, in-flight deliveries get `shutdown_grace` seconds to finish,
 the rest are cancelled and handed back for another worker at once.
@@ -49,10 +53,12 @@ READ_BATCH = 32
 MAX_TAKEOVERS = 10
 #: A conversation's messages delivered in a row under one claim (each ack fetching the next)
 #: before its token goes to the back of the stream, so a long backlog does not keep a slot
-#: from the conversations waiting behind it.
+#: from the conversations waiting behind it. Each claim draws its chain's length between half
+#: this and this: claims taken together would otherwise all end together, every few seconds,
+#: and leave call slots idle while their readers take new ones.
 CHAIN_LIMIT = 16
-#: A pause read before waiting this long for a call slot is read again: another worker may
-#: have heard a 429 since.
+#: A delivery that waited longer than this for a call slot goes out only if the shared pause
+#: was read within this long: another worker may have heard a 429 meanwhile.
 PAUSE_FRESH = 0.05
 
 
@@ -64,6 +70,11 @@ class Deliverer(Protocol):
 
 class Enricher(Protocol):
     async def enrich(self, envelope: Envelope) -> Envelope: ...
+
+
+def chain_length(rng: random.Random) -> int:
+    """How many of a conversation's messages one claim delivers in a row (see CHAIN_LIMIT)."""
+    return rng.randint(CHAIN_LIMIT // 2, CHAIN_LIMIT)
 
 
 def consumer_name() -> str:
@@ -97,8 +108,11 @@ class Worker:
         self.backoff = Backoff(settings.retry_base, settings.retry_cap)
         self.poll_interval = poll_interval
         self.calls = asyncio.Semaphore(settings.concurrency)
-        self.claims = settings.concurrency + settings.concurrency // 8
+        self.claims = settings.concurrency + settings.concurrency // 2
         self.in_flight: dict[Token, asyncio.Task[None]] = {}
+        self._starting = 0  # tokens read and being fetched: claimed, not yet in flight
+        self._slot_waiters = 0  # deliveries waiting for a call slot
+        self._pause_read_at = -float("inf")  # when the latest shared-pause read began (monotonic)
         self._room = asyncio.Condition()
         self.paused_until = 0.0
         self._stopping = asyncio.Event()  # stop taking new work
@@ -114,7 +128,7 @@ class Worker:
         readers = [asyncio.create_task(self._resilient(f"read p{p:02d}", lambda p=p: self._read_loop(p),
                                                        self._stopping)) for p in range(PARTITIONS)]
         helpers = [asyncio.create_task(self._resilient(loop.__name__, loop, self._closed)) for loop in
-                   (self._reclaim_loop, self._renew_loop, self._promote_loop)]
+                   (self._reclaim_loop, self._renew_loop, self._promote_loop, self._pause_loop)]
         await stop.wait()
         self._stopping.set()
         async with self._room:
@@ -172,15 +186,18 @@ class Worker:
 
     # -- loops ---------------------------------------------------------------------------------
 
+    def _claimed(self) -> int:
+        return len(self.in_flight) + self._starting
+
     def _share(self, spread: int) -> int:
         """How many new claims to take in one read: a fair share of the free room, at least one."""
-        room = self.claims - len(self.in_flight)
+        room = self.claims - self._claimed()
         return max(1, min(READ_BATCH, room // spread)) if room > 0 else 0
 
     async def _wait_for_room(self) -> bool:
         async with self._room:
             await self._room.wait_for(
-                lambda: len(self.in_flight) < self.claims or self._stopping.is_set())
+                lambda: self._claimed() < self.claims or self._stopping.is_set())
         return not self._stopping.is_set()
 
     async def _read_loop(self, partition: int) -> None:
@@ -245,6 +262,12 @@ class Worker:
                 continue
             await self._rest(min(max(soonest - self.clock(), 0.02), 1.0))
 
+    async def _pause_loop(self) -> None:
+        """Keep the shared pause fresh for deliveries waiting for a call slot (see PAUSE_FRESH)."""
+        while await self._rest(PAUSE_FRESH / 4):
+            if self._slot_waiters:
+                await self._refresh_pause()
+
     async def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when the worker starts stopping (readers)."""
         await wait(self._stopping, seconds)
@@ -260,12 +283,15 @@ class Worker:
     # -- one message ---------------------------------------------------------------------------
 
     async def _start(self, tokens: list[Token]) -> None:
+        self._starting += len(tokens)
         try:
             heads = await self.queue.fetch(tokens)
         except QueueUnavailable as exc:
             # The tokens stay pending under this consumer; the reclaim loop picks them up later.
             await self._redis_trouble("fetch", exc)
             return
+        finally:
+            self._starting -= len(tokens)
         for head in heads:
             self.paused_until = max(self.paused_until, head.paused_until)  # another worker's 429
             self.in_flight[head.token] = asyncio.create_task(self._handle(head))
@@ -274,13 +300,14 @@ class Worker:
         token = head.token
         try:
             current: Head | None = head
-            for delivered in range(CHAIN_LIMIT):
+            chain = chain_length(self.rng)
+            for delivered in range(chain):
                 if current is None:
                     break
                 if self._stopping.is_set() and delivered:  # a next message claimed as the worker stops
                     await self._forgiving(self.queue.retry(token, None, self.clock()), "hand back")
                     break
-                current = await self._settle(current, chain=delivered < CHAIN_LIMIT - 1)
+                current = await self._settle(current, chain=delivered < chain - 1)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -291,23 +318,34 @@ class Worker:
             async with self._room:
                 self._room.notify_all()
 
-    async def _call(self, partition: int, envelope: Envelope) -> tuple[Outcome, float] | None:
+    async def _call(self, envelope: Envelope) -> tuple[Outcome, float] | None:
         """The Letta call, in a call slot; None if a pause began while waiting for the slot."""
         waiting = time.monotonic()
-        async with self.calls:
-            if time.monotonic() - waiting > PAUSE_FRESH:  # what was fetched may be stale now
-                await self._refresh_pause(partition)
-                if self.clock() < self.paused_until:
-                    return None
+        self._slot_waiters += 1
+        try:
+            await self.calls.acquire()
+        finally:
+            self._slot_waiters -= 1
+        try:
+            now = time.monotonic()
+            if now - waiting > PAUSE_FRESH and now - self._pause_read_at > PAUSE_FRESH:
+                await self._refresh_pause()  # _pause_loop fell behind (a slow Redis): read it here
+            if self.clock() < self.paused_until:
+                return None
             started = time.perf_counter()
             outcome = await self.letta.deliver(envelope)
             return outcome, time.perf_counter() - started
+        finally:
+            self.calls.release()
 
-    async def _refresh_pause(self, partition: int) -> None:
+    async def _refresh_pause(self) -> None:
+        """Read the shared pause. `pause_all` writes every partition's copy, so one is read."""
+        started = time.monotonic()
         try:
-            self.paused_until = max(self.paused_until, await self.queue.pause_of(partition))
+            self.paused_until = max(self.paused_until, await self.queue.pause_of(0))
         except QueueUnavailable:
-            pass  # the delivery's own queue writes will wait for Redis anyway
+            return  # the delivery's own queue writes will wait for Redis anyway
+        self._pause_read_at = max(self._pause_read_at, started)
 
     async def _settle(self, head: Head, chain: bool = False) -> Head | None:
         """Deliver one head message and settle it. With `chain`, a delivered message's ack takes
@@ -339,7 +377,7 @@ class Worker:
             self.metrics.queue_wait.observe(max(0.0, self.clock() - envelope.queued_at))
         if envelope.context is not None and self.enricher is not None:
             envelope = await self.enricher.enrich(envelope)  # kept with the retry, if one follows
-        called = await self._call(token.partition, envelope)
+        called = await self._call(envelope)
         if called is None:  # paused by another worker while this one waited for a call slot
             await self._queue_op(lambda: self.queue.retry(token, None, self.paused_until))
             return None

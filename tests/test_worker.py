@@ -4,6 +4,7 @@ and a real Redis Cluster (three masters, one replica each)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
@@ -14,7 +15,7 @@ from relay.messages import envelope_for, user_message
 from relay.queue import Keys, Queue
 from relay.routing import Destination, Route
 from relay.settings import Settings
-from relay.worker import CHAIN_LIMIT
+from relay.worker import CHAIN_LIMIT, chain_length
 from relay.standin import LettaStandIn
 from tests.conftest import client_for
 from tests.support import running_worker
@@ -108,6 +109,12 @@ async def test_a_backlogged_conversation_yields_its_slot_after_a_chain(
         await until(lambda: len(standin.delivered()) == CHAIN_LIMIT + 5)
     order = contents(standin)
     assert order.index("mother") < order.index(f"m{CHAIN_LIMIT}")
+
+
+def test_chains_end_at_different_lengths_so_claims_taken_together_do_not_end_together() -> None:
+    rng = random.Random(7)
+    lengths = [chain_length(rng) for _ in range(200)]
+    assert min(lengths) == CHAIN_LIMIT // 2 and max(lengths) == CHAIN_LIMIT
 
 
 async def test_concurrency_bounds_the_letta_calls_in_flight_exactly(
@@ -330,6 +337,23 @@ async def test_retry_after_holds_every_worker_not_just_the_one_that_heard_it(
     assert first_attempt.status == 429
     assert all(a.at >= first_attempt.answered_at + 1.0 for a in later), \
         sorted(round(a.at - first_attempt.answered_at, 3) for a in later)
+
+
+async def test_a_delivery_that_waited_for_a_call_slot_honours_a_pause_published_meanwhile(
+        queue: Queue, redis_client: Any, prefix: str, settings: Settings, stand_in) -> None:  # type: ignore[no-untyped-def]
+    standin, url = stand_in
+    standin.add_fault(200, delay=0.5, times=2)
+    routes = [Route(f"r{n}", Destination(agent_id=f"agent-{n}", device_id="device-test")) for n in range(3)]
+    async with running_worker(redis_client, prefix, replace(settings, concurrency=2), url) as worker:
+        for n, route in enumerate(routes):
+            await queue.enqueue(message(n, route))
+        # Two slow calls hold both slots; the third message waits for one, claimed and fetched.
+        await until(lambda: len(standin.attempts) == 2 and len(worker.in_flight) == 3)
+        pause_until = time.time() + 1.0
+        await queue.pause_all(pause_until)  # another worker heard a 429 meanwhile
+        await until(lambda: len(standin.delivered()) == 3)
+    waited = max(standin.attempts, key=lambda a: a.at)  # the third message, after a slot freed
+    assert waited.at >= pause_until - 0.01, round(pause_until - waited.at, 3)
 
 
 async def test_a_message_that_keeps_stopping_workers_is_dead_lettered_unsent(
