@@ -173,8 +173,8 @@ class Metrics:
 
     def attempt(self, outcome: str, status: int | None, seconds: float, device_answered: bool = False) -> None:
         label = status_class(status, device_answered)
-        self.attempts.labels(outcome, label).inc()
-        self.delivery_call.labels(label).observe(seconds)
+        self._child(self.attempts, outcome, label).inc()
+        self._child(self.delivery_call, label).observe(seconds)
 
     def dead_lettered(self, code: str) -> None:
         self.dead_letters.labels(code).inc()
