@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
-from relay.routing import Destination, Route
+from relay.routing import DESTINATION_KEYS, Destination, Route
 
 #: uuid5 namespace for client_message_id; changing it would re-id every message ever sent.
 ID_NAMESPACE = uuid.UUID("5b0a3f3e-6f1c-4c8e-9d0e-2f6a1e4c7b21")
@@ -195,6 +195,22 @@ def _loads(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+#: Destinations decoded recently, shared: a busy worker decodes thousands of messages a second
+#: for a few conversations, and a shared Destination keeps its conversation key computed.
+_DESTINATIONS: dict[tuple[Any, ...], Destination] = {}
+_DESTINATIONS_MAX = 4096
+
+
+def _destination(data: dict[str, Any]) -> Destination:
+    key = tuple(data.get(name) for name in DESTINATION_KEYS)
+    found = _DESTINATIONS.get(key)
+    if found is None:
+        if len(_DESTINATIONS) >= _DESTINATIONS_MAX:
+            _DESTINATIONS.clear()
+        found = _DESTINATIONS[key] = Destination.from_dict(data)
+    return found
+
+
 def decode(text: str | bytes) -> Envelope:
     """Inverse of `encode`; raises ValueError on anything relay did not write."""
     try:
@@ -209,7 +225,7 @@ def decode(text: str | bytes) -> Envelope:
             source=data["source"],
             delivery_id=data["delivery"],
             route=data["route"],
-            destination=Destination.from_dict(data["dest"]),
+            destination=_destination(data["dest"]),
             message=data["msg"],
             received_at=float(data["received"]),
             queued_at=float(data["queued"]),

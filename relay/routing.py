@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 #: The three ways a destination can name its Letta environment; exactly one is set.
 SELECTORS = ("connection_id", "device_id", "connection_name")
+#: A destination's fields, as its dict form names them.
+DESTINATION_KEYS = ("agent_id", "conversation_id", *SELECTORS)
 
 #: Letta's own CLI treats a connection as online only with a heartbeat this recent.
 ONLINE_HEARTBEAT_MS = 120_000
@@ -60,7 +62,7 @@ class Destination:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Destination:
-        return cls(**{k: data.get(k) for k in ("agent_id", "conversation_id", *SELECTORS)})
+        return cls(**{k: data.get(k) for k in DESTINATION_KEYS})
 
 
 _DESTINATION_FIELDS = tuple(f.name for f in fields(Destination))

@@ -183,6 +183,20 @@ def test_decode_rejects_a_destination_that_is_not_an_object(dest: object) -> Non
         decode(_encoded_with(dest=dest))
 
 
+def test_decode_rejects_a_destination_field_that_is_not_a_plain_value() -> None:
+    with pytest.raises(ValueError):
+        decode(_encoded_with(dest={"agent_id": "a", "device_id": ["dev-1"]}))
+
+
+def test_decoding_many_destinations_keeps_few_in_memory() -> None:
+    from relay import messages
+
+    for n in range(3 * messages._DESTINATIONS_MAX):
+        env = envelope(destination=Destination(agent_id=f"agent-{n}", device_id="dev-1"))
+        assert decode(encode(env)).destination == env.destination
+    assert len(messages._DESTINATIONS) <= messages._DESTINATIONS_MAX
+
+
 # --- after_failure / replayed / envelope_for --------------------------------------------
 
 
