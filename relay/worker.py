@@ -14,8 +14,9 @@ free room each (at least one token); tokens being fetched count as claimed, so o
 are blocked at the same moment can overshoot, by at most one share each.
 
 A delivery that waited for a call slot must not go out during a pause (Letta's 429) that
-another worker published meanwhile: `_pause_loop` reads the shared pause every
-`PAUSE_FRESH / 4` while deliveries wait, so taking a slot costs no Redis round trip.
+another worker published meanwhile: while deliveries wait, `_pause_loop` reads the shared pause
+every `PAUSE_READ_EVERY`, so taking a slot costs no Redis round trip (one per call, made while
+holding the slot, was what kept a busy worker from filling its slots).
 
 Stopping (SIGTERM): readers stop, in-flight deliveries get `shutdown_grace` seconds to finish,
 the rest are cancelled and handed back for another worker at once.
@@ -57,9 +58,9 @@ MAX_TAKEOVERS = 10
 #: this and this: claims taken together would otherwise all end together, every few seconds,
 #: and leave call slots idle while their readers take new ones.
 CHAIN_LIMIT = 16
-#: A delivery that waited longer than this for a call slot goes out only if the shared pause
-#: was read within this long: another worker may have heard a 429 meanwhile.
-PAUSE_FRESH = 0.05
+#: While deliveries wait for a call slot, the shared pause is read this often (seconds): another
+#: worker may have heard a 429 meanwhile.
+PAUSE_READ_EVERY = 0.02
 
 
 class Deliverer(Protocol):
@@ -112,7 +113,6 @@ class Worker:
         self.in_flight: dict[Token, asyncio.Task[None]] = {}
         self._starting = 0  # tokens read and being fetched: claimed, not yet in flight
         self._slot_waiters = 0  # deliveries waiting for a call slot
-        self._pause_read_at = -float("inf")  # when the latest shared-pause read began (monotonic)
         self._room = asyncio.Condition()
         self.paused_until = 0.0
         self._stopping = asyncio.Event()  # stop taking new work
@@ -263,8 +263,8 @@ class Worker:
             await self._rest(min(max(soonest - self.clock(), 0.02), 1.0))
 
     async def _pause_loop(self) -> None:
-        """Keep the shared pause fresh for deliveries waiting for a call slot (see PAUSE_FRESH)."""
-        while await self._rest(PAUSE_FRESH / 4):
+        """Keep the shared pause fresh for deliveries waiting for a call slot."""
+        while await self._rest(PAUSE_READ_EVERY):
             if self._slot_waiters:
                 await self._refresh_pause()
 
@@ -320,17 +320,13 @@ class Worker:
 
     async def _call(self, envelope: Envelope) -> tuple[Outcome, float] | None:
         """The Letta call, in a call slot; None if a pause began while waiting for the slot."""
-        waiting = time.monotonic()
         self._slot_waiters += 1
         try:
             await self.calls.acquire()
         finally:
             self._slot_waiters -= 1
         try:
-            now = time.monotonic()
-            if now - waiting > PAUSE_FRESH and now - self._pause_read_at > PAUSE_FRESH:
-                await self._refresh_pause()  # _pause_loop fell behind (a slow Redis): read it here
-            if self.clock() < self.paused_until:
+            if self.clock() < self.paused_until:  # heard here, or read by _pause_loop while waiting
                 return None
             started = time.perf_counter()
             outcome = await self.letta.deliver(envelope)
@@ -340,12 +336,10 @@ class Worker:
 
     async def _refresh_pause(self) -> None:
         """Read the shared pause. `pause_all` writes every partition's copy, so one is read."""
-        started = time.monotonic()
         try:
             self.paused_until = max(self.paused_until, await self.queue.pause_of(0))
         except QueueUnavailable:
-            return  # the delivery's own queue writes will wait for Redis anyway
-        self._pause_read_at = max(self._pause_read_at, started)
+            pass  # the deliveries' own queue writes will wait for Redis anyway
 
     async def _settle(self, head: Head, chain: bool = False) -> Head | None:
         """Deliver one head message and settle it. With `chain`, a delivered message's ack takes
