@@ -112,7 +112,6 @@ class Worker:
         self.claims = settings.concurrency + settings.concurrency // 2
         self.in_flight: dict[Token, asyncio.Task[None]] = {}
         self._starting = 0  # tokens read and being fetched: claimed, not yet in flight
-        self._slot_waiters = 0  # deliveries waiting for a call slot
         self._room = asyncio.Condition()
         self.paused_until = 0.0
         self._stopping = asyncio.Event()  # stop taking new work
@@ -263,9 +262,9 @@ class Worker:
             await self._rest(min(max(soonest - self.clock(), 0.02), 1.0))
 
     async def _pause_loop(self) -> None:
-        """Keep the shared pause fresh for deliveries waiting for a call slot."""
+        """Keep the shared pause fresh for deliveries waiting for a call slot (all slots busy)."""
         while await self._rest(PAUSE_READ_EVERY):
-            if self._slot_waiters:
+            if self.calls.locked():
                 await self._refresh_pause()
 
     async def _sleep(self, seconds: float) -> None:
@@ -320,19 +319,12 @@ class Worker:
 
     async def _call(self, envelope: Envelope) -> tuple[Outcome, float] | None:
         """The Letta call, in a call slot; None if a pause began while waiting for the slot."""
-        self._slot_waiters += 1
-        try:
-            await self.calls.acquire()
-        finally:
-            self._slot_waiters -= 1
-        try:
+        async with self.calls:
             if self.clock() < self.paused_until:  # heard here, or read by _pause_loop while waiting
                 return None
             started = time.perf_counter()
             outcome = await self.letta.deliver(envelope)
             return outcome, time.perf_counter() - started
-        finally:
-            self.calls.release()
 
     async def _refresh_pause(self) -> None:
         """Read the shared pause. `pause_all` writes every partition's copy, so one is read."""
