@@ -10,8 +10,10 @@
     ├── NoRoute              no configured route accepts this request's workspace/channel/repository
     ├── QueueUnavailable     Redis did not answer; the caller may try again later
     ├── UpstreamError        a source's API (Slack, GitHub) refused or failed a call
-    └── ResolveFailed        Letta's environments API could not say which connection a
-                             destination names; carries the attempt as an `Outcome`
+    ├── ResolveFailed        Letta's environments API could not say which connection a
+    │                        destination names; carries the attempt as an `Outcome`
+    └── HttpFailed           a call to Letta could not connect, broke, or timed out; `kind`
+                             says which ("connect", "transport", "timeout")
 
 Reasons are written for the person who sent the request and for the log; they never
 contain secrets, signatures or message bodies.
@@ -88,6 +90,15 @@ class ResolveFailed(RelayError):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.describe())
         self.outcome = outcome
+
+
+class HttpFailed(RelayError):
+    """A call over `relay.http1` failed: "connect" (nothing was sent), "transport" (the
+    connection broke or the answer was unreadable) or "timeout" (no whole answer in time)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
 
 
 def quoted(value: object, limit: int = 40) -> str:

@@ -6,9 +6,12 @@
   a stale pooled connection, a pool wait. A read timeout is not retried here; it becomes a
   "timeout" outcome and waits its turn in the delayed set, so a worker never sleeps long on
   one message.
-- The HTTP engine is aiohttp's `ClientSession`, used directly: httpx's own pool slows down as
-  concurrency grows (encode/httpx#3215), and httpx's API over aiohttp's pool still cost ~4× a
-  bare aiohttp call per message; bench/README.md has the figures.
+- The HTTP engine is `relay.http1`, a lean keep-alive HTTP/1.1 client on httptools: at
+  hundreds of calls in flight a worker is CPU-bound, and aiohttp's `ClientSession` spent ~5×
+  its CPU per call (httpx's own pool slows down as concurrency grows, encode/httpx#3215, and
+  httpx over aiohttp cost ~4× aiohttp); bench/README.md has the figures. A Letta reached
+  through a proxy (HTTP(S)_PROXY / NO_PROXY, read once) is called with aiohttp's client,
+  which speaks to proxies.
 - `status_socket` opens one agent conversation's status WebSocket (bearer auth; the key never
   goes into the URL, and websockets' own DEBUG logging, which shows headers, stays quiet).
 - `connection_for` resolves a destination named by device id or connection name to the live
@@ -23,9 +26,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping
-from urllib.parse import quote
+from typing import Any, AsyncIterator, Callable
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
@@ -42,7 +44,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from yarl import URL
 
 from relay import __version__
-from relay.errors import ResolveFailed
+from relay.errors import HttpFailed, ResolveFailed
+from relay.http1 import Answer, Http1Pool
 from relay.messages import Envelope
 from relay.metrics import Metrics
 from relay.policy import Outcome
@@ -55,19 +58,23 @@ _socket_log = logging.getLogger("relay.letta.socket")
 _socket_log.setLevel(logging.WARNING)
 
 RESPONSE_BODY_LIMIT = 4000
+#: The most of an answer's body kept (an environments page); the rest is read and dropped.
+ANSWER_LIMIT = 8 * 1024 * 1024
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 SOCKET_OPEN_TIMEOUT = 10.0
 PAGE_SIZE = 100
 MAX_PAGES = 50
 
 
-#: What a failed call raises: aiohttp's own errors, and a timeout outside them.
-CallFailed = (aiohttp.ClientError, asyncio.TimeoutError)
+#: What a failed call raises: relay.http1's error, aiohttp's own (the proxied path), a timeout.
+CallFailed = (HttpFailed, aiohttp.ClientError, asyncio.TimeoutError)
 
 
 def _failure_kind(exc: BaseException) -> str:
     """timeout | connect | transport: refused or unresolvable is "connect", a peer that closed or
     reset the connection is "transport", only a real timeout is "timeout"."""
+    if isinstance(exc, HttpFailed):
+        return exc.kind
     if isinstance(exc, aiohttp.ClientConnectorError):
         return "connect"
     if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
@@ -78,20 +85,7 @@ def _failure_kind(exc: BaseException) -> str:
 def _worth_resending(exc: BaseException) -> bool:
     """Failures to send where resending at once is cheap and safe (the id is unchanged); not a
     timeout (the receiver may still be working on it)."""
-    return isinstance(exc, aiohttp.ClientError) and _failure_kind(exc) != "timeout"
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An HTTP answer, read whole."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
+    return isinstance(exc, (HttpFailed, aiohttp.ClientError)) and _failure_kind(exc) != "timeout"
 
 
 class LettaClient:
@@ -107,7 +101,6 @@ class LettaClient:
         retry_attempts: int = 3,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
-        trace_configs: list[aiohttp.TraceConfig] | None = None,
     ) -> None:
         self.base_url, self._api_key = base_url, api_key
         self._root = base_url.rstrip("/")
@@ -117,9 +110,11 @@ class LettaClient:
         self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=min(timeout, 5.0),
                                               sock_read=timeout)
         self._max_connections = max_connections
-        self._trace_configs = trace_configs
         self._proxy = _env_proxy(self._root)
         self._session: aiohttp.ClientSession | None = None
+        self._pool = None if self._proxy[0] else Http1Pool(
+            self._root, self._headers, max_connections=max_connections, connect_timeout=min(timeout, 5.0),
+            answer_timeout=timeout)
         self._retrying = dict(
             stop=stop_after_attempt(retry_attempts) | stop_after_delay(10),
             wait=retry_wait if retry_wait is not None else wait_exponential_jitter(multiplier=0.1, max=1.0),
@@ -144,12 +139,14 @@ class LettaClient:
         )
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
-        """The session, made on first use (aiohttp wants a running event loop)."""
+        """The proxied path's session, made on first use (aiohttp wants a running event loop)."""
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=5.0)
             # Not trust_env: aiohttp would read the proxy variables and ~/.netrc again on every call
@@ -157,8 +154,7 @@ class LettaClient:
             # No cookie jar: Letta's API authenticates by bearer token, and a jar is consulted on
             # every call and updated from every answer.
             self._session = aiohttp.ClientSession(connector=connector, headers=self._headers, timeout=self._timeout,
-                                                  cookie_jar=aiohttp.DummyCookieJar(),
-                                                  trace_configs=self._trace_configs)
+                                                  cookie_jar=aiohttp.DummyCookieJar())
         return self._session
 
     async def deliver(self, envelope: Envelope) -> Outcome:
@@ -176,13 +172,13 @@ class LettaClient:
     async def send(self, connection_id: str, body: dict[str, Any]) -> Outcome:
         path = f"/v1/environments/{quote(connection_id, safe='')}/messages"
         try:
-            answer = await self._request("POST", path, data=orjson.dumps(body), headers=_JSON)
+            answer = await self._request("POST", path, orjson.dumps(body), keep=RESPONSE_BODY_LIMIT * 4)
         except CallFailed as exc:
             return _transport_outcome(exc)
         return Outcome(
             status=answer.status,
             body=answer.text[:RESPONSE_BODY_LIMIT],
-            retry_after=answer.headers.get("Retry-After"),
+            retry_after=answer.headers.get("retry-after"),
         )
 
     @contextlib.asynccontextmanager
@@ -234,7 +230,7 @@ class LettaClient:
     async def _get_json(self, path: str, params: dict[str, Any], missing_ok: bool = False) -> Any:
         query = {k: "" if v is None else str(v) for k, v in params.items()}
         try:
-            answer = await self._request("GET", path, params=query)
+            answer = await self._request("GET", f"{path}?{urlencode(query)}" if query else path)
         except CallFailed as exc:
             raise ResolveFailed(_transport_outcome(exc, while_="resolving the connection")) from exc
         if missing_ok and answer.status == 404:
@@ -243,15 +239,15 @@ class LettaClient:
             # A 404 of the list itself must not read as "connection gone, resolve again".
             status = 502 if answer.status == 404 else answer.status
             raise ResolveFailed(Outcome(status=status, body=f"resolving the connection: {answer.text[:500]}",
-                                         retry_after=answer.headers.get("Retry-After")))
+                                         retry_after=answer.headers.get("retry-after")))
         try:
             return orjson.loads(answer.body)
         except (ValueError, RecursionError):
             raise ResolveFailed(Outcome(error="resolve", detail="environment list is not JSON")) from None
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Answer:
+    async def _request(self, method: str, target: str, body: bytes | None = None, keep: int = ANSWER_LIMIT) -> Answer:
         try:
-            return await self._once(method, path, **kwargs)
+            return await self._once(method, target, body, keep)
         except CallFailed as exc:
             if not _worth_resending(exc):
                 raise
@@ -263,13 +259,23 @@ class LettaClient:
             with attempt:
                 if attempt.retry_state.attempt_number == 1:
                     raise failed
-                return await self._once(method, path, **kwargs)
+                return await self._once(method, target, body, keep)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def _once(self, method: str, path: str, **kwargs: Any) -> Answer:
-        async with self._http().request(method, self._root + path, allow_redirects=False, proxy=self._proxy[0],
-                                        proxy_auth=self._proxy[1], **kwargs) as response:
-            return Answer(response.status, await response.read(), response.headers)
+    async def _once(self, method: str, target: str, body: bytes | None, keep: int) -> Answer:
+        if self._pool is not None:
+            return await self._pool.request(method, target, body, keep=keep)
+        headers = _JSON if body is not None else None
+        async with self._http().request(method, URL(self._root + target, encoded=True), allow_redirects=False,
+                                        proxy=self._proxy[0], proxy_auth=self._proxy[1], data=body,
+                                        headers=headers) as response:
+            kept: list[bytes] = []
+            room = keep
+            async for chunk in response.content.iter_any():  # past `keep`: read and dropped
+                if room > 0:
+                    kept.append(chunk[:room])
+                    room -= len(chunk)
+            return Answer(response.status, b"".join(kept), {k.lower(): v for k, v in response.headers.items()})
 
 
 _JSON = {"Content-Type": "application/json"}

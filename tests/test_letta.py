@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import time
 
-import aiohttp
 import pytest
 from tenacity import wait_none
 
 from relay.errors import ResolveFailed
+from relay.http1 import Http1Pool
 from relay.letta import LettaClient
 from relay.messages import Inbound, client_message_id, envelope_for, user_message
 from relay.routing import Destination, Route
@@ -132,16 +132,17 @@ async def test_read_timeout_is_reported_without_resending(stand_in) -> None:  # 
     assert len(standin.attempts) == 1
 
 
-async def test_refused_connection_is_resent_in_call_then_reported() -> None:
+async def test_refused_connection_is_resent_in_call_then_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     attempts = []
+    connect = Http1Pool._connect
 
-    async def count(session: object, context: object, params: aiohttp.TraceRequestStartParams) -> None:
-        attempts.append(params.url)
+    async def counted(pool: Http1Pool) -> object:
+        attempts.append(1)
+        return await connect(pool)
 
-    trace = aiohttp.TraceConfig()
-    trace.on_request_start.append(count)
+    monkeypatch.setattr(Http1Pool, "_connect", counted)
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    letta = LettaClient(url, "k", retry_wait=wait_none(), retry_attempts=3, trace_configs=[trace])
+    letta = LettaClient(url, "k", retry_wait=wait_none(), retry_attempts=3)
     outcome = await letta.send("conn", {"messages": []})
     await letta.aclose()
     assert outcome.error == "connect"
