@@ -90,7 +90,7 @@ def drain_section(run: Run) -> None:
     count, concurrency = run.scaled(20000), 32
     with infra.nginx_letta() as letta:
         ceilings = {client: drain.client_ceiling(letta, count, concurrency, client)
-                    for client in ("httpx", "aiohttp-transport", "aiohttp")}
+                    for client in ("httpx", "aiohttp-transport", "aiohttp", "http1")}
         with infra.redis_server() as redis_url:
             got = drain.relay_drain(redis_url, letta, count, 1000, concurrency)
     run.add(Row("drain", "plain httpx loop, 32 at once", ceilings["httpx"], "req/s"))
@@ -99,8 +99,12 @@ def drain_section(run: Run) -> None:
     run.add(Row("drain", "aiohttp loop", ceilings["aiohttp"], "req/s", "plain httpx", ceilings["aiohttp"] / ceilings["httpx"]))
     run.add(Row("drain", "relay worker, 1,000 conversations", got.rate, "msg/s", "plain httpx",
                 got.rate / ceilings["httpx"]))
-    run.add(Row("drain", "relay worker vs its engine (aiohttp)", got.rate, "msg/s", "aiohttp loop",
+    run.add(Row("drain", "relay.http1 loop (relay's engine)", ceilings["http1"], "req/s", "aiohttp loop",
+                ceilings["http1"] / ceilings["aiohttp"]))
+    run.add(Row("drain", "relay worker vs aiohttp", got.rate, "msg/s", "aiohttp loop",
                 got.rate / ceilings["aiohttp"], note="the same bodies, same concurrency, no queue"))
+    run.add(Row("drain", "relay worker vs its engine", got.rate, "msg/s", "relay.http1 loop",
+                got.rate / ceilings["http1"], note="what the queue costs"))
 
 
 LETTA_LATENCY = 0.1  # seconds Letta takes to answer each call in the latency section

@@ -133,6 +133,23 @@ async def _aiohttp_loop(url: str, bodies: list[dict[str, Any]], concurrency: int
         return await _post_all(post, bodies, concurrency)
 
 
+async def _http1_loop(url: str, bodies: list[dict[str, Any]], concurrency: int) -> float:
+    import orjson
+
+    from relay.http1 import Http1Pool
+
+    pool = Http1Pool(url, {"Authorization": "Bearer bench-key"}, max_connections=concurrency,
+                     connect_timeout=5.0, answer_timeout=30.0)
+
+    async def post(path: str, body: dict[str, Any]) -> int:
+        return (await pool.request("POST", path, orjson.dumps(body))).status
+
+    try:
+        return await _post_all(post, bodies, concurrency)
+    finally:
+        await pool.aclose()
+
+
 def client_ceiling(url: str, count: int, concurrency: int, client: str) -> float:
     """Requests/s of a plain loop (no queue) posting relay's request bodies at `concurrency`."""
     bodies = [e.request_body() for e in envelopes(count, 1000)]
@@ -140,4 +157,6 @@ def client_ceiling(url: str, count: int, concurrency: int, client: str) -> float
 
     if client == "aiohttp":
         return run(_aiohttp_loop(url, bodies, concurrency))
+    if client == "http1":
+        return run(_http1_loop(url, bodies, concurrency))
     return run(_httpx_loop(url, bodies, concurrency, client))

@@ -2,7 +2,7 @@
 keep-alive connections, each answer parsed by httptools (llhttp, the C parser uvicorn uses).
 
 Why not a general client here: at hundreds of calls in flight a worker is one Python thread at
-a full core, and aiohttp's `ClientSession` spent ~110 µs of CPU per call where this spends ~20
+a full core, and aiohttp's `ClientSession` spent ~110 µs of CPU per call where this spends ~32
 (bench/README.md, "A lean HTTP/1.1 client"). What it does, and all it does:
 
 - one request at a time per connection (no pipelining), idle connections reused newest first

@@ -7,7 +7,7 @@
   "timeout" outcome and waits its turn in the delayed set, so a worker never sleeps long on
   one message.
 - The HTTP engine is `relay.http1`, a lean keep-alive HTTP/1.1 client on httptools: at
-  hundreds of calls in flight a worker is CPU-bound, and aiohttp's `ClientSession` spent ~5×
+  hundreds of calls in flight a worker is CPU-bound, and aiohttp's `ClientSession` spent ~3.5×
   its CPU per call (httpx's own pool slows down as concurrency grows, encode/httpx#3215, and
   httpx over aiohttp cost ~4× aiohttp); bench/README.md has the figures. A Letta reached
   through a proxy (HTTP(S)_PROXY / NO_PROXY, read once) is called with aiohttp's client,
