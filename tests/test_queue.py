@@ -820,3 +820,11 @@ async def test_concurrent_acks_of_one_partition_share_one_script_call(redis_clie
     assert len(recorder.calls) == 1  # one call for the three acks
     assert sorted(r.envelope.message["content"] for r in results if isinstance(r, Head) and r.envelope) == [
         "text b0", "text b1", "text b2"]
+
+
+async def test_script_calls_take_one_lane_per_master(queue: Queue) -> None:
+    """A batch for one master never waits on another's round trip: one group commit per master."""
+    await asyncio.gather(*(queue.promote(p, time.time()) for p in range(PARTITIONS)))
+    masters = {queue.nodes.name_of(queue.keys.ready(p)) for p in range(PARTITIONS)}
+    assert set(queue._calls._lanes) == masters
+    assert len(masters) == (3 if isinstance(queue.redis, RedisCluster) else 1)

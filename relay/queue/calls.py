@@ -1,7 +1,8 @@
 """Script calls: the only way the queue changes Redis.
 
-Calls made while a round trip is out go together in the next one (`GroupCommit`); a batch
-goes as one pipeline to each master that owns its keys (one server: one pipeline), with WAIT
+Calls made while a round trip to their master is out go together in the next one
+(`GroupCommit`, one per master: `Lanes`); a batch goes as one pipeline to each master that owns
+its keys (one server: one pipeline; after a slot moved, a batch can span masters), with WAIT
 last on the same connection when the writes must be on replicas before anyone is told.
 """
 
@@ -62,6 +63,23 @@ class GroupCommit(Generic[I, T]):
                     waiter.set_result(result)
 
 
+class Lanes(Generic[I, T]):
+    """A `GroupCommit` per lane (per master): a batch bound for one master never waits for
+    another master's round trip. On one server every item is in the one lane ""."""
+
+    def __init__(self, send: Callable[[list[I]], Awaitable[list[T | Exception]]],
+                 lane_of: Callable[[I], str]) -> None:
+        self._send, self._lane_of = send, lane_of
+        self._lanes: dict[str, GroupCommit[I, T]] = {}
+
+    async def submit(self, item: I) -> T:
+        lane = self._lane_of(item)
+        commit = self._lanes.get(lane)
+        if commit is None:  # bounded: one per master name ever seen
+            commit = self._lanes[lane] = GroupCommit(self._send)
+        return await commit.submit(item)
+
+
 async def guard(call: Awaitable[T]) -> T:
     """Await a redis-py call; a Redis failure becomes QueueUnavailable."""
     try:
@@ -99,11 +117,12 @@ class ScriptCalls:
     clock: Callable[[], float]
     min_replicas: int
     replica_timeout_ms: int
-    _calls: GroupCommit[tuple[str, list[str], list[Any]], Any]
+    _calls: Lanes[tuple[str, list[str], list[Any]], Any]
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """One script call. Calls made while a round trip is out go together in the next one
-        (one pipeline), so a busy worker's acks, fetches and retries share round trips."""
+        """One script call. Calls made while a round trip to their master is out go together in
+        the next one (one pipeline), so a busy worker's acks, fetches and retries share round
+        trips."""
         return await self._calls.submit((script, keys, args))
 
     async def _evalsha_batch(self, name: str, calls: list[tuple[list[str], list[Any]]], *,

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from relay.errors import QueueUnavailable
 from relay.messages import Envelope, decode, encode
-from relay.queue.calls import GroupCommit, ScriptCalls
+from relay.queue.calls import Lanes, ScriptCalls
 from relay.queue.keys import GROUP, PARTITIONS
 from relay.queue.model import FAILURE_WINDOW_HOURS, Head, Token
 
@@ -18,7 +18,7 @@ log = logging.getLogger("relay.queue")
 
 
 class Claims(ScriptCalls):
-    _advances: GroupCommit[tuple[Token, str], Head | bool]
+    _advances: Lanes[tuple[Token, str], Head | bool]
 
     async def ensure_groups(self) -> None:
         """Create each partition's stream and consumer group (from the start: id 0)."""

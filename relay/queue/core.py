@@ -6,7 +6,7 @@ import time
 from typing import Any, Callable
 
 from relay.messages import Envelope
-from relay.queue.calls import GroupCommit, guard
+from relay.queue.calls import GroupCommit, Lanes, guard
 from relay.queue.claims import Claims
 from relay.queue.ingest import Ingest
 from relay.queue.inspection import Inspection
@@ -37,8 +37,10 @@ class Queue(Ingest, Claims, Records, Inspection):
         self.min_replicas = min_replicas
         self.replica_timeout_ms = max(1, int(replica_timeout * 1000))
         self._writes: GroupCommit[list[Envelope], list[bool]] = GroupCommit(self._write)
-        self._calls: GroupCommit[tuple[str, list[str], list[Any]], Any] = GroupCommit(self._evalsha_many)
-        self._advances: GroupCommit[tuple[Token, str], Head | bool] = GroupCommit(self._advance_all)
+        self._calls: Lanes[tuple[str, list[str], list[Any]], Any] = Lanes(
+            self._evalsha_many, lambda call: self.nodes.name_of(call[1][0]))
+        self._advances: Lanes[tuple[Token, str], Head | bool] = Lanes(
+            self._advance_all, lambda item: self.nodes.name_of(self.keys.ready(item[0].partition)))
 
     async def ping(self) -> None:
         await guard(self.redis.ping())
