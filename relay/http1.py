@@ -6,26 +6,30 @@ a full core, and aiohttp's `ClientSession` spent ~110 µs of CPU per call where 
 (bench/README.md, "A lean HTTP/1.1 client"). What it does, and all it does:
 
 - one request at a time per connection (no pipelining), idle connections reused newest first
-  and closed after `keepalive` seconds idle; at most `max_connections` open, callers beyond
-  that wait in turn;
+  and closed after `keepalive` seconds idle (under the usual 5 s of servers, so a reused
+  connection is not the one the server is closing); at most `max_connections` open, callers
+  beyond that served first come, first served (a released connection goes straight to the
+  first in line);
 - `http` and `https` (the system's trust store, `SSL_CERT_FILE` honoured, hostname checked);
-- answers framed by Content-Length, chunked, or the connection closing; 1xx skipped; a server
-  that says `Connection: close` is obeyed;
-- bounds: the answer's head (`HEAD_LIMIT` bytes), the body kept (`keep` bytes; the rest is
-  read and dropped, so the connection stays usable), the whole call (`answer_timeout`: the wait
-  for a free connection, the connect and the answer), the connect alone (`connect_timeout`, DNS
-  included).
+- answers framed by Content-Length, chunked, or a clean close; 1xx skipped; a server that
+  says `Connection: close` is obeyed; trailers never replace headers;
+- bounds: each answer head (`HEAD_LIMIT` bytes, counted before the parser sees them), the body
+  kept (`keep` bytes: past it the answer ends there and the connection is closed), getting a
+  connection (`answer_timeout` for the wait in line and the connect together; the connect alone,
+  DNS included, `connect_timeout`), the answer (`answer_timeout` from the request's sending: a
+  request never goes out with its time nearly spent).
 
 Failures raise `relay.errors.HttpFailed` with the kind `policy` needs: "connect" (nothing was
 sent), "transport" (the connection broke or the answer was unreadable; resending the same body
-is safe for relay's idempotent calls), "timeout" (the far side may still be working on it).
-Proxies are not handled here: `LettaClient` keeps aiohttp for a proxied Letta.
+is safe for relay's idempotent calls), "timeout" (no whole answer in time, or no connection
+free in time). Proxies are not handled here: `LettaClient` keeps aiohttp for a proxied Letta.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import time
 from dataclasses import dataclass
@@ -39,11 +43,12 @@ from relay.errors import ConfigError, HttpFailed
 #: The most bytes of status line and headers an answer may have.
 HEAD_LIMIT = 64 * 1024
 _INFORMATIONAL = range(100, 200)
+_PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
 @dataclass(frozen=True)
 class Answer:
-    """An HTTP answer, read whole. Header names are lower-case."""
+    """An HTTP answer, read whole (or up to `keep` bytes of body). Header names are lower-case."""
 
     status: int
     body: bytes
@@ -68,7 +73,8 @@ class _Connection(asyncio.Protocol):
     def _reset(self, keep: int) -> None:
         self._keep = keep
         self._headers: dict[str, str] = {}
-        self._head_bytes = 0
+        self._head_fed = 0  # bytes given to the parser while this answer's head was incomplete
+        self._rest_fed = 0  # and after it
         self._body: list[bytes] = []
         self._kept = 0
         self._headers_done = False
@@ -83,8 +89,8 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self._answer is None or self._answer.done():
             return
-        if self._headers_done and not self._framed:  # an answer delimited by the close
-            self._complete(self._parser.get_status_code())
+        if exc is None and self._headers_done and not self._framed:  # an answer ended by a clean close
+            self._complete()
         else:
             self._fail("transport", "ServerDisconnected: the connection closed before a whole answer")
 
@@ -93,8 +99,22 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+            while data and not self._headers_done:  # the head is bounded before the parser holds it
+                room = HEAD_LIMIT - self._head_fed
+                if room <= 0:
+                    self._fail("transport", f"answer head over {HEAD_LIMIT} bytes")
+                    self.close()
+                    return
+                part, data = data[:room], data[room:]
+                self._head_fed += len(part)
+                self._parser.feed_data(part)
+            if data and self.reusable:
+                self._parser.feed_data(data)
+                self._rest_fed += len(data)
+                if self._rest_fed > self._keep + HEAD_LIMIT and self._answer is not None and not self._answer.done():
+                    self._fail("transport", "answer framing over its bounds (trailers, chunk headers)")
+                    self.close()
+        except _PARSE_ERRORS as exc:
             self._fail("transport", f"unreadable answer: {type(exc).__name__}")
             self.close()
 
@@ -104,13 +124,11 @@ class _Connection(asyncio.Protocol):
         if self._answer is None or self._answer.done():
             self.close()  # a second answer to one request
 
-    def on_status(self, status: bytes) -> None:
-        self._count_head(len(status))
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        if self._headers_done:
+            return  # a chunked answer's trailer: never replaces a header
         key = name.decode("latin-1").lower()
-        if key in ("content-length", "transfer-encoding"):
+        if key == "content-length" or (key == "transfer-encoding" and b"chunked" in value.lower()):
             self._framed = True
         self._headers[key] = value.decode("latin-1")
 
@@ -119,30 +137,28 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         room = self._keep - self._kept
-        if room > 0:
+        if len(body) > room:  # past what the caller keeps: the answer ends here, the connection too
             self._body.append(body[:room])
-            self._kept += min(room, len(body))
+            self._kept = self._keep
+            self._complete()
+            self.close()
+            return
+        self._body.append(body)
+        self._kept += len(body)
 
     def on_message_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if status in _INFORMATIONAL:  # 100 Continue and kin: the real answer follows
+        if self._parser.get_status_code() in _INFORMATIONAL:  # 100 Continue and kin: the real answer follows
             self._reset(self._keep)
             return
         if not self._parser.should_keep_alive():
             self.reusable = False
-        self._complete(status)
+        self._complete()
 
     # -- the exchange ---------------------------------------------------------------------------
 
-    def _count_head(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > HEAD_LIMIT:
-            self._fail("transport", f"answer head over {HEAD_LIMIT} bytes")
-            self.close()
-
-    def _complete(self, status: int) -> None:
+    def _complete(self) -> None:
         if self._answer is not None and not self._answer.done():
-            self._answer.set_result(Answer(status, b"".join(self._body), self._headers))
+            self._answer.set_result(Answer(self._parser.get_status_code(), b"".join(self._body), self._headers))
 
     def _fail(self, kind: str, detail: str) -> None:
         self.reusable = False
@@ -150,13 +166,19 @@ class _Connection(asyncio.Protocol):
             self._answer.set_exception(HttpFailed(kind, detail))
 
     async def exchange(self, request: list[bytes], keep: int, timeout: float) -> Answer:
-        assert self.transport is not None
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self.reusable:
+            self.reusable = False
+            raise HttpFailed("transport", "ServerDisconnected: the connection closed before the request was sent")
         loop = asyncio.get_running_loop()
         self._reset(keep)
         self._answer = answer = loop.create_future()
         timer = loop.call_later(timeout, self._fail, "timeout", "no whole answer in time")
         try:
-            self.transport.writelines(request)
+            try:
+                transport.writelines(request)
+            except (RuntimeError, OSError) as exc:  # closed under us (uvloop raises, asyncio drops)
+                raise HttpFailed("transport", f"could not send: {exc}") from None
             return await answer
         except BaseException:
             self.reusable = False  # cancelled or failed mid-exchange: its state is unknown
@@ -175,12 +197,15 @@ class Http1Pool:
     """Keep-alive connections to the origin of `base_url`; `request` makes one call."""
 
     def __init__(self, base_url: str, headers: Mapping[str, str], *, max_connections: int,
-                 connect_timeout: float, answer_timeout: float, keepalive: float = 5.0,
+                 connect_timeout: float, answer_timeout: float, keepalive: float = 4.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         url = URL(base_url)
-        if url.scheme not in ("http", "https") or not url.host:
+        if url.scheme not in ("http", "https") or not url.raw_host:
             raise ConfigError(f"LETTA_BASE_URL must be an http(s) URL with a host, not {base_url!r}")
-        self._host, self._port = url.host, url.port or (443 if url.scheme == "https" else 80)
+        if url.raw_user or url.raw_query_string or url.raw_fragment:
+            raise ConfigError("LETTA_BASE_URL may not carry a user, password, query or fragment "
+                              "(the API key goes in LETTA_API_KEY)")
+        self._host, self._port = url.raw_host, url.port or (443 if url.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
         authority = f"[{self._host}]" if ":" in self._host else self._host
         if url.explicit_port is not None:
@@ -196,71 +221,79 @@ class Http1Pool:
         self._keepalive, self._clock = keepalive, clock
         self._idle: list[_Connection] = []  # oldest first; reused from the end
         self._open = 0  # connections open or being opened, idle or busy
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
         self._closed = False
 
     async def request(self, method: str, target: str, body: bytes | None = None,
                       content_type: str = "application/json", keep: int = 1 << 20) -> Answer:
         """One call; `target` is the path and query under base_url's path. Keeps at most `keep`
-        bytes of the answer's body."""
+        bytes of the answer's body. Not for HEAD (its answer has no body to wait for)."""
+        if method == "HEAD":
+            raise ValueError("relay.http1 does not make HEAD requests")
         head = f"{method} {self._prefix}{target} HTTP/1.1\r\n".encode("latin-1") + self._head_tail
         if body is not None:
             head += b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type.encode("latin-1"), len(body))
         request = [head, b"\r\n", body] if body else [head, b"\r\n"]
-        deadline = self._clock() + self._answer_timeout
-        connection = await self._acquire(deadline)
+        connection = await self._acquire(self._clock() + self._answer_timeout)
         try:
-            return await connection.exchange(request, keep, max(0.0, deadline - self._clock()))
+            return await connection.exchange(request, keep, self._answer_timeout)
         finally:
             self._release(connection)
 
     async def aclose(self) -> None:
         self._closed = True
-        for connection in self._idle:
-            connection.close()
-        self._idle.clear()
+        while self._waiters:  # first, so the room the idle ones free goes to nobody
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(HttpFailed("connect", "the client is closed"))
+        while self._idle:
+            self._discard(self._idle.pop())
 
     # -- the pool -------------------------------------------------------------------------------
 
     async def _acquire(self, deadline: float) -> _Connection:
-        while True:
-            if self._closed:
-                raise HttpFailed("connect", "the client is closed")
+        if self._closed:
+            raise HttpFailed("connect", "the client is closed")
+        if self._next_waiter() is None:  # nobody is in line: take what is free
             while self._idle:
                 connection = self._idle.pop()
                 if connection.reusable and self._clock() - connection.idle_since < self._keepalive:
                     return connection
                 self._discard(connection)
             if self._open < self._max:
-                return await self._connect()
-            await self._wait_for_room(deadline)
+                self._open += 1
+                return await self._connect(deadline)
+        granted = await self._wait_in_line(deadline)
+        return granted if granted is not None else await self._connect(deadline)
 
-    async def _wait_for_room(self, deadline: float) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+    async def _wait_in_line(self, deadline: float) -> _Connection | None:
+        waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, max(0.0, deadline - self._clock()))
-        except asyncio.TimeoutError:
-            raise HttpFailed("timeout", "no free connection in time") from None
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self._wake()  # woken, then cancelled: the room goes to the next in line
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                return await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())  # granted, then cancelled or timed out: to the next
+            if isinstance(exc, TimeoutError):
+                raise HttpFailed("timeout", "no free connection in time") from None
             raise
         finally:
-            if waiter in self._waiters:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
-    async def _connect(self) -> _Connection:
-        self._open += 1
+    async def _connect(self, deadline: float) -> _Connection:
+        """Open a connection for room already counted in `_open`."""
         loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl),
-                self._connect_timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(max(0.0, min(self._connect_timeout, deadline - self._clock()))):
+                _, connection = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
+        except TimeoutError:
             self._room_freed()
-            raise HttpFailed("connect", f"could not connect within {self._connect_timeout:g} s") from None
-        except (OSError, ssl.SSLError) as exc:  # refused, unreachable, unresolvable, TLS refused
+            raise HttpFailed("connect", "could not connect in time") from None
+        except OSError as exc:  # refused, unreachable, unresolvable, TLS refused (ssl.SSLError)
             self._room_freed()
             raise HttpFailed("connect", f"{type(exc).__name__}: {exc}") from None
         except BaseException:
@@ -273,10 +306,11 @@ class Http1Pool:
             self._discard(connection)
             return
         connection.idle_since = now = self._clock()
+        if self._hand_over(connection):
+            return
         self._idle.append(connection)
         if now - self._idle[0].idle_since >= self._keepalive:
             self._discard(self._idle.pop(0))  # the oldest idle one: close it while we are here
-        self._wake()
 
     def _discard(self, connection: _Connection) -> None:
         connection.close()
@@ -284,11 +318,31 @@ class Http1Pool:
 
     def _room_freed(self) -> None:
         self._open -= 1
-        self._wake()
+        if self._next_waiter() is not None:
+            self._open += 1
+            self._hand_over(None)
 
-    def _wake(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def _pass_on(self, grant: _Connection | None) -> None:
+        if grant is None:
+            self._room_freed_counted()
+        else:
+            self._release(grant)
+
+    def _room_freed_counted(self) -> None:
+        """Room granted to a waiter that left: it goes to the next in line, or back to the pool."""
+        if not self._hand_over(None):
+            self._open -= 1
+
+    def _next_waiter(self) -> asyncio.Future[_Connection | None] | None:
+        while self._waiters and self._waiters[0].done():
+            self._waiters.popleft()
+        return self._waiters[0] if self._waiters else None
+
+    def _hand_over(self, grant: _Connection | None) -> bool:
+        """Give a connection, or counted room to open one, to the first in line."""
+        waiter = self._next_waiter()
+        if waiter is None:
+            return False
+        self._waiters.popleft()
+        waiter.set_result(grant)
+        return True

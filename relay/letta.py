@@ -3,9 +3,9 @@
 - `send` POSTs one body to `/v1/environments/{connectionId}/messages` and reports an
   `Outcome` (never raises for HTTP or transport trouble; `policy.decide` judges it).
 - Short in-call retries (tenacity) cover failures to send: connection refused or reset,
-  a stale pooled connection, a pool wait. A read timeout is not retried here; it becomes a
-  "timeout" outcome and waits its turn in the delayed set, so a worker never sleeps long on
-  one message.
+  a stale pooled connection, an unreadable answer. A timeout (no answer in time, or no free
+  connection in time) is not retried here; it becomes a "timeout" outcome and waits its turn in
+  the delayed set, so a worker never sleeps long on one message.
 - The HTTP engine is `relay.http1`, a lean keep-alive HTTP/1.1 client on httptools: at
   hundreds of calls in flight a worker is CPU-bound, and aiohttp's `ClientSession` spent ~3.5×
   its CPU per call (httpx's own pool slows down as concurrency grows, encode/httpx#3215, and

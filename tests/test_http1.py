@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import socket
 import ssl
+import struct
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -152,15 +154,15 @@ async def test_an_informational_answer_is_skipped_for_the_real_one() -> None:
     assert (answer.status, answer.body) == (200, b"real")
 
 
-async def test_a_body_past_keep_is_dropped_and_the_connection_stays_usable() -> None:
+async def test_a_body_past_keep_ends_the_answer_there_and_the_connection_with_it() -> None:
     big = b"x" * 300_000
     async with serving(answering(ok(big))) as (server, url):
         client = pool(url)
         first = await client.request("POST", "/m", b"{}", keep=10)
         second = await client.request("POST", "/m", b"{}", keep=1 << 20)
         await client.aclose()
-    assert first.body == b"x" * 10 and second.body == big
-    assert server.connections == 1
+    assert (first.status, first.body) == (200, b"x" * 10) and second.body == big
+    assert server.connections == 2
 
 
 async def test_a_head_over_the_limit_is_a_transport_failure() -> None:
@@ -358,3 +360,144 @@ async def test_https_checks_the_certificate_against_the_trust_store(tmp_path: Pa
     assert refused.value.kind == "connect" and "CERTIFICATE_VERIFY_FAILED" in str(refused.value)
     assert [a.body for a in answers] == [b"secret"] * 2
     assert len(server.heads) == 2 and server.heads[0].split(b"\r\n")[1].startswith(b"Host: localhost:")
+
+
+# -- from the audit of the first version (each failed then) ---------------------------------------
+
+async def raw_server(handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+                     ) -> tuple[asyncio.Server, str]:
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return listener, f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}"
+
+
+async def test_a_connection_closed_before_the_request_went_out_is_a_transport_failure() -> None:
+    async def speak_and_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"x")
+        await writer.drain()
+        writer.close()
+
+    listener, url = await raw_server(speak_and_hang_up)
+    client = pool(url, answer_timeout=30.0)
+    outcomes = []
+    for _ in range(4):
+        with pytest.raises(HttpFailed) as failed:
+            await asyncio.wait_for(client.request("POST", "/m", b"{}"), 10)
+        outcomes.append(failed.value.kind)
+    await client.aclose()
+    listener.close()
+    assert outcomes == ["transport"] * 4
+
+
+async def test_an_endless_header_line_fails_at_the_head_limit() -> None:
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # 12.8 MB if nobody stops reading
+                writer.write(b"a" * 64_000)
+                await writer.drain()
+        writer.close()
+
+    listener, url = await raw_server(endless)
+    client = pool(url, answer_timeout=30.0)
+    with pytest.raises(HttpFailed) as failed:
+        await asyncio.wait_for(client.request("GET", "/m"), 10)
+    await client.aclose()
+    listener.close()
+    assert failed.value.kind == "transport" and "head over" in str(failed.value)
+
+
+async def test_a_caller_in_line_is_served_before_a_busy_caller_takes_the_connection_back() -> None:
+    async with serving(answering(ok())) as (_server, url):
+        client = pool(url, max_connections=1)
+        greedy_calls = 0
+        waited: list[int] = []
+
+        async def greedy() -> None:
+            nonlocal greedy_calls
+            while not waited:
+                await client.request("POST", "/greedy", b"{}")
+                greedy_calls += 1
+
+        async def in_line() -> None:
+            await asyncio.sleep(0.01)
+            queued_at = greedy_calls
+            await client.request("POST", "/waiter", b"{}")
+            waited.append(greedy_calls - queued_at)
+
+        await asyncio.wait_for(asyncio.gather(greedy(), in_line()), 10)
+        await client.aclose()
+    assert waited[0] <= 1  # the call in flight when it queued, and no more
+
+
+async def test_closing_the_pool_fails_its_waiters_at_once() -> None:
+    release = asyncio.Event()
+
+    async def held(head: bytes, body: bytes, writer: asyncio.StreamWriter) -> bool:
+        await release.wait()
+        writer.write(ok())
+        await writer.drain()
+        return True
+
+    async with serving(held) as (_server, url):
+        client = pool(url, max_connections=1, answer_timeout=30.0)
+        busy = asyncio.create_task(client.request("POST", "/busy", b"{}"))
+        await asyncio.sleep(0.05)
+        waiters = [asyncio.create_task(client.request("POST", "/w", b"{}")) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        await client.aclose()
+        results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+        release.set()
+        assert (await busy).status == 200
+    assert [(type(r).__name__, getattr(r, "kind", None)) for r in results] == [("HttpFailed", "connect")] * 3
+
+
+async def test_an_answer_ended_by_a_reset_is_a_transport_failure_not_a_short_body() -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n{\"partial\":")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        writer.transport.abort()
+
+    listener, url = await raw_server(reset)
+    client = pool(url)
+    with pytest.raises(HttpFailed) as failed:
+        await client.request("POST", "/m", b"{}")
+    await client.aclose()
+    listener.close()
+    assert failed.value.kind == "transport"
+
+
+async def test_a_trailer_never_replaces_a_header() -> None:
+    chunked = (b"HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\nno\r\n0\r\nRetry-After: 99999\r\n\r\n")
+    async with serving(answering(chunked)) as (_server, url):
+        client = pool(url)
+        answer = await client.request("POST", "/m", b"{}")
+        await client.aclose()
+    assert (answer.status, answer.body, answer.headers["retry-after"]) == (429, b"no", "7")
+
+
+async def test_a_compressed_answer_ended_by_the_close_is_whole_and_an_upgrade_is_refused() -> None:
+    async with serving(answering(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz", keep_open=False)) as (_s, url):
+        client = pool(url)
+        answer = await client.request("GET", "/m")
+        await client.aclose()
+    assert (answer.status, answer.body) == (200, b"zzz")
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    async with serving(answering(upgrade)) as (_s, url):
+        client = pool(url)
+        with pytest.raises(HttpFailed) as failed:
+            await client.request("GET", "/m")
+        await client.aclose()
+    assert failed.value.kind == "transport"
+
+
+def test_a_base_url_with_credentials_or_a_query_is_refused_and_a_unicode_host_is_sent_as_idna() -> None:
+    for url in ("http://user:pw@letta.example", "http://letta.example/?x=1"):
+        with pytest.raises(ConfigError):
+            Http1Pool(url, {}, max_connections=1, connect_timeout=1, answer_timeout=1)
+    client = Http1Pool("https://bücher.example", {}, max_connections=1, connect_timeout=1, answer_timeout=1)
+    assert client._head_tail.startswith(b"Host: xn--bcher-kva.example\r\n")

@@ -136,9 +136,9 @@ async def test_refused_connection_is_resent_in_call_then_reported(monkeypatch: p
     attempts = []
     connect = Http1Pool._connect
 
-    async def counted(pool: Http1Pool) -> object:
+    async def counted(pool: Http1Pool, deadline: float) -> object:
         attempts.append(1)
-        return await connect(pool)
+        return await connect(pool, deadline)
 
     monkeypatch.setattr(Http1Pool, "_connect", counted)
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
