@@ -317,21 +317,16 @@ class Http1Pool:
         self._room_freed()
 
     def _room_freed(self) -> None:
-        self._open -= 1
-        if self._next_waiter() is not None:
-            self._open += 1
-            self._hand_over(None)
-
-    def _pass_on(self, grant: _Connection | None) -> None:
-        if grant is None:
-            self._room_freed_counted()
-        else:
-            self._release(grant)
-
-    def _room_freed_counted(self) -> None:
-        """Room granted to a waiter that left: it goes to the next in line, or back to the pool."""
+        """Room for one connection: to the first in line (still counted), or back to the pool."""
         if not self._hand_over(None):
             self._open -= 1
+
+    def _pass_on(self, grant: _Connection | None) -> None:
+        """What a waiter that left was given goes to the next in line."""
+        if grant is None:
+            self._room_freed()
+        else:
+            self._release(grant)
 
     def _next_waiter(self) -> asyncio.Future[_Connection | None] | None:
         while self._waiters and self._waiters[0].done():

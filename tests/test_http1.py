@@ -94,6 +94,18 @@ def pool(url: str, **options: object) -> Http1Pool:
     return Http1Pool(url, {"Authorization": "Bearer k"}, **settings)  # type: ignore[arg-type]
 
 
+async def failure(reply: bytes, keep_open: bool = True, method: str = "POST") -> HttpFailed:
+    """What one call raises against a server that answers `reply` to it."""
+    async with serving(answering(reply, keep_open)) as (_server, url):
+        client = pool(url)
+        try:
+            with pytest.raises(HttpFailed) as failed:
+                await client.request(method, "/m", b"{}" if method == "POST" else None)
+        finally:
+            await client.aclose()
+    return failed.value
+
+
 async def test_a_pooled_connection_carries_the_next_call() -> None:
     async with serving(answering(ok())) as (server, url):
         client = pool(url)
@@ -167,21 +179,12 @@ async def test_a_body_past_keep_ends_the_answer_there_and_the_connection_with_it
 
 async def test_a_head_over_the_limit_is_a_transport_failure() -> None:
     huge = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: %s\r\n" % (b"p" * 1000) * (HEAD_LIMIT // 1000 + 2) + b"\r\n"
-    async with serving(answering(huge)) as (_server, url):
-        client = pool(url)
-        with pytest.raises(HttpFailed) as failed:
-            await client.request("POST", "/m", b"{}")
-        await client.aclose()
-    assert failed.value.kind == "transport" and "head over" in str(failed.value)
+    failed = await failure(huge)
+    assert failed.kind == "transport" and "head over" in str(failed)
 
 
 async def test_unreadable_answer_is_a_transport_failure() -> None:
-    async with serving(answering(b"NOT HTTP AT ALL\r\n\r\n")) as (_server, url):
-        client = pool(url)
-        with pytest.raises(HttpFailed) as failed:
-            await client.request("POST", "/m", b"{}")
-        await client.aclose()
-    assert failed.value.kind == "transport"
+    assert (await failure(b"NOT HTTP AT ALL\r\n\r\n")).kind == "transport"
 
 
 async def test_bytes_after_the_answer_make_the_connection_unusable() -> None:
@@ -217,12 +220,7 @@ async def test_no_answer_in_time_is_a_timeout_and_the_connection_is_dropped() ->
 
 
 async def test_a_peer_closing_before_answering_is_a_transport_failure() -> None:
-    async with serving(answering(b"", keep_open=False)) as (_server, url):
-        client = pool(url)
-        with pytest.raises(HttpFailed) as failed:
-            await client.request("POST", "/m", b"{}")
-        await client.aclose()
-    assert failed.value.kind == "transport"
+    assert (await failure(b"", keep_open=False)).kind == "transport"
 
 
 async def test_nothing_listening_is_a_connect_failure() -> None:
@@ -487,12 +485,7 @@ async def test_a_compressed_answer_ended_by_the_close_is_whole_and_an_upgrade_is
         await client.aclose()
     assert (answer.status, answer.body) == (200, b"zzz")
     upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    async with serving(answering(upgrade)) as (_s, url):
-        client = pool(url)
-        with pytest.raises(HttpFailed) as failed:
-            await client.request("GET", "/m")
-        await client.aclose()
-    assert failed.value.kind == "transport"
+    assert (await failure(upgrade, method="GET")).kind == "transport"
 
 
 def test_a_base_url_with_credentials_or_a_query_is_refused_and_a_unicode_host_is_sent_as_idna() -> None:
