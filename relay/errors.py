@@ -94,7 +94,8 @@ class ResolveFailed(RelayError):
 
 class HttpFailed(RelayError):
     """A call over `relay.http1` failed: "connect" (nothing was sent), "transport" (the
-    connection broke or the answer was unreadable) or "timeout" (no whole answer in time)."""
+    connection broke or the answer was unreadable) or "timeout" (no whole answer, or no free
+    connection, in time)."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)

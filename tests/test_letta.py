@@ -264,3 +264,29 @@ async def test_calls_go_through_the_proxy_named_in_the_environment(monkeypatch: 
     server.close()
     assert outcome.status == 200
     assert seen == [b"POST http://letta.invalid/v1/environments/conn-1/messages HTTP/1.1"]
+
+
+async def test_failures_through_a_proxy_keep_their_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxied path (aiohttp's client) sorts failures as the direct path does."""
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)
+
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    kinds = []
+    for handler in (None, hang_up, silent):
+        server = await asyncio.start_server(handler, "127.0.0.1", 0) if handler else None
+        port = server.sockets[0].getsockname()[1] if server else free_port()
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        letta = LettaClient("http://letta.invalid", "k", timeout=0.5, retry_wait=wait_none())
+        assert letta._pool is None  # the proxied path
+        kinds.append((await letta.send("conn", {"messages": []})).error)
+        await letta.aclose()
+        if server:
+            server.close()
+    assert kinds == ["connect", "transport", "timeout"]
